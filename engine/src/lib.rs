@@ -1,0 +1,3 @@
+//! Vigil engine (being built).
+
+pub mod gen;

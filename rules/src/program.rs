@@ -1,0 +1,527 @@
+//! Compiled programs and their evaluation.
+//!
+//! The checker turns each rule's expression into typed nodes ([`B`], [`N`], [`D`], [`S`]) whose
+//! names are already resolved to field tags, feature slots and list indices, so evaluation is a
+//! walk over a small tree that reads [`Facts`] and never allocates, looks up a name or checks a
+//! type.
+
+use rustc_hash::FxHashSet;
+
+use crate::catalog::{Feature, NumField, StrField};
+use crate::num;
+
+/// The "never happened" duration returned by `since(...)` for an event the account never had.
+/// Comparisons such as `since(password_reset) < 1h` are then false.
+pub const NEVER_MS: i64 = i64::MAX / 4;
+
+/// What a decision does, ranked: the highest wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Action {
+    /// Let it through.
+    #[default]
+    Allow,
+    /// Let it through held, for an analyst to review.
+    Review,
+    /// Ask the account holder to confirm (step-up authentication).
+    StepUp,
+    /// Stop it.
+    Block,
+}
+
+impl Action {
+    /// All actions, lowest first.
+    pub const ALL: [Action; 4] = [Action::Allow, Action::Review, Action::StepUp, Action::Block];
+    /// The action's name in rules and decisions.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Review => "review",
+            Action::StepUp => "step_up",
+            Action::Block => "block",
+        }
+    }
+    /// Looks an action up by name.
+    pub fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+/// The input of one evaluation: the transaction's fields and the feature values the engine
+/// computed for this program's slots. Everything is borrowed; building it allocates nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts<'a> {
+    /// Amount in major units, fixed point ([`crate::num`]).
+    pub amount: i64,
+    /// Hour of day (UTC), fixed point.
+    pub hour: i64,
+    /// Whether the event carried a location.
+    pub has_geo: bool,
+    /// Transaction kind.
+    pub kind: &'a str,
+    /// ISO 4217 code.
+    pub currency: &'a str,
+    /// Channel (app, web, …).
+    pub channel: &'a str,
+    /// ISO 3166 code, or empty.
+    pub country: &'a str,
+    /// Paying account.
+    pub account_id: &'a str,
+    /// Payee, or empty.
+    pub counterparty_id: &'a str,
+    /// Device, or empty.
+    pub device_id: &'a str,
+    /// IP address, or empty.
+    pub ip: &'a str,
+    /// Memo, or empty.
+    pub memo: &'a str,
+    /// The account's home countries.
+    pub home_countries: &'a [[u8; 2]],
+    /// One value per [`Program::features`] slot: numbers fixed point, durations in
+    /// milliseconds, booleans 0 or 1.
+    pub features: &'a [i64],
+}
+
+impl<'a> Facts<'a> {
+    #[inline]
+    fn str_field(&self, f: StrField) -> &'a str {
+        match f {
+            StrField::Kind => self.kind,
+            StrField::Currency => self.currency,
+            StrField::Channel => self.channel,
+            StrField::Country => self.country,
+            StrField::AccountId => self.account_id,
+            StrField::CounterpartyId => self.counterparty_id,
+            StrField::DeviceId => self.device_id,
+            StrField::Ip => self.ip,
+            StrField::Memo => self.memo,
+        }
+    }
+    #[inline]
+    fn feature(&self, slot: u16) -> i64 {
+        self.features.get(usize::from(slot)).copied().unwrap_or(0)
+    }
+}
+
+/// Comparison operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Cmp {
+    #[inline]
+    fn apply<T: Ord>(self, a: T, b: T) -> bool {
+        match self {
+            Cmp::Eq => a == b,
+            Cmp::Ne => a != b,
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+        }
+    }
+}
+
+/// Arithmetic operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+}
+
+/// A set of strings for `in`: a short list is scanned, a long one hashed.
+#[derive(Debug, Clone)]
+pub enum StrSet {
+    /// Up to [`StrSet::SCAN_MAX`] items.
+    Scan(Box<[Box<str>]>),
+    /// More items.
+    Hash(FxHashSet<Box<str>>),
+}
+
+impl StrSet {
+    /// Above this many items a set is hashed.
+    pub const SCAN_MAX: usize = 12;
+
+    /// Builds a set from its items.
+    pub fn new(items: impl IntoIterator<Item = String>) -> StrSet {
+        let mut v: Vec<Box<str>> = items.into_iter().map(String::into_boxed_str).collect();
+        v.sort();
+        v.dedup();
+        if v.len() <= Self::SCAN_MAX { StrSet::Scan(v.into_boxed_slice()) } else { StrSet::Hash(v.into_iter().collect()) }
+    }
+    /// Whether `s` is in the set.
+    #[inline]
+    pub fn contains(&self, s: &str) -> bool {
+        match self {
+            StrSet::Scan(v) => v.iter().any(|x| &**x == s),
+            StrSet::Hash(h) => h.contains(s),
+        }
+    }
+    /// How many items.
+    pub fn len(&self) -> usize {
+        match self {
+            StrSet::Scan(v) => v.len(),
+            StrSet::Hash(h) => h.len(),
+        }
+    }
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A boolean node. `None` from evaluation is a rule error (overflow, division by zero).
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub enum B {
+    Const(bool),
+    HasGeo,
+    Feature(u16),
+    Not(Box<B>),
+    And(Box<(B, B)>),
+    Or(Box<(B, B)>),
+    CmpNum(Cmp, Box<(N, N)>),
+    CmpDur(Cmp, Box<(D, D)>),
+    CmpBool(bool, Box<(B, B)>),
+    EqStr(bool, S, S),
+    /// `negated`, the value, the list index.
+    InList(bool, S, u32),
+    InHomeCountries(bool, S),
+    /// Case-insensitive substring; the needle is stored lowercase.
+    Contains(S, Box<str>),
+}
+
+/// A number node, fixed point.
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub enum N {
+    Const(i64),
+    Field(NumField),
+    Feature(u16),
+    Neg(Box<N>),
+    Abs(Box<N>),
+    Arith(Arith, Box<(N, N)>),
+}
+
+/// A duration node, milliseconds.
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub enum D {
+    Const(i64),
+    Feature(u16),
+    Neg(Box<D>),
+    Add(Box<(D, D)>),
+    Sub(Box<(D, D)>),
+    Scale(Box<(D, N)>),
+}
+
+/// A string node.
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub enum S {
+    Const(Box<str>),
+    Field(StrField),
+}
+
+impl S {
+    #[inline]
+    fn eval<'x>(&'x self, f: &Facts<'x>) -> &'x str {
+        match self {
+            S::Const(s) => s,
+            S::Field(field) => f.str_field(*field),
+        }
+    }
+}
+
+impl N {
+    /// Evaluates to a fixed-point number, `None` on overflow or division by zero.
+    #[inline]
+    pub fn eval(&self, f: &Facts<'_>) -> Option<i64> {
+        match self {
+            N::Const(v) => Some(*v),
+            N::Field(NumField::Amount) => Some(f.amount),
+            N::Field(NumField::Hour) => Some(f.hour),
+            N::Feature(slot) => Some(f.feature(*slot)),
+            N::Neg(a) => a.eval(f)?.checked_neg(),
+            N::Abs(a) => a.eval(f)?.checked_abs(),
+            N::Arith(op, ab) => {
+                let (a, b) = (ab.0.eval(f)?, ab.1.eval(f)?);
+                match op {
+                    Arith::Add => a.checked_add(b),
+                    Arith::Sub => a.checked_sub(b),
+                    Arith::Mul => num::mul(a, b),
+                    Arith::Div => num::div(a, b),
+                    Arith::Rem => num::rem(a, b),
+                }
+            }
+        }
+    }
+}
+
+impl D {
+    /// Evaluates to milliseconds, `None` on overflow.
+    #[inline]
+    pub fn eval(&self, f: &Facts<'_>) -> Option<i64> {
+        match self {
+            D::Const(v) => Some(*v),
+            D::Feature(slot) => Some(f.feature(*slot)),
+            D::Neg(a) => a.eval(f)?.checked_neg(),
+            D::Add(ab) => ab.0.eval(f)?.checked_add(ab.1.eval(f)?),
+            D::Sub(ab) => ab.0.eval(f)?.checked_sub(ab.1.eval(f)?),
+            D::Scale(dn) => num::mul(dn.0.eval(f)?, dn.1.eval(f)?),
+        }
+    }
+}
+
+fn contains_ignore_case(hay: &str, needle_lower: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle_lower.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
+}
+
+impl B {
+    /// Evaluates to a boolean, `None` when an operand could not be computed.
+    #[inline]
+    pub fn eval(&self, f: &Facts<'_>, lists: &[StrSet]) -> Option<bool> {
+        Some(match self {
+            B::Const(b) => *b,
+            B::HasGeo => f.has_geo,
+            B::Feature(slot) => f.feature(*slot) != 0,
+            B::Not(a) => !a.eval(f, lists)?,
+            B::And(ab) => ab.0.eval(f, lists)? && ab.1.eval(f, lists)?,
+            B::Or(ab) => ab.0.eval(f, lists)? || ab.1.eval(f, lists)?,
+            B::CmpNum(op, ab) => op.apply(ab.0.eval(f)?, ab.1.eval(f)?),
+            B::CmpDur(op, ab) => op.apply(ab.0.eval(f)?, ab.1.eval(f)?),
+            B::CmpBool(eq, ab) => (ab.0.eval(f, lists)? == ab.1.eval(f, lists)?) == *eq,
+            B::EqStr(eq, a, b) => (a.eval(f) == b.eval(f)) == *eq,
+            B::InList(neg, s, idx) => {
+                let set = lists.get(*idx as usize)?;
+                set.contains(s.eval(f)) != *neg
+            }
+            B::InHomeCountries(neg, s) => {
+                let v = s.eval(f).as_bytes();
+                f.home_countries.iter().any(|c| c.as_slice() == v) != *neg
+            }
+            B::Contains(s, needle) => contains_ignore_case(s.eval(f), needle),
+        })
+    }
+}
+
+/// A value shown in a decision's reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A fixed-point number.
+    Num(i64),
+    /// A duration in milliseconds.
+    Dur(i64),
+    /// A boolean.
+    Bool(bool),
+    /// Text.
+    Str(String),
+    /// A list, e.g. the home countries.
+    List(Vec<String>),
+    /// The value could not be computed.
+    Error,
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Num(v) => f.write_str(&num::format(*v)),
+            Value::Dur(v) => f.write_str(&num::format_duration(*v)),
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Str(s) => f.write_str(s),
+            Value::List(v) => write!(f, "[{}]", v.join(",")),
+            Value::Error => f.write_str("error"),
+        }
+    }
+}
+
+/// A leaf of a rule's condition that reads the event or state, kept so a decision can say
+/// which values made the rule fire.
+#[derive(Debug, Clone)]
+pub struct Term {
+    /// The leaf as written, e.g. `count(tx by account over 10m)`.
+    pub text: String,
+    /// How to read it again.
+    pub node: TermNode,
+}
+
+/// How a [`Term`] is read.
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub enum TermNode {
+    Num(N),
+    Dur(D),
+    Bool(B),
+    Str(S),
+    HomeCountries,
+}
+
+impl Term {
+    /// Reads the term's value for these facts.
+    pub fn value(&self, f: &Facts<'_>, lists: &[StrSet]) -> Value {
+        match &self.node {
+            TermNode::Num(n) => n.eval(f).map_or(Value::Error, Value::Num),
+            TermNode::Dur(d) => d.eval(f).map_or(Value::Error, Value::Dur),
+            TermNode::Bool(b) => b.eval(f, lists).map_or(Value::Error, Value::Bool),
+            TermNode::Str(s) => Value::Str(s.eval(f).to_string()),
+            TermNode::HomeCountries => Value::List(
+                f.home_countries.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect(),
+            ),
+        }
+    }
+}
+
+/// A rule's settings, as written in the pack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleMeta {
+    /// Unique id, e.g. `velocity.card_testing`.
+    pub id: String,
+    /// What the rule is for.
+    pub description: String,
+    /// The action it asks for, if any (a rule may only add score).
+    pub action: Option<Action>,
+    /// Score it adds when it fires (may be negative).
+    pub score: i64,
+    /// Evaluated and reported, but does not act.
+    pub shadow: bool,
+    /// Ask for the account to be frozen when it fires.
+    pub freeze: bool,
+    /// Notification template to send when it fires.
+    pub notify: Option<String>,
+    /// The condition as written.
+    pub when: String,
+    /// Display path of the file it is in.
+    pub file: String,
+    /// Line of its `[[rule]]` header.
+    pub line: u32,
+}
+
+/// A rule ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    /// Its settings.
+    pub meta: RuleMeta,
+    /// Its condition.
+    pub cond: B,
+    /// Its leaves that read the event or state.
+    pub terms: Vec<Term>,
+}
+
+/// Score thresholds: a total score at or above a threshold asks for that action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Thresholds {
+    /// Score for review.
+    pub review: Option<i64>,
+    /// Score for step-up.
+    pub step_up: Option<i64>,
+    /// Score for block.
+    pub block: Option<i64>,
+}
+
+impl Thresholds {
+    /// The highest action whose threshold `score` reaches.
+    pub fn action_for(&self, score: i64) -> Action {
+        [(self.block, Action::Block), (self.step_up, Action::StepUp), (self.review, Action::Review)]
+            .into_iter()
+            .find(|(t, _)| t.is_some_and(|t| score >= t))
+            .map_or(Action::Allow, |(_, a)| a)
+    }
+}
+
+/// One rule that fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fired {
+    /// Index into [`Program::rules`].
+    pub rule: u16,
+    /// Shadow rules are reported but do not act.
+    pub shadow: bool,
+}
+
+/// The result of evaluating a program; reuse one per thread so evaluation does not allocate.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The winning action.
+    pub action: Action,
+    /// The total score of the acting rules that fired.
+    pub score: i64,
+    /// Fired rules in pack order, shadow ones included.
+    pub fired: Vec<Fired>,
+    /// Rules whose condition could not be computed (overflow, division by zero).
+    pub errors: Vec<u16>,
+}
+
+impl Outcome {
+    /// An outcome with room for `rules` rules, so evaluation never grows it.
+    pub fn with_capacity(rules: usize) -> Outcome {
+        Outcome { fired: Vec::with_capacity(rules), errors: Vec::with_capacity(rules), ..Outcome::default() }
+    }
+}
+
+/// A compiled rule pack: rules with resolved names, the features they need, and the lists.
+#[derive(Debug, Clone, Default)]
+pub struct Program {
+    /// Rules in pack order.
+    pub rules: Vec<CompiledRule>,
+    /// The features the rules read, one slot each.
+    pub features: Vec<Feature>,
+    /// The lists (inline and named), by index.
+    pub lists: Vec<StrSet>,
+    /// Score thresholds.
+    pub thresholds: Thresholds,
+}
+
+impl Program {
+    /// Evaluates every rule against `facts` into `out` (cleared first). `muted(rule)` lets the
+    /// caller silence a rule for this event (a snooze); a muted rule does not fire.
+    #[inline]
+    pub fn evaluate_with(&self, facts: &Facts<'_>, out: &mut Outcome, muted: impl Fn(u16) -> bool) {
+        out.action = Action::Allow;
+        out.score = 0;
+        out.fired.clear();
+        out.errors.clear();
+        let mut action = Action::Allow;
+        for (i, rule) in self.rules.iter().enumerate() {
+            let idx = i as u16;
+            match rule.cond.eval(facts, &self.lists) {
+                Some(true) if !muted(idx) => {
+                    let shadow = rule.meta.shadow;
+                    if !shadow {
+                        out.score += rule.meta.score;
+                        if let Some(a) = rule.meta.action {
+                            action = action.max(a);
+                        }
+                    }
+                    out.fired.push(Fired { rule: idx, shadow });
+                }
+                Some(_) => {}
+                None => out.errors.push(idx),
+            }
+        }
+        out.action = action.max(self.thresholds.action_for(out.score));
+    }
+
+    /// Evaluates every rule; see [`Program::evaluate_with`].
+    #[inline]
+    pub fn evaluate(&self, facts: &Facts<'_>, out: &mut Outcome) {
+        self.evaluate_with(facts, out, |_| false);
+    }
+
+    /// The values that made rule `rule` fire, as `(term, value)` pairs.
+    pub fn explain(&self, rule: u16, facts: &Facts<'_>) -> Vec<(String, Value)> {
+        self.rules
+            .get(usize::from(rule))
+            .map(|r| r.terms.iter().map(|t| (t.text.clone(), t.value(facts, &self.lists))).collect())
+            .unwrap_or_default()
+    }
+}
