@@ -1,1 +1,289 @@
-fn main() {}
+//! `vigil`: the one binary. Subcommands connect the crates; logic lives in the libraries.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use vigil_engine::packs::{self, LoadError};
+use vigil_engine::{Engine, EngineConfig, replay, traffic};
+use vigil_rules::PackOptions;
+
+/// The pack used when `--rules` is not given.
+const DEFAULT_PACK: &str = "rules/packs/default";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Real-time fraud and transaction monitoring",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check, test and inspect rule packs.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Run recorded traffic (JSON lines, optionally gzip) through the engine and report.
+    Replay(ReplayArgs),
+    /// Generate realistic labeled traffic.
+    Gen(GenArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Check a pack: every problem as file:line:col: message; a summary when it is good.
+    Check(PackArgs),
+    /// Run the test cases written beside the rules.
+    Test(PackArgs),
+}
+
+#[derive(Args, Debug)]
+struct PackArgs {
+    /// The pack directory.
+    #[arg(default_value = DEFAULT_PACK)]
+    dir: PathBuf,
+    /// Longest window a rule may use (e.g. 30d).
+    #[arg(long, default_value = "30d", value_parser = parse_window)]
+    window_max: i64,
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// The recorded traffic (.jsonl or .jsonl.gz).
+    file: PathBuf,
+    /// The pack directory.
+    #[arg(long, default_value = DEFAULT_PACK)]
+    rules: PathBuf,
+    /// Write every decision as a JSON line here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Allowed lateness of events (e.g. 5m).
+    #[arg(long, default_value = "5m", value_parser = parse_window)]
+    lateness: i64,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct GenArgs {
+    /// Number of accounts.
+    #[arg(long, default_value_t = 1000)]
+    accounts: u32,
+    /// Number of days.
+    #[arg(long, default_value_t = 14)]
+    days: u32,
+    /// Random seed: the same seed gives the same file.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fraction of accounts hit by a fraud scenario.
+    #[arg(long, default_value_t = 0.02)]
+    fraud_rate: f64,
+    /// Output file; gzip-compressed when it ends in .gz.
+    #[arg(long)]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_window(s: &str) -> Result<i64, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or("add a unit: ms, s, m, h, d or w")?;
+    let n: i64 = s[..split]
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration"))?;
+    let unit = match &s[split..] {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 604_800_000,
+        u => return Err(format!("unknown unit '{u}' (use ms, s, m, h, d or w)")),
+    };
+    n.checked_mul(unit).ok_or_else(|| "too long".to_string())
+}
+
+fn progress_bar(quiet: bool, what: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn load_pack(dir: &Path, window_ms_max: i64) -> Result<vigil_rules::CompiledPack, ExitCode> {
+    match packs::load(dir, &PackOptions { window_ms_max }) {
+        Ok(p) => Ok(p),
+        Err(LoadError::Invalid(d)) => {
+            for diag in &d.0 {
+                eprintln!("{diag}");
+            }
+            eprintln!(
+                "error: {} problem{} in {}",
+                d.0.len(),
+                if d.0.len() == 1 { "" } else { "s" },
+                dir.display()
+            );
+            Err(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn rules_check(a: &PackArgs) -> ExitCode {
+    match load_pack(&a.dir, a.window_max) {
+        Ok(p) => {
+            println!("ok: {}", p.summary());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn rules_test(a: &PackArgs) -> ExitCode {
+    let pack = match load_pack(&a.dir, a.window_max) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let results = packs::run_tests(&pack);
+    let mut failed = 0;
+    for r in &results {
+        if r.passed() {
+            println!("PASS {}:{} {}", r.case.file, r.case.line, r.case.name);
+        } else {
+            failed += 1;
+            println!("FAIL {}:{} {}", r.case.file, r.case.line, r.case.name);
+            for f in &r.failures {
+                println!("       {f}");
+            }
+            if let Some(d) = &r.decision {
+                println!("       decision: {}", d.to_json());
+            }
+        }
+    }
+    println!("{} passed, {} failed", results.len() - failed, failed);
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn replay_cmd(a: &ReplayArgs) -> Result<ExitCode> {
+    let pack = match load_pack(&a.rules, vigil_rules::pack::WINDOW_MS_MAX_DEFAULT) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let reader =
+        replay::open(&a.file).with_context(|| format!("cannot open {}", a.file.display()))?;
+    let input =
+        replay::read(reader).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let engine = Engine::new(
+        pack,
+        EngineConfig {
+            lateness_ms: a.lateness,
+            ..EngineConfig::default()
+        },
+    );
+    let mut out = match &a.out {
+        Some(p) => Some(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let bar = progress_bar(a.quiet, "replay");
+    let report = replay::run(
+        &engine,
+        input,
+        out.as_mut().map(|w| w as &mut dyn Write),
+        &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )?;
+    bar.finish_and_clear();
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
+    let cfg = traffic::GenConfig {
+        accounts: a.accounts,
+        days: a.days,
+        seed: a.seed,
+        fraud_rate: a.fraud_rate,
+        ..traffic::GenConfig::default()
+    };
+    let file = std::fs::File::create(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let bar = progress_bar(a.quiet, "gen");
+    let mut progress = |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let stats = if a.out.extension().is_some_and(|e| e == "gz") {
+        let mut gz = flate2_writer(file);
+        let s = traffic::generate(&cfg, &mut gz, &mut progress)?;
+        gz.finish()?.flush()?;
+        s
+    } else {
+        let mut w = BufWriter::new(file);
+        let s = traffic::generate(&cfg, &mut w, &mut progress)?;
+        w.flush()?;
+        s
+    };
+    bar.finish_and_clear();
+    println!(
+        "wrote {}: {} events ({} transactions, {} account events), {} fraud transactions",
+        a.out.display(),
+        stats.events,
+        stats.transactions,
+        stats.account_events,
+        stats.fraud_transactions
+    );
+    for (name, n) in &stats.by_scenario {
+        println!("  {name:<20} {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn flate2_writer(f: std::fs::File) -> vigil_engine::replay::GzWriter {
+    vigil_engine::replay::gz_writer(f)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Rules(RulesCommand::Check(a)) => Ok(rules_check(a)),
+        Command::Rules(RulesCommand::Test(a)) => Ok(rules_test(a)),
+        Command::Replay(a) => replay_cmd(a),
+        Command::Gen(a) => gen_cmd(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -90,7 +90,10 @@ pub struct AccountEventKind(pub u8);
 impl AccountEventKind {
     /// Looks a kind up by name.
     pub fn from_name(name: &str) -> Option<Self> {
-        ACCOUNT_EVENT_KINDS.iter().position(|k| *k == name).map(|i| AccountEventKind(i as u8))
+        ACCOUNT_EVENT_KINDS
+            .iter()
+            .position(|k| *k == name)
+            .map(|i| AccountEventKind(i as u8))
     }
     /// The kind's name.
     pub fn name(self) -> &'static str {
@@ -113,7 +116,12 @@ pub enum KeyKind {
 
 impl KeyKind {
     /// All keys, in store order.
-    pub const ALL: [KeyKind; 4] = [KeyKind::Account, KeyKind::Device, KeyKind::Ip, KeyKind::Counterparty];
+    pub const ALL: [KeyKind; 4] = [
+        KeyKind::Account,
+        KeyKind::Device,
+        KeyKind::Ip,
+        KeyKind::Counterparty,
+    ];
     /// The key's name in rules.
     pub fn name(self) -> &'static str {
         match self {
@@ -212,15 +220,21 @@ pub enum Feature {
     /// The account has not transacted from this country before (false without a country or
     /// without history).
     IsNewCountry,
-    /// The device has not been seen on this account before (false without a device id).
+    /// The device was first used for a transaction on this account less than 24 hours ago (or
+    /// now), and the account had used another device before (false without a device id).
     IsNewDevice,
-    /// First transfer from this account to this counterparty.
+    /// The account first paid this counterparty less than 24 hours ago (or now); outgoing
+    /// kinds only.
     IsNewPayee,
     /// Time since the account's last event of this kind ("never" when none).
     Since(AccountEventKind),
     /// Time since the account was opened (or first seen).
     AccountAge,
-    /// Average amount of the account's previous transactions over the window (0 when none).
+    /// Time since the counterparty's account was opened, when it is an account Vigil knows
+    /// ("never", i.e. very old, otherwise).
+    PayeeAccountAge,
+    /// Average amount of the account's previous outgoing transactions (transfer, payment,
+    /// withdrawal) over the window (0 when none).
     UsualAmount {
         /// Window length, milliseconds.
         window_ms: i64,
@@ -243,7 +257,7 @@ impl Feature {
             | Feature::Balance
             | Feature::HistoryCount => Ty::Num,
             Feature::IsNewCountry | Feature::IsNewDevice | Feature::IsNewPayee => Ty::Bool,
-            Feature::Since(_) | Feature::AccountAge => Ty::Dur,
+            Feature::Since(_) | Feature::AccountAge | Feature::PayeeAccountAge => Ty::Dur,
         }
     }
 }
@@ -265,7 +279,7 @@ pub enum Named {
 
 /// Every name usable without arguments, with its meaning. The README's reference is written
 /// from this table.
-pub const NAMES: [(&str, Named); 22] = [
+pub const NAMES: [(&str, Named); 23] = [
     ("amount", Named::Num(NumField::Amount)),
     ("hour", Named::Num(NumField::Hour)),
     ("kind", Named::Str(StrField::Kind, Domain::Kind)),
@@ -273,18 +287,28 @@ pub const NAMES: [(&str, Named); 22] = [
     ("channel", Named::Str(StrField::Channel, Domain::Any)),
     ("country", Named::Str(StrField::Country, Domain::Country)),
     ("account_id", Named::Str(StrField::AccountId, Domain::Any)),
-    ("counterparty_id", Named::Str(StrField::CounterpartyId, Domain::Any)),
+    (
+        "counterparty_id",
+        Named::Str(StrField::CounterpartyId, Domain::Any),
+    ),
     ("device_id", Named::Str(StrField::DeviceId, Domain::Any)),
     ("ip", Named::Str(StrField::Ip, Domain::Any)),
     ("memo", Named::Str(StrField::Memo, Domain::Any)),
     ("has_geo", Named::HasGeo),
-    ("travel_distance_km", Named::Feature(Feature::TravelDistanceKm)),
+    (
+        "travel_distance_km",
+        Named::Feature(Feature::TravelDistanceKm),
+    ),
     ("travel_speed_kmh", Named::Feature(Feature::TravelSpeedKmh)),
     ("home_distance_km", Named::Feature(Feature::HomeDistanceKm)),
     ("is_new_country", Named::Feature(Feature::IsNewCountry)),
     ("is_new_device", Named::Feature(Feature::IsNewDevice)),
     ("is_new_payee", Named::Feature(Feature::IsNewPayee)),
     ("account_age", Named::Feature(Feature::AccountAge)),
+    (
+        "payee_account_age",
+        Named::Feature(Feature::PayeeAccountAge),
+    ),
     ("balance", Named::Feature(Feature::Balance)),
     ("history_count", Named::Feature(Feature::HistoryCount)),
     ("home_countries", Named::HomeCountries),
@@ -309,7 +333,11 @@ pub fn all_names() -> impl Iterator<Item = &'static str> {
 
 /// Resolves `func(measure by key over window)`, or says what is wrong and where
 /// (`0` = measure, `1` = key).
-pub fn resolve_agg(func: &str, measure: &str, key: &str) -> Result<(AggFunc, KeyKind), (u8, String)> {
+pub fn resolve_agg(
+    func: &str,
+    measure: &str,
+    key: &str,
+) -> Result<(AggFunc, KeyKind), (u8, String)> {
     let key_kind = KeyKind::from_name(key).ok_or_else(|| {
         (
             1,
@@ -321,9 +349,19 @@ pub fn resolve_agg(func: &str, measure: &str, key: &str) -> Result<(AggFunc, Key
     })?;
     let func = match func {
         "count" if measure == "tx" => AggFunc::Count,
-        "count" => return Err((0, format!("count counts transactions: write 'count(tx by {key} over ...)', or use distinct({measure} by ...)"))),
+        "count" => {
+            return Err((
+                0,
+                format!(
+                    "count counts transactions: write 'count(tx by {key} over ...)', or use distinct({measure} by ...)"
+                ),
+            ));
+        }
         "sum" | "avg" | "max" | "min" if measure != "amount" => {
-            return Err((0, format!("{func} works on amount: write '{func}(amount by {key} over ...)'")));
+            return Err((
+                0,
+                format!("{func} works on amount: write '{func}(amount by {key} over ...)'"),
+            ));
         }
         "sum" => AggFunc::Sum,
         "avg" => AggFunc::Avg,
@@ -358,9 +396,17 @@ pub fn check_domain(domain: Domain, value: &str) -> Result<(), String> {
             crate::diag::suggest(value, TX_KINDS),
             TX_KINDS.join(", ")
         )),
-        Domain::Country if value.len() == 2 && value.bytes().all(|b| b.is_ascii_uppercase()) => Ok(()),
-        Domain::Country => Err(format!("country codes are two uppercase letters (ISO 3166), found '{value}'")),
-        Domain::Currency if value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()) => Ok(()),
-        Domain::Currency => Err(format!("currency codes are three uppercase letters (ISO 4217), found '{value}'")),
+        Domain::Country if value.len() == 2 && value.bytes().all(|b| b.is_ascii_uppercase()) => {
+            Ok(())
+        }
+        Domain::Country => Err(format!(
+            "country codes are two uppercase letters (ISO 3166), found '{value}'"
+        )),
+        Domain::Currency if value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()) => {
+            Ok(())
+        }
+        Domain::Currency => Err(format!(
+            "currency codes are three uppercase letters (ISO 4217), found '{value}'"
+        )),
     }
 }

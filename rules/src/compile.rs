@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 
-use crate::catalog::{self, AggSpec, AccountEventKind, Domain, Feature, Named, Ty};
+use crate::catalog::{self, AccountEventKind, AggSpec, Domain, Feature, Named, Ty};
 use crate::diag::suggest;
 use crate::parse::{BinOp, Expr, ExprKind, Span};
-use crate::program::{Arith, Cmp, StrSet, Term, TermNode, B, D, N, S};
+use crate::program::{Arith, B, Cmp, D, N, S, StrSet, Term, TermNode};
 
 /// A checked expression, typed.
 #[derive(Debug, Clone)]
@@ -43,7 +43,10 @@ pub struct CheckError {
 type R<T> = Result<T, CheckError>;
 
 fn err<T>(span: Span, message: impl Into<String>) -> R<T> {
-    Err(CheckError { span, message: message.into() })
+    Err(CheckError {
+        span,
+        message: message.into(),
+    })
 }
 
 /// Shared state while compiling a pack: the features and lists all rules use.
@@ -69,7 +72,13 @@ impl Compiler<'_> {
         let t = self.expr(src, e, &mut terms)?;
         match t {
             Typed::Bool(b) => Ok((b, terms)),
-            other => err(e.span, format!("a rule's 'when' must be true or false, but this is a {}", other.ty().name())),
+            other => err(
+                e.span,
+                format!(
+                    "a rule's 'when' must be true or false, but this is a {}",
+                    other.ty().name()
+                ),
+            ),
         }
     }
 
@@ -78,7 +87,10 @@ impl Compiler<'_> {
             return Ok(i as u16);
         }
         if self.features.len() >= FEATURES_MAX {
-            return err(span, format!("the pack uses more than {FEATURES_MAX} distinct features"));
+            return err(
+                span,
+                format!("the pack uses more than {FEATURES_MAX} distinct features"),
+            );
         }
         self.features.push(f);
         Ok((self.features.len() - 1) as u16)
@@ -111,7 +123,10 @@ impl Compiler<'_> {
     }
 
     fn push_term(terms: &mut Vec<Term>, src: &str, span: Span, t: &Typed) {
-        let text = src.get(span.start..span.end).unwrap_or_default().to_string();
+        let text = src
+            .get(span.start..span.end)
+            .unwrap_or_default()
+            .to_string();
         if terms.iter().any(|x| x.text == text) {
             return;
         }
@@ -133,22 +148,41 @@ impl Compiler<'_> {
             ExprKind::Bool(b) => return Ok(Typed::Bool(B::Const(*b))),
             ExprKind::Str(s) => return Ok(Typed::Str(S::Const(s.clone().into()), Domain::Any)),
             ExprKind::List(items) => {
-                self.lists.push(StrSet::new(items.iter().map(|(s, _)| s.clone())));
+                self.lists
+                    .push(StrSet::new(items.iter().map(|(s, _)| s.clone())));
                 return Ok(Typed::List(Some((self.lists.len() - 1) as u32)));
             }
             ExprKind::Name(n) => self.name(n, e.span)?,
-            ExprKind::Agg { func, measure, key, window } => {
-                let (f, k) = catalog::resolve_agg(func, &measure.0, &key.0).or_else(|(which, msg)| {
-                    err(if which == 0 { measure.1 } else { key.1 }, msg)
-                })?;
+            ExprKind::Agg {
+                func,
+                measure,
+                key,
+                window,
+            } => {
+                let (f, k) = catalog::resolve_agg(func, &measure.0, &key.0)
+                    .or_else(|(which, msg)| err(if which == 0 { measure.1 } else { key.1 }, msg))?;
                 let window_ms = self.window(window.0, window.1)?;
-                self.feature(Feature::Agg(AggSpec { func: f, key: k, window_ms }), e.span)?
+                self.feature(
+                    Feature::Agg(AggSpec {
+                        func: f,
+                        key: k,
+                        window_ms,
+                    }),
+                    e.span,
+                )?
             }
-            ExprKind::Call { name, name_span, args } => self.call(src, name, *name_span, args, e.span, terms)?,
+            ExprKind::Call {
+                name,
+                name_span,
+                args,
+            } => self.call(src, name, *name_span, args, e.span, terms)?,
             ExprKind::Not(inner) => {
                 return match self.expr(src, inner, terms)? {
                     Typed::Bool(b) => Ok(Typed::Bool(B::Not(Box::new(b)))),
-                    t => err(inner.span, format!("'not' needs true or false, but this is a {}", t.ty().name())),
+                    t => err(
+                        inner.span,
+                        format!("'not' needs true or false, but this is a {}", t.ty().name()),
+                    ),
                 };
             }
             ExprKind::Neg(inner) => {
@@ -158,7 +192,12 @@ impl Compiler<'_> {
                     t => err(inner.span, format!("cannot negate a {}", t.ty().name())),
                 };
             }
-            ExprKind::Binary { op, op_span, lhs, rhs } => {
+            ExprKind::Binary {
+                op,
+                op_span,
+                lhs,
+                rhs,
+            } => {
                 let l = self.expr(src, lhs, terms)?;
                 let r = self.expr(src, rhs, terms)?;
                 return self.binary(*op, *op_span, l, r, lhs, rhs);
@@ -168,7 +207,12 @@ impl Compiler<'_> {
                 let r = self.expr(src, rhs, terms)?;
                 let (s, domain) = match l {
                     Typed::Str(s, d) => (s, d),
-                    t => return err(lhs.span, format!("'in' looks up text, but this is a {}", t.ty().name())),
+                    t => {
+                        return err(
+                            lhs.span,
+                            format!("'in' looks up text, but this is a {}", t.ty().name()),
+                        );
+                    }
                 };
                 return match r {
                     Typed::List(Some(idx)) => {
@@ -180,7 +224,13 @@ impl Compiler<'_> {
                         Ok(Typed::Bool(B::InList(*negated, s, idx)))
                     }
                     Typed::List(None) => Ok(Typed::Bool(B::InHomeCountries(*negated, s))),
-                    t => err(rhs.span, format!("'in' needs a list such as [\"KP\", \"IR\"] or a list name, but this is a {}", t.ty().name())),
+                    t => err(
+                        rhs.span,
+                        format!(
+                            "'in' needs a list such as [\"KP\", \"IR\"] or a list name, but this is a {}",
+                            t.ty().name()
+                        ),
+                    ),
                 };
             }
         };
@@ -202,7 +252,13 @@ impl Compiler<'_> {
             return Ok(Typed::List(Some(idx)));
         }
         if catalog::FUNCTIONS.contains(&n) || crate::parse::AGG_FUNCS.contains(&n) {
-            return err(span, format!("'{n}' is a function: call it with arguments, e.g. {}", example(n)));
+            return err(
+                span,
+                format!(
+                    "'{n}' is a function: call it with arguments, e.g. {}",
+                    example(n)
+                ),
+            );
         }
         let mut names: Vec<&str> = self.named_lists.keys().map(String::as_str).collect();
         names.extend(catalog::all_names().map(|s| &*s));
@@ -210,19 +266,40 @@ impl Compiler<'_> {
         err(span, format!("unknown field, function or list '{n}'{hint}"))
     }
 
-    fn call(&mut self, src: &str, name: &str, name_span: Span, args: &[Expr], span: Span, terms: &mut Vec<Term>) -> R<Typed> {
+    fn call(
+        &mut self,
+        src: &str,
+        name: &str,
+        name_span: Span,
+        args: &[Expr],
+        span: Span,
+        terms: &mut Vec<Term>,
+    ) -> R<Typed> {
         let want = |n: usize| -> R<()> {
             if args.len() == n {
                 Ok(())
             } else {
-                err(span, format!("{name} takes {n} argument{}, e.g. {}", if n == 1 { "" } else { "s" }, example(name)))
+                err(
+                    span,
+                    format!(
+                        "{name} takes {n} argument{}, e.g. {}",
+                        if n == 1 { "" } else { "s" },
+                        example(name)
+                    ),
+                )
             }
         };
         match name {
             "since" => {
                 want(1)?;
                 let ExprKind::Name(kind) = &args[0].kind else {
-                    return err(args[0].span, format!("since takes an account event kind: {}", catalog::ACCOUNT_EVENT_KINDS.join(", ")));
+                    return err(
+                        args[0].span,
+                        format!(
+                            "since takes an account event kind: {}",
+                            catalog::ACCOUNT_EVENT_KINDS.join(", ")
+                        ),
+                    );
                 };
                 let k = AccountEventKind::from_name(kind).ok_or_else(|| CheckError {
                     span: args[0].span,
@@ -237,7 +314,10 @@ impl Compiler<'_> {
             "usual_amount" => {
                 want(1)?;
                 let ExprKind::Dur(ms) = args[0].kind else {
-                    return err(args[0].span, "usual_amount takes a window, e.g. usual_amount(30d)");
+                    return err(
+                        args[0].span,
+                        "usual_amount takes a window, e.g. usual_amount(30d)",
+                    );
                 };
                 let window_ms = self.window(ms, args[0].span)?;
                 self.feature(Feature::UsualAmount { window_ms }, span)
@@ -246,44 +326,97 @@ impl Compiler<'_> {
                 want(1)?;
                 match self.expr(src, &args[0], terms)? {
                     Typed::Num(n) => Ok(Typed::Num(N::Abs(Box::new(n)))),
-                    t => err(args[0].span, format!("abs takes a number, but this is a {}", t.ty().name())),
+                    t => err(
+                        args[0].span,
+                        format!("abs takes a number, but this is a {}", t.ty().name()),
+                    ),
                 }
             }
             "contains" => {
                 want(2)?;
                 let hay = match self.expr(src, &args[0], terms)? {
                     Typed::Str(s, _) => s,
-                    t => return err(args[0].span, format!("contains looks in text, but this is a {}", t.ty().name())),
+                    t => {
+                        return err(
+                            args[0].span,
+                            format!("contains looks in text, but this is a {}", t.ty().name()),
+                        );
+                    }
                 };
                 let ExprKind::Str(needle) = &args[1].kind else {
-                    return err(args[1].span, "contains takes a fixed string to look for, e.g. contains(memo, \"gift card\")");
+                    return err(
+                        args[1].span,
+                        "contains takes a fixed string to look for, e.g. contains(memo, \"gift card\")",
+                    );
                 };
-                Ok(Typed::Bool(B::Contains(hay, needle.to_ascii_lowercase().into())))
+                Ok(Typed::Bool(B::Contains(
+                    hay,
+                    needle.to_ascii_lowercase().into(),
+                )))
             }
             _ => {
                 let candidates: Vec<&str> = catalog::all_names().collect();
-                err(name_span, format!("unknown function '{name}'{}", suggest(name, candidates)))
+                err(
+                    name_span,
+                    format!("unknown function '{name}'{}", suggest(name, candidates)),
+                )
             }
         }
     }
 
-    fn binary(&mut self, op: BinOp, op_span: Span, l: Typed, r: Typed, le: &Expr, re: &Expr) -> R<Typed> {
+    fn binary(
+        &mut self,
+        op: BinOp,
+        op_span: Span,
+        l: Typed,
+        r: Typed,
+        le: &Expr,
+        re: &Expr,
+    ) -> R<Typed> {
         let mismatch = |l: &Typed, r: &Typed| -> R<Typed> {
             let hint = match (l.ty(), r.ty()) {
-                (Ty::Dur, Ty::Num) | (Ty::Num, Ty::Dur) => " (write durations with a unit, such as 10m or 2d)",
+                (Ty::Dur, Ty::Num) | (Ty::Num, Ty::Dur) => {
+                    " (write durations with a unit, such as 10m or 2d)"
+                }
                 (Ty::Str, Ty::Num) | (Ty::Num, Ty::Str) => " (numbers are written without quotes)",
                 _ => "",
             };
-            err(op_span, format!("type mismatch: cannot apply '{}' to a {} and a {}{hint}", op.symbol(), l.ty().name(), r.ty().name()))
+            err(
+                op_span,
+                format!(
+                    "type mismatch: cannot apply '{}' to a {} and a {}{hint}",
+                    op.symbol(),
+                    l.ty().name(),
+                    r.ty().name()
+                ),
+            )
         };
         match op {
             BinOp::And | BinOp::Or => match (l, r) {
                 (Typed::Bool(a), Typed::Bool(b)) => {
                     let pair = Box::new((a, b));
-                    Ok(Typed::Bool(if op == BinOp::And { B::And(pair) } else { B::Or(pair) }))
+                    Ok(Typed::Bool(if op == BinOp::And {
+                        B::And(pair)
+                    } else {
+                        B::Or(pair)
+                    }))
                 }
-                (Typed::Bool(_), t) => err(re.span, format!("'{}' needs true or false on both sides, but this is a {}", op.symbol(), t.ty().name())),
-                (t, _) => err(le.span, format!("'{}' needs true or false on both sides, but this is a {}", op.symbol(), t.ty().name())),
+                (Typed::Bool(_), t) => err(
+                    re.span,
+                    format!(
+                        "'{}' needs true or false on both sides, but this is a {}",
+                        op.symbol(),
+                        t.ty().name()
+                    ),
+                ),
+                (t, _) => err(
+                    le.span,
+                    format!(
+                        "'{}' needs true or false on both sides, but this is a {}",
+                        op.symbol(),
+                        t.ty().name()
+                    ),
+                ),
             },
             BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
                 let cmp = match op {
@@ -296,9 +429,15 @@ impl Compiler<'_> {
                 };
                 let eq = matches!(cmp, Cmp::Eq | Cmp::Ne);
                 match (l, r) {
-                    (Typed::Num(a), Typed::Num(b)) => Ok(Typed::Bool(B::CmpNum(cmp, Box::new((a, b))))),
-                    (Typed::Dur(a), Typed::Dur(b)) => Ok(Typed::Bool(B::CmpDur(cmp, Box::new((a, b))))),
-                    (Typed::Bool(a), Typed::Bool(b)) if eq => Ok(Typed::Bool(B::CmpBool(cmp == Cmp::Eq, Box::new((a, b))))),
+                    (Typed::Num(a), Typed::Num(b)) => {
+                        Ok(Typed::Bool(B::CmpNum(cmp, Box::new((a, b)))))
+                    }
+                    (Typed::Dur(a), Typed::Dur(b)) => {
+                        Ok(Typed::Bool(B::CmpDur(cmp, Box::new((a, b)))))
+                    }
+                    (Typed::Bool(a), Typed::Bool(b)) if eq => {
+                        Ok(Typed::Bool(B::CmpBool(cmp == Cmp::Eq, Box::new((a, b)))))
+                    }
                     (Typed::Str(a, da), Typed::Str(b, db)) if eq => {
                         for (s, d, e) in [(&b, da, re), (&a, db, le)] {
                             if let S::Const(lit) = s {
@@ -307,9 +446,13 @@ impl Compiler<'_> {
                         }
                         Ok(Typed::Bool(B::EqStr(cmp == Cmp::Eq, a, b)))
                     }
-                    (Typed::Str(..), Typed::Str(..)) | (Typed::Bool(_), Typed::Bool(_)) => {
-                        err(op_span, format!("'{}' does not order text or booleans; use == or !=", op.symbol()))
-                    }
+                    (Typed::Str(..), Typed::Str(..)) | (Typed::Bool(_), Typed::Bool(_)) => err(
+                        op_span,
+                        format!(
+                            "'{}' does not order text or booleans; use == or !=",
+                            op.symbol()
+                        ),
+                    ),
                     (l, r) => mismatch(&l, &r),
                 }
             }
@@ -322,10 +465,18 @@ impl Compiler<'_> {
                     _ => Arith::Rem,
                 };
                 match (l, r) {
-                    (Typed::Num(a), Typed::Num(b)) => Ok(Typed::Num(N::Arith(arith, Box::new((a, b))))),
-                    (Typed::Dur(a), Typed::Dur(b)) if arith == Arith::Add => Ok(Typed::Dur(D::Add(Box::new((a, b))))),
-                    (Typed::Dur(a), Typed::Dur(b)) if arith == Arith::Sub => Ok(Typed::Dur(D::Sub(Box::new((a, b))))),
-                    (Typed::Dur(a), Typed::Num(b)) | (Typed::Num(b), Typed::Dur(a)) if arith == Arith::Mul => {
+                    (Typed::Num(a), Typed::Num(b)) => {
+                        Ok(Typed::Num(N::Arith(arith, Box::new((a, b)))))
+                    }
+                    (Typed::Dur(a), Typed::Dur(b)) if arith == Arith::Add => {
+                        Ok(Typed::Dur(D::Add(Box::new((a, b)))))
+                    }
+                    (Typed::Dur(a), Typed::Dur(b)) if arith == Arith::Sub => {
+                        Ok(Typed::Dur(D::Sub(Box::new((a, b)))))
+                    }
+                    (Typed::Dur(a), Typed::Num(b)) | (Typed::Num(b), Typed::Dur(a))
+                        if arith == Arith::Mul =>
+                    {
                         Ok(Typed::Dur(D::Scale(Box::new((a, b)))))
                     }
                     (l, r) => mismatch(&l, &r),

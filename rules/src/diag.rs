@@ -30,7 +30,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
     }
 }
 
@@ -42,14 +46,22 @@ impl std::error::Error for Diagnostic {}
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 fn render(d: &[Diagnostic]) -> String {
-    d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    d.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Diagnostic {
     /// Locates byte `offset` of `file` and builds a diagnostic there.
     pub fn at(file: &SourceFile, offset: usize, message: impl Into<String>) -> Self {
         let (line, col) = line_col(&file.text, offset);
-        Diagnostic { file: file.path.clone(), line, col, message: message.into() }
+        Diagnostic {
+            file: file.path.clone(),
+            line,
+            col,
+            message: message.into(),
+        }
     }
 }
 
@@ -63,7 +75,10 @@ pub fn line_col(text: &str, offset: usize) -> (u32, u32) {
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let col = text[line_start..offset].chars().count() + 1;
-    (u32::try_from(line).unwrap_or(u32::MAX), u32::try_from(col).unwrap_or(u32::MAX))
+    (
+        u32::try_from(line).unwrap_or(u32::MAX),
+        u32::try_from(col).unwrap_or(u32::MAX),
+    )
 }
 
 /// `" (did you mean 'x'?)"` for the closest candidate, or an empty string.
@@ -93,7 +108,10 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(suggest("amout", ["amount", "currency"]), " (did you mean 'amount'?)");
+        assert_eq!(
+            suggest("amout", ["amount", "currency"]),
+            " (did you mean 'amount'?)"
+        );
         assert_eq!(suggest("zzz", ["amount", "currency"]), "");
     }
 }

@@ -27,5 +27,5 @@ mod tests;
 
 pub use catalog::{AggFunc, AggSpec, DistinctOf, Feature, KeyKind};
 pub use diag::{Diagnostic, Diagnostics, SourceFile};
-pub use pack::{compile_pack, CompiledPack, Expect, PackOptions, TestCase};
+pub use pack::{CompiledPack, Expect, PackOptions, TestCase, compile_pack};
 pub use program::{Action, Facts, Fired, Outcome, Program, Value};

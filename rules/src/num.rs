@@ -106,7 +106,11 @@ mod tests {
 
     #[test]
     fn decimal_round_trips_through_fixed_point() {
-        for (text, fixed) in [("250.00", 250_000_000), ("0.5", 500_000), ("-1.25", -1_250_000)] {
+        for (text, fixed) in [
+            ("250.00", 250_000_000),
+            ("0.5", 500_000),
+            ("-1.25", -1_250_000),
+        ] {
             assert_eq!(from_decimal(Decimal::from_str(text).unwrap()), Some(fixed));
         }
         assert_eq!(from_decimal(Decimal::from_str("0.0000001").unwrap()), None);

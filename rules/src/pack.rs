@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::compile::Compiler;
-use crate::diag::{suggest, Diagnostic, Diagnostics, SourceFile};
+use crate::diag::{Diagnostic, Diagnostics, SourceFile, suggest};
 use crate::program::{Action, CompiledRule, Program, RuleMeta, StrSet, Thresholds};
 
 /// Most rules a pack may hold.
@@ -28,7 +28,12 @@ pub const LIST_ITEMS_MAX: usize = 1_000_000;
 /// The longest window any rule may use unless configured otherwise: 30 days.
 pub const WINDOW_MS_MAX_DEFAULT: i64 = 30 * 86_400_000;
 /// Notification templates a rule may ask for.
-pub const NOTIFY_KINDS: [&str; 4] = ["blocked_transfer", "held_for_review", "step_up_required", "account_frozen"];
+pub const NOTIFY_KINDS: [&str; 4] = [
+    "blocked_transfer",
+    "held_for_review",
+    "step_up_required",
+    "account_frozen",
+];
 
 const _: () = assert!(RULES_MAX <= u16::MAX as usize);
 
@@ -41,7 +46,9 @@ pub struct PackOptions {
 
 impl Default for PackOptions {
     fn default() -> Self {
-        PackOptions { window_ms_max: WINDOW_MS_MAX_DEFAULT }
+        PackOptions {
+            window_ms_max: WINDOW_MS_MAX_DEFAULT,
+        }
     }
 }
 
@@ -107,7 +114,11 @@ impl CompiledPack {
     }
     /// Distinct window aggregates the rules use.
     pub fn window_count(&self) -> usize {
-        self.program.features.iter().filter(|f| matches!(f, crate::catalog::Feature::Agg(_))).count()
+        self.program
+            .features
+            .iter()
+            .filter(|f| matches!(f, crate::catalog::Feature::Agg(_)))
+            .count()
     }
     /// The one-line summary `vigil rules check` prints.
     pub fn summary(&self) -> String {
@@ -158,9 +169,7 @@ struct ThresholdsDe {
 #[serde(untagged)]
 enum ListDe {
     Inline(Vec<String>),
-    File {
-        file: String,
-    },
+    File { file: String },
 }
 
 #[derive(Deserialize)]
@@ -238,7 +247,11 @@ fn de_error(file: &SourceFile, e: &toml::de::Error) -> Diagnostic {
 /// Where the text of a TOML string value starts, given the span of its literal.
 fn string_body_offset(text: &str, span: std::ops::Range<usize>) -> usize {
     let raw = text.get(span.clone()).unwrap_or_default();
-    let quote = if raw.starts_with("\"\"\"") || raw.starts_with("'''") { 3 } else { 1 };
+    let quote = if raw.starts_with("\"\"\"") || raw.starts_with("'''") {
+        3
+    } else {
+        1
+    };
     let mut at = span.start + quote;
     if quote == 3 {
         if text[at..].starts_with("\r\n") {
@@ -255,10 +268,17 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
     let mut diags = Vec::new();
     let mut sorted: Vec<&SourceFile> = files.iter().collect();
     sorted.sort_by(|a, b| (a.rel != "pack.toml", &a.rel).cmp(&(b.rel != "pack.toml", &b.rel)));
-    let rule_files: Vec<&SourceFile> =
-        sorted.iter().copied().filter(|f| f.rel.ends_with(".toml") && !f.rel.starts_with("tests/")).collect();
-    let list_files: HashMap<&str, &SourceFile> =
-        sorted.iter().copied().filter(|f| f.rel.starts_with("lists/")).map(|f| (f.rel.as_str(), f)).collect();
+    let rule_files: Vec<&SourceFile> = sorted
+        .iter()
+        .copied()
+        .filter(|f| f.rel.ends_with(".toml") && !f.rel.starts_with("tests/"))
+        .collect();
+    let list_files: HashMap<&str, &SourceFile> = sorted
+        .iter()
+        .copied()
+        .filter(|f| f.rel.starts_with("lists/"))
+        .map(|f| (f.rel.as_str(), f))
+        .collect();
 
     let mut parsed = Vec::new();
     for f in &rule_files {
@@ -274,16 +294,35 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
         if let Some(p) = d.pack.take() {
             let span = p.span();
             if let Some((_, first)) = &pack {
-                diags.push(Diagnostic::at(f, span.start, format!("a second [pack] table; the pack is already defined in {}", first.path)));
+                diags.push(Diagnostic::at(
+                    f,
+                    span.start,
+                    format!(
+                        "a second [pack] table; the pack is already defined in {}",
+                        first.path
+                    ),
+                ));
             } else {
                 pack = Some((p.into_inner(), f));
             }
         }
     }
     if pack.is_none() && diags.is_empty() {
-        let (path, text) = rule_files.first().map_or(("pack.toml".to_string(), ""), |f| (f.path.clone(), f.text.as_str()));
-        let f = SourceFile { path, rel: "pack.toml".into(), text: text.into() };
-        diags.push(Diagnostic::at(&f, 0, "no [pack] table: write pack.toml with [pack] name = \"...\""));
+        let (path, text) = rule_files
+            .first()
+            .map_or(("pack.toml".to_string(), ""), |f| {
+                (f.path.clone(), f.text.as_str())
+            });
+        let f = SourceFile {
+            path,
+            rel: "pack.toml".into(),
+            text: text.into(),
+        };
+        diags.push(Diagnostic::at(
+            &f,
+            0,
+            "no [pack] table: write pack.toml with [pack] name = \"...\"",
+        ));
     }
 
     // [lists]
@@ -295,11 +334,19 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
             let at = name.span().start;
             let name_s = name.get_ref().clone();
             if !is_ident(&name_s) {
-                diags.push(Diagnostic::at(f, at, format!("list name '{name_s}' must be lowercase letters, digits and _")));
+                diags.push(Diagnostic::at(
+                    f,
+                    at,
+                    format!("list name '{name_s}' must be lowercase letters, digits and _"),
+                ));
                 continue;
             }
             if crate::catalog::lookup(&name_s).is_some() {
-                diags.push(Diagnostic::at(f, at, format!("list name '{name_s}' is already a field or feature name")));
+                diags.push(Diagnostic::at(
+                    f,
+                    at,
+                    format!("list name '{name_s}' is already a field or feature name"),
+                ));
                 continue;
             }
             if named.contains_key(&name_s) {
@@ -307,7 +354,11 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
                 continue;
             }
             if named.len() >= LISTS_MAX {
-                diags.push(Diagnostic::at(f, at, format!("more than {LISTS_MAX} lists")));
+                diags.push(Diagnostic::at(
+                    f,
+                    at,
+                    format!("more than {LISTS_MAX} lists"),
+                ));
                 continue;
             }
             let items: Vec<String> = match def.get_ref() {
@@ -327,18 +378,30 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
                 },
             };
             if items.len() > LIST_ITEMS_MAX {
-                diags.push(Diagnostic::at(f, def.span().start, format!("list '{name_s}' has more than {LIST_ITEMS_MAX} items")));
+                diags.push(Diagnostic::at(
+                    f,
+                    def.span().start,
+                    format!("list '{name_s}' has more than {LIST_ITEMS_MAX} items"),
+                ));
                 continue;
             }
             let set = StrSet::new(items);
-            list_info.push(ListInfo { name: name_s.clone(), len: set.len() });
+            list_info.push(ListInfo {
+                name: name_s.clone(),
+                len: set.len(),
+            });
             named.insert(name_s, lists.len() as u32);
             lists.push(set);
         }
     }
 
     // [[rule]]
-    let mut compiler = Compiler { named_lists: &named, lists, features: Vec::new(), window_ms_max: opts.window_ms_max };
+    let mut compiler = Compiler {
+        named_lists: &named,
+        lists,
+        features: Vec::new(),
+        window_ms_max: opts.window_ms_max,
+    };
     let mut rules: Vec<CompiledRule> = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     let mut count = 0usize;
@@ -349,17 +412,33 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
             let r = r.get_ref();
             count += 1;
             if count > RULES_MAX {
-                diags.push(Diagnostic::at(f, header, format!("more than {RULES_MAX} rules")));
+                diags.push(Diagnostic::at(
+                    f,
+                    header,
+                    format!("more than {RULES_MAX} rules"),
+                ));
                 break;
             }
             let id = r.id.get_ref();
             let id_at = string_body_offset(&f.text, r.id.span());
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) {
-                diags.push(Diagnostic::at(f, id_at, format!("rule id '{id}' must be lowercase letters, digits, '.', '_' or '-'")));
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            {
+                diags.push(Diagnostic::at(
+                    f,
+                    id_at,
+                    format!("rule id '{id}' must be lowercase letters, digits, '.', '_' or '-'"),
+                ));
             }
             let here = format!("{}:{line}", f.path);
             if let Some(first) = seen.insert(id.clone(), here) {
-                diags.push(Diagnostic::at(f, id_at, format!("duplicate rule id '{id}' (first defined at {first})")));
+                diags.push(Diagnostic::at(
+                    f,
+                    id_at,
+                    format!("duplicate rule id '{id}' (first defined at {first})"),
+                ));
             }
             let action = match &r.action {
                 None => None,
@@ -368,27 +447,57 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
                     None => {
                         let at = string_body_offset(&f.text, a.span());
                         let names = Action::ALL.map(Action::name);
-                        diags.push(Diagnostic::at(f, at, format!("unknown action '{}'{}; actions are {}", a.get_ref(), suggest(a.get_ref(), names), names.join(", "))));
+                        diags.push(Diagnostic::at(
+                            f,
+                            at,
+                            format!(
+                                "unknown action '{}'{}; actions are {}",
+                                a.get_ref(),
+                                suggest(a.get_ref(), names),
+                                names.join(", ")
+                            ),
+                        ));
                         None
                     }
                 },
             };
             if r.action.is_none() && r.score.is_none() {
-                diags.push(Diagnostic::at(f, header, format!("rule '{id}' needs an action, a score, or both")));
+                diags.push(Diagnostic::at(
+                    f,
+                    header,
+                    format!("rule '{id}' needs an action, a score, or both"),
+                ));
             }
             let shadow = match r.mode.as_ref().map(|m| m.get_ref().as_str()) {
                 None | Some("active") => false,
                 Some("shadow") => true,
                 Some(other) => {
-                    let at = string_body_offset(&f.text, r.mode.as_ref().map_or(0..0, Spanned::span));
-                    diags.push(Diagnostic::at(f, at, format!("unknown mode '{other}'{}; modes are active, shadow", suggest(other, ["active", "shadow"]))));
+                    let at =
+                        string_body_offset(&f.text, r.mode.as_ref().map_or(0..0, Spanned::span));
+                    diags.push(Diagnostic::at(
+                        f,
+                        at,
+                        format!(
+                            "unknown mode '{other}'{}; modes are active, shadow",
+                            suggest(other, ["active", "shadow"])
+                        ),
+                    ));
                     false
                 }
             };
             if let Some(n) = &r.notify {
                 if !NOTIFY_KINDS.contains(&n.get_ref().as_str()) {
                     let at = string_body_offset(&f.text, n.span());
-                    diags.push(Diagnostic::at(f, at, format!("unknown notification '{}'{}; notifications are {}", n.get_ref(), suggest(n.get_ref(), NOTIFY_KINDS), NOTIFY_KINDS.join(", "))));
+                    diags.push(Diagnostic::at(
+                        f,
+                        at,
+                        format!(
+                            "unknown notification '{}'{}; notifications are {}",
+                            n.get_ref(),
+                            suggest(n.get_ref(), NOTIFY_KINDS),
+                            NOTIFY_KINDS.join(", ")
+                        ),
+                    ));
                 }
             }
             let when_at = string_body_offset(&f.text, r.when.span());
@@ -396,7 +505,9 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
             let compiled = crate::parse::parse(src)
                 .map_err(|e| Diagnostic::at(f, when_at + e.offset, e.message))
                 .and_then(|expr| {
-                    compiler.condition(src, &expr).map_err(|e| Diagnostic::at(f, when_at + e.span.start, e.message))
+                    compiler
+                        .condition(src, &expr)
+                        .map_err(|e| Diagnostic::at(f, when_at + e.span.start, e.message))
                 });
             match compiled {
                 Ok((cond, terms)) if r.enabled => rules.push(CompiledRule {
@@ -423,7 +534,10 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
 
     // tests/*.toml
     let mut tests = Vec::new();
-    for f in sorted.iter().filter(|f| f.rel.starts_with("tests/") && f.rel.ends_with(".toml")) {
+    for f in sorted
+        .iter()
+        .filter(|f| f.rel.starts_with("tests/") && f.rel.ends_with(".toml"))
+    {
         match toml::from_str::<TestFileDe>(&f.text) {
             Err(e) => diags.push(de_error(f, &e)),
             Ok(t) => {
@@ -431,26 +545,52 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
                     let (line, _) = crate::diag::line_col(&f.text, c.span().start);
                     let c = c.into_inner();
                     let e = c.expect.get_ref();
-                    let mut expect = Expect { score: e.score, ..Expect::default() };
+                    let mut expect = Expect {
+                        score: e.score,
+                        ..Expect::default()
+                    };
                     if let Some(a) = &e.action {
                         expect.action = Action::from_name(a.get_ref());
                         if expect.action.is_none() {
-                            diags.push(Diagnostic::at(f, string_body_offset(&f.text, a.span()), format!("unknown action '{}'", a.get_ref())));
+                            diags.push(Diagnostic::at(
+                                f,
+                                string_body_offset(&f.text, a.span()),
+                                format!("unknown action '{}'", a.get_ref()),
+                            ));
                         }
                     }
                     if let Some(rs) = &e.rules {
                         for r in rs {
                             if !seen.contains_key(r.get_ref()) {
                                 let ids: Vec<&str> = seen.keys().map(String::as_str).collect();
-                                diags.push(Diagnostic::at(f, string_body_offset(&f.text, r.span()), format!("unknown rule '{}'{}", r.get_ref(), suggest(r.get_ref(), ids))));
+                                diags.push(Diagnostic::at(
+                                    f,
+                                    string_body_offset(&f.text, r.span()),
+                                    format!(
+                                        "unknown rule '{}'{}",
+                                        r.get_ref(),
+                                        suggest(r.get_ref(), ids)
+                                    ),
+                                ));
                             }
                         }
                         expect.rules = Some(rs.iter().map(|r| r.get_ref().clone()).collect());
                     }
                     if c.events.is_empty() {
-                        diags.push(Diagnostic::at(f, c.expect.span().start, format!("test case '{}' has no events", c.name)));
+                        diags.push(Diagnostic::at(
+                            f,
+                            c.expect.span().start,
+                            format!("test case '{}' has no events", c.name),
+                        ));
                     }
-                    tests.push(TestCase { name: c.name, file: f.path.clone(), line, defaults: t.defaults.clone(), events: c.events, expect });
+                    tests.push(TestCase {
+                        name: c.name,
+                        file: f.path.clone(),
+                        line,
+                        defaults: t.defaults.clone(),
+                        events: c.events,
+                        expect,
+                    });
                 }
             }
         }
@@ -459,7 +599,9 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
     if !diags.is_empty() {
         return Err(Diagnostics(diags));
     }
-    let Some((pack, _)) = pack else { return Err(Diagnostics(diags)) };
+    let Some((pack, _)) = pack else {
+        return Err(Diagnostics(diags));
+    };
 
     let mut hasher = Sha256::new();
     for f in sorted.iter().filter(|f| !f.rel.starts_with("tests/")) {
@@ -471,7 +613,9 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
     let digest = hasher.finalize();
     let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
 
-    let Compiler { lists, features, .. } = compiler;
+    let Compiler {
+        lists, features, ..
+    } = compiler;
     let t = pack.thresholds;
     Ok(CompiledPack {
         name: pack.name,
@@ -481,7 +625,11 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
             rules,
             features,
             lists,
-            thresholds: Thresholds { review: t.review, step_up: t.step_up, block: t.block },
+            thresholds: Thresholds {
+                review: t.review,
+                step_up: t.step_up,
+                block: t.block,
+            },
         },
         lists: list_info,
         tests,
@@ -489,6 +637,9 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
 }
 
 fn is_ident(s: &str) -> bool {
-    s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    s.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }

@@ -38,7 +38,10 @@ pub struct Span {
 
 impl Span {
     fn to(self, other: Span) -> Span {
-        Span { start: self.start, end: other.end }
+        Span {
+            start: self.start,
+            end: other.end,
+        }
     }
 }
 
@@ -184,8 +187,9 @@ fn describe(t: &Tok) -> String {
     }
 }
 
-const SYMBOLS: [&str; 16] =
-    ["==", "!=", "<=", ">=", "<", ">", "+", "-", "*", "/", "%", "(", ")", "[", "]", ","];
+const SYMBOLS: [&str; 16] = [
+    "==", "!=", "<=", ">=", "<", ">", "+", "-", "*", "/", "%", "(", ")", "[", "]", ",",
+];
 
 fn lex(src: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
     let bytes = src.as_bytes();
@@ -199,7 +203,9 @@ fn lex(src: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
         }
         let start = i;
         if c.is_ascii_digit() {
-            while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'_' || bytes[i] == b'.') {
+            while i < bytes.len()
+                && (bytes[i].is_ascii_digit() || bytes[i] == b'_' || bytes[i] == b'.')
+            {
                 i += 1;
             }
             let digits: String = src[start..i].chars().filter(|&c| c != '_').collect();
@@ -242,7 +248,10 @@ fn lex(src: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
                 };
                 let n: i64 = digits.parse().map_err(|_| ParseError {
                     offset: start,
-                    message: format!("durations are whole numbers of a unit, found '{}'", &src[start..i]),
+                    message: format!(
+                        "durations are whole numbers of a unit, found '{}'",
+                        &src[start..i]
+                    ),
                 })?;
                 let ms = n.checked_mul(ms_per).ok_or_else(|| ParseError {
                     offset: start,
@@ -265,7 +274,10 @@ fn lex(src: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
             let mut s = String::new();
             loop {
                 let Some(&b) = bytes.get(i) else {
-                    return Err(ParseError { offset: start, message: "unterminated string".into() });
+                    return Err(ParseError {
+                        offset: start,
+                        message: "unterminated string".into(),
+                    });
                 };
                 if b == quote {
                     i += 1;
@@ -296,9 +308,18 @@ fn lex(src: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
             '!' => " (use 'not' or '!=')",
             _ => "",
         };
-        return Err(ParseError { offset: i, message: format!("unexpected character '{ch}'{hint}") });
+        return Err(ParseError {
+            offset: i,
+            message: format!("unexpected character '{ch}'{hint}"),
+        });
     }
-    out.push((Tok::End, Span { start: src.len(), end: src.len() }));
+    out.push((
+        Tok::End,
+        Span {
+            start: src.len(),
+            end: src.len(),
+        },
+    ));
     Ok(out)
 }
 
@@ -311,11 +332,18 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
         });
     }
     let toks = lex(src)?;
-    let mut p = Parser { toks, pos: 0, depth: 0 };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        depth: 0,
+    };
     let e = p.expr()?;
     match p.peek() {
         Tok::End => Ok(e),
-        t => Err(p.error(format!("expected an operator or the end, found {}", describe(t)))),
+        t => Err(p.error(format!(
+            "expected an operator or the end, found {}",
+            describe(t)
+        ))),
     }
 }
 
@@ -340,7 +368,10 @@ impl Parser {
         t
     }
     fn error(&self, message: String) -> ParseError {
-        ParseError { offset: self.span().start, message }
+        ParseError {
+            offset: self.span().start,
+            message,
+        }
     }
     fn is_name(&self, word: &str) -> bool {
         matches!(self.peek(), Tok::Name(n) if n == word)
@@ -358,7 +389,9 @@ impl Parser {
     fn enter(&mut self) -> Result<(), ParseError> {
         self.depth += 1;
         if self.depth > EXPR_DEPTH_MAX {
-            return Err(self.error(format!("expression nests deeper than {EXPR_DEPTH_MAX} levels")));
+            return Err(self.error(format!(
+                "expression nests deeper than {EXPR_DEPTH_MAX} levels"
+            )));
         }
         Ok(())
     }
@@ -382,12 +415,19 @@ impl Parser {
                 Tok::Sym(s) => s == w,
                 _ => false,
             });
-            let Some(&(_, op)) = found else { return Ok(lhs) };
+            let Some(&(_, op)) = found else {
+                return Ok(lhs);
+            };
             let op_span = self.bump().1;
             let rhs = next(self)?;
             let span = lhs.span.to(rhs.span);
             lhs = Expr {
-                kind: ExprKind::Binary { op, op_span, lhs: Box::new(lhs), rhs: Box::new(rhs) },
+                kind: ExprKind::Binary {
+                    op,
+                    op_span,
+                    lhs: Box::new(lhs),
+                    rhs: Box::new(rhs),
+                },
                 span,
             };
         }
@@ -406,7 +446,10 @@ impl Parser {
             let inner = self.not()?;
             self.depth -= 1;
             let span = start.to(inner.span);
-            return Ok(Expr { kind: ExprKind::Not(Box::new(inner)), span });
+            return Ok(Expr {
+                kind: ExprKind::Not(Box::new(inner)),
+                span,
+            });
         }
         self.compare()
     }
@@ -424,13 +467,18 @@ impl Parser {
             let op_span = self.bump().1;
             let rhs = self.sum()?;
             if ops.iter().any(|(s, _)| self.is_sym(s)) {
-                return Err(self.error(
-                    "comparisons do not chain: write 'a < b and b < c'".to_string(),
-                ));
+                return Err(
+                    self.error("comparisons do not chain: write 'a < b and b < c'".to_string())
+                );
             }
             let span = lhs.span.to(rhs.span);
             return Ok(Expr {
-                kind: ExprKind::Binary { op, op_span, lhs: Box::new(lhs), rhs: Box::new(rhs) },
+                kind: ExprKind::Binary {
+                    op,
+                    op_span,
+                    lhs: Box::new(lhs),
+                    rhs: Box::new(rhs),
+                },
                 span,
             });
         }
@@ -450,7 +498,11 @@ impl Parser {
             let rhs = self.sum()?;
             let span = lhs.span.to(rhs.span);
             return Ok(Expr {
-                kind: ExprKind::In { negated, lhs: Box::new(lhs), rhs: Box::new(rhs) },
+                kind: ExprKind::In {
+                    negated,
+                    lhs: Box::new(lhs),
+                    rhs: Box::new(rhs),
+                },
                 span,
             });
         }
@@ -460,7 +512,10 @@ impl Parser {
         self.binary_chain(Self::product, &[("+", BinOp::Add), ("-", BinOp::Sub)])
     }
     fn product(&mut self) -> Result<Expr, ParseError> {
-        self.binary_chain(Self::unary, &[("*", BinOp::Mul), ("/", BinOp::Div), ("%", BinOp::Rem)])
+        self.binary_chain(
+            Self::unary,
+            &[("*", BinOp::Mul), ("/", BinOp::Div), ("%", BinOp::Rem)],
+        )
     }
     fn unary(&mut self) -> Result<Expr, ParseError> {
         if self.is_sym("-") {
@@ -471,9 +526,21 @@ impl Parser {
             let span = start.to(inner.span);
             // Fold negative literals so `-5` is a constant.
             return Ok(match inner.kind {
-                ExprKind::Num(v) => Expr { kind: ExprKind::Num(-v), span },
-                ExprKind::Dur(v) => Expr { kind: ExprKind::Dur(-v), span },
-                kind => Expr { kind: ExprKind::Neg(Box::new(Expr { kind, span: inner.span })), span },
+                ExprKind::Num(v) => Expr {
+                    kind: ExprKind::Num(-v),
+                    span,
+                },
+                ExprKind::Dur(v) => Expr {
+                    kind: ExprKind::Dur(-v),
+                    span,
+                },
+                kind => Expr {
+                    kind: ExprKind::Neg(Box::new(Expr {
+                        kind,
+                        span: inner.span,
+                    })),
+                    span,
+                },
             });
         }
         self.primary()
@@ -501,7 +568,10 @@ impl Parser {
             Tok::Sym("(") => {
                 let inner = self.expr()?;
                 let end = self.expect_sym(")")?;
-                return Ok(Expr { kind: inner.kind, span: span.to(end) });
+                return Ok(Expr {
+                    kind: inner.kind,
+                    span: span.to(end),
+                });
             }
             Tok::Sym("[") => {
                 let mut items = Vec::new();
@@ -520,7 +590,10 @@ impl Parser {
                     }
                 }
                 let end = self.bump().1;
-                return Ok(Expr { kind: ExprKind::List(items), span: span.to(end) });
+                return Ok(Expr {
+                    kind: ExprKind::List(items),
+                    span: span.to(end),
+                });
             }
             t => {
                 return Err(ParseError {
@@ -580,7 +653,12 @@ impl Parser {
             };
             let end = self.expect_sym(")")?;
             return Ok(Expr {
-                kind: ExprKind::Agg { func: name, measure, key, window },
+                kind: ExprKind::Agg {
+                    func: name,
+                    measure,
+                    key,
+                    window,
+                },
                 span: name_span.to(end),
             });
         }
@@ -592,7 +670,14 @@ impl Parser {
             }
         }
         let end = self.bump().1;
-        Ok(Expr { kind: ExprKind::Call { name, name_span, args }, span: name_span.to(end) })
+        Ok(Expr {
+            kind: ExprKind::Call {
+                name,
+                name_span,
+                args,
+            },
+            span: name_span.to(end),
+        })
     }
 }
 
@@ -607,19 +692,52 @@ mod tests {
     #[test]
     fn precedence_binds_arithmetic_tighter_than_logic() {
         let e = parse("a + 2 * b > 3 and not c or d").unwrap();
-        let ExprKind::Binary { op: BinOp::Or, lhs, .. } = e.kind else { panic!("{e:?}") };
-        let ExprKind::Binary { op: BinOp::And, lhs: cmp, .. } = lhs.kind else { panic!() };
-        let ExprKind::Binary { op: BinOp::Gt, lhs: sum, .. } = cmp.kind else { panic!() };
-        let ExprKind::Binary { op: BinOp::Add, rhs: prod, .. } = sum.kind else { panic!() };
+        let ExprKind::Binary {
+            op: BinOp::Or, lhs, ..
+        } = e.kind
+        else {
+            panic!("{e:?}")
+        };
+        let ExprKind::Binary {
+            op: BinOp::And,
+            lhs: cmp,
+            ..
+        } = lhs.kind
+        else {
+            panic!()
+        };
+        let ExprKind::Binary {
+            op: BinOp::Gt,
+            lhs: sum,
+            ..
+        } = cmp.kind
+        else {
+            panic!()
+        };
+        let ExprKind::Binary {
+            op: BinOp::Add,
+            rhs: prod,
+            ..
+        } = sum.kind
+        else {
+            panic!()
+        };
         assert!(matches!(prod.kind, ExprKind::Binary { op: BinOp::Mul, .. }));
     }
 
     #[test]
     fn aggregates_durations_and_lists_parse() {
         let e = parse("count(tx by account over 10m) >= 8").unwrap();
-        let ExprKind::Binary { lhs, .. } = e.kind else { panic!() };
+        let ExprKind::Binary { lhs, .. } = e.kind else {
+            panic!()
+        };
         match lhs.kind {
-            ExprKind::Agg { func, measure, key, window } => {
+            ExprKind::Agg {
+                func,
+                measure,
+                key,
+                window,
+            } => {
                 assert_eq!(func, "count");
                 assert_eq!(measure.0, "tx");
                 assert_eq!(key.0, "account");
@@ -636,7 +754,10 @@ mod tests {
     fn errors_point_at_the_offending_text() {
         assert_eq!(err("amount = 5").offset, 7);
         assert!(err("amount = 5").message.contains("use '=='"));
-        assert_eq!(err("count(tx by account over 10min)").message, "unknown duration unit 'min' (use ms, s, m, h, d or w)");
+        assert_eq!(
+            err("count(tx by account over 10min)").message,
+            "unknown duration unit 'min' (use ms, s, m, h, d or w)"
+        );
         assert_eq!(err("count(tx by account 10m)").offset, 20);
         assert!(err("amount > ").message.contains("expected a value"));
         assert!(err("(amount > 5").message.contains("expected ')'"));

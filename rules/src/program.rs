@@ -157,7 +157,11 @@ impl StrSet {
         let mut v: Vec<Box<str>> = items.into_iter().map(String::into_boxed_str).collect();
         v.sort();
         v.dedup();
-        if v.len() <= Self::SCAN_MAX { StrSet::Scan(v.into_boxed_slice()) } else { StrSet::Hash(v.into_iter().collect()) }
+        if v.len() <= Self::SCAN_MAX {
+            StrSet::Scan(v.into_boxed_slice())
+        } else {
+            StrSet::Hash(v.into_iter().collect())
+        }
     }
     /// Whether `s` is in the set.
     #[inline]
@@ -285,7 +289,9 @@ impl D {
 
 fn contains_ignore_case(hay: &str, needle_lower: &str) -> bool {
     let (h, n) = (hay.as_bytes(), needle_lower.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
+    n.is_empty()
+        || h.windows(n.len())
+            .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
 }
 
 impl B {
@@ -376,7 +382,10 @@ impl Term {
             TermNode::Bool(b) => b.eval(f, lists).map_or(Value::Error, Value::Bool),
             TermNode::Str(s) => Value::Str(s.eval(f).to_string()),
             TermNode::HomeCountries => Value::List(
-                f.home_countries.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect(),
+                f.home_countries
+                    .iter()
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect(),
             ),
         }
     }
@@ -432,10 +441,14 @@ pub struct Thresholds {
 impl Thresholds {
     /// The highest action whose threshold `score` reaches.
     pub fn action_for(&self, score: i64) -> Action {
-        [(self.block, Action::Block), (self.step_up, Action::StepUp), (self.review, Action::Review)]
-            .into_iter()
-            .find(|(t, _)| t.is_some_and(|t| score >= t))
-            .map_or(Action::Allow, |(_, a)| a)
+        [
+            (self.block, Action::Block),
+            (self.step_up, Action::StepUp),
+            (self.review, Action::Review),
+        ]
+        .into_iter()
+        .find(|(t, _)| t.is_some_and(|t| score >= t))
+        .map_or(Action::Allow, |(_, a)| a)
     }
 }
 
@@ -464,7 +477,11 @@ pub struct Outcome {
 impl Outcome {
     /// An outcome with room for `rules` rules, so evaluation never grows it.
     pub fn with_capacity(rules: usize) -> Outcome {
-        Outcome { fired: Vec::with_capacity(rules), errors: Vec::with_capacity(rules), ..Outcome::default() }
+        Outcome {
+            fired: Vec::with_capacity(rules),
+            errors: Vec::with_capacity(rules),
+            ..Outcome::default()
+        }
     }
 }
 
@@ -521,7 +538,12 @@ impl Program {
     pub fn explain(&self, rule: u16, facts: &Facts<'_>) -> Vec<(String, Value)> {
         self.rules
             .get(usize::from(rule))
-            .map(|r| r.terms.iter().map(|t| (t.text.clone(), t.value(facts, &self.lists))).collect())
+            .map(|r| {
+                r.terms
+                    .iter()
+                    .map(|t| (t.text.clone(), t.value(facts, &self.lists)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

@@ -2,13 +2,17 @@
 
 use crate::diag::SourceFile;
 use crate::num::NUM_SCALE;
-use crate::pack::{compile_pack, PackOptions};
+use crate::pack::{PackOptions, compile_pack};
 use crate::program::{Action, Facts, Outcome};
 
 const HEAD: &str = "[pack]\nname = \"t\"\n[lists]\nhigh_risk = [\"KP\", \"IR\"]\n";
 
 fn files(rules: &str) -> Vec<SourceFile> {
-    vec![SourceFile { path: "p/pack.toml".into(), rel: "pack.toml".into(), text: format!("{HEAD}{rules}") }]
+    vec![SourceFile {
+        path: "p/pack.toml".into(),
+        rel: "pack.toml".into(),
+        text: format!("{HEAD}{rules}"),
+    }]
 }
 
 /// Compiles a pack made of HEAD plus `rules` and returns its diagnostics as text.
@@ -20,27 +24,71 @@ fn errors(rules: &str) -> Vec<String> {
 }
 
 fn one_rule(when: &str) -> Vec<String> {
-    errors(&format!("[[rule]]\nid = \"r\"\naction = \"review\"\nwhen = \"{when}\"\n"))
+    errors(&format!(
+        "[[rule]]\nid = \"r\"\naction = \"review\"\nwhen = \"{when}\"\n"
+    ))
 }
 
 #[test]
 fn each_error_names_file_line_column_and_fix() {
     // `when = "` puts the expression at column 9 of line 8.
     let cases: &[(&str, &str)] = &[
-        ("amout > 5", "p/pack.toml:8:9: unknown field, function or list 'amout' (did you mean 'amount'?)"),
-        ("amount > 'x'", "p/pack.toml:8:16: type mismatch: cannot apply '>' to a number and a string (numbers are written without quotes)"),
-        ("amount > 5 and kind == 'transfr'", "p/pack.toml:8:32: unknown transaction kind 'transfr' (did you mean 'transfer'?); kinds are transfer, payment, withdrawal, top_up, refund"),
-        ("country in high_rsk", "p/pack.toml:8:20: unknown field, function or list 'high_rsk' (did you mean 'high_risk'?)"),
-        ("count(tx by account over 45d) > 1", "p/pack.toml:8:34: window 45d is longer than the limit of 30d"),
-        ("count(tx by acount over 1h) > 1", "p/pack.toml:8:21: unknown key 'acount': windows are kept by account, device, ip or counterparty (did you mean 'account'?)"),
-        ("sum(tx by account over 1h) > 1", "p/pack.toml:8:13: sum works on amount: write 'sum(amount by account over ...)'"),
-        ("since(password_rest) < 1h", "p/pack.toml:8:15: unknown account event 'password_rest' (did you mean 'password_reset'?); kinds are account_opened, login, new_device, password_reset, email_changed, phone_changed, payee_added"),
-        ("since(login) < 5", "p/pack.toml:8:22: type mismatch: cannot apply '<' to a duration and a number (write durations with a unit, such as 10m or 2d)"),
-        ("amount", "p/pack.toml:8:9: a rule's 'when' must be true or false, but this is a number"),
-        ("amount > 5 and", "p/pack.toml:8:23: expected a value, found the end of the expression"),
-        ("country == 'china'", "p/pack.toml:8:20: country codes are two uppercase letters (ISO 3166), found 'china'"),
-        ("velocity(account) > 3", "p/pack.toml:8:9: unknown function 'velocity'"),
-        ("kind < 'payment'", "p/pack.toml:8:14: '<' does not order text or booleans; use == or !="),
+        (
+            "amout > 5",
+            "p/pack.toml:8:9: unknown field, function or list 'amout' (did you mean 'amount'?)",
+        ),
+        (
+            "amount > 'x'",
+            "p/pack.toml:8:16: type mismatch: cannot apply '>' to a number and a string (numbers are written without quotes)",
+        ),
+        (
+            "amount > 5 and kind == 'transfr'",
+            "p/pack.toml:8:32: unknown transaction kind 'transfr' (did you mean 'transfer'?); kinds are transfer, payment, withdrawal, top_up, refund",
+        ),
+        (
+            "country in high_rsk",
+            "p/pack.toml:8:20: unknown field, function or list 'high_rsk' (did you mean 'high_risk'?)",
+        ),
+        (
+            "count(tx by account over 45d) > 1",
+            "p/pack.toml:8:34: window 45d is longer than the limit of 30d",
+        ),
+        (
+            "count(tx by acount over 1h) > 1",
+            "p/pack.toml:8:21: unknown key 'acount': windows are kept by account, device, ip or counterparty (did you mean 'account'?)",
+        ),
+        (
+            "sum(tx by account over 1h) > 1",
+            "p/pack.toml:8:13: sum works on amount: write 'sum(amount by account over ...)'",
+        ),
+        (
+            "since(password_rest) < 1h",
+            "p/pack.toml:8:15: unknown account event 'password_rest' (did you mean 'password_reset'?); kinds are account_opened, login, new_device, password_reset, email_changed, phone_changed, payee_added",
+        ),
+        (
+            "since(login) < 5",
+            "p/pack.toml:8:22: type mismatch: cannot apply '<' to a duration and a number (write durations with a unit, such as 10m or 2d)",
+        ),
+        (
+            "amount",
+            "p/pack.toml:8:9: a rule's 'when' must be true or false, but this is a number",
+        ),
+        (
+            "amount > 5 and",
+            "p/pack.toml:8:23: expected a value, found the end of the expression",
+        ),
+        (
+            "country == 'china'",
+            "p/pack.toml:8:20: country codes are two uppercase letters (ISO 3166), found 'china'",
+        ),
+        (
+            "velocity(account) > 3",
+            "p/pack.toml:8:9: unknown function 'velocity'",
+        ),
+        (
+            "kind < 'payment'",
+            "p/pack.toml:8:14: '<' does not order text or booleans; use == or !=",
+        ),
     ];
     for (when, want) in cases {
         assert_eq!(one_rule(when), vec![want.to_string()], "when = {when}");
@@ -64,7 +112,10 @@ fn pack_level_mistakes_are_reported_each_with_a_place() {
     );
     let got = errors("[[rule]]\nid = \"a\"\nacton = \"block\"\nwhen = \"amount > 1\"\n");
     assert_eq!(got.len(), 1);
-    assert!(got[0].starts_with("p/pack.toml:7:1: unknown key 'acton' (did you mean 'action'?)"), "{got:?}");
+    assert!(
+        got[0].starts_with("p/pack.toml:7:1: unknown key 'acton' (did you mean 'action'?)"),
+        "{got:?}"
+    );
     let got = errors("[[rule]\n");
     assert!(got[0].starts_with("p/pack.toml:5:"), "{got:?}");
 }
@@ -72,16 +123,35 @@ fn pack_level_mistakes_are_reported_each_with_a_place() {
 #[test]
 fn a_missing_list_file_and_a_missing_pack_table_are_errors() {
     let mut f = files("");
-    f.push(SourceFile { path: "p/extra.toml".into(), rel: "extra.toml".into(), text: "[lists]\nmules = { file = \"lists/nope.txt\" }\n".into() });
+    f.push(SourceFile {
+        path: "p/extra.toml".into(),
+        rel: "extra.toml".into(),
+        text: "[lists]\nmules = { file = \"lists/nope.txt\" }\n".into(),
+    });
     let got = compile_pack(&f, &PackOptions::default()).unwrap_err().0;
-    assert_eq!(got[0].to_string(), "p/extra.toml:2:9: list file 'lists/nope.txt' not found in the pack (list files live under lists/)");
-    let f = vec![SourceFile { path: "x.toml".into(), rel: "x.toml".into(), text: "[[rule]]\nid=\"a\"\nscore=1\nwhen=\"true\"\n".into() }];
+    assert_eq!(
+        got[0].to_string(),
+        "p/extra.toml:2:9: list file 'lists/nope.txt' not found in the pack (list files live under lists/)"
+    );
+    let f = vec![SourceFile {
+        path: "x.toml".into(),
+        rel: "x.toml".into(),
+        text: "[[rule]]\nid=\"a\"\nscore=1\nwhen=\"true\"\n".into(),
+    }];
     let err = compile_pack(&f, &PackOptions::default()).unwrap_err();
     assert!(err.0[0].message.contains("no [pack] table"));
 }
 
 fn facts(amount_major: i64, country: &'static str, features: &'static [i64]) -> Facts<'static> {
-    Facts { amount: amount_major * NUM_SCALE, kind: "transfer", country, currency: "EUR", channel: "app", features, ..Facts::default() }
+    Facts {
+        amount: amount_major * NUM_SCALE,
+        kind: "transfer",
+        country,
+        currency: "EUR",
+        channel: "app",
+        features,
+        ..Facts::default()
+    }
 }
 
 #[test]
@@ -106,7 +176,10 @@ fn highest_action_wins_scores_add_and_shadow_rules_do_not_act() {
     .unwrap();
     let mut out = Outcome::with_capacity(8);
     pack.program.evaluate(&facts(10, "DE", &[]), &mut out);
-    assert_eq!((out.action, out.score, out.fired.len()), (Action::Allow, 0, 1));
+    assert_eq!(
+        (out.action, out.score, out.fired.len()),
+        (Action::Allow, 0, 1)
+    );
     assert!(out.fired[0].shadow);
     pack.program.evaluate(&facts(2000, "DE", &[]), &mut out);
     assert_eq!((out.action, out.score), (Action::Review, 60));
@@ -114,10 +187,19 @@ fn highest_action_wins_scores_add_and_shadow_rules_do_not_act() {
     assert_eq!((out.action, out.score), (Action::Block, 110));
     pack.program.evaluate(&facts(6000, "FR", &[]), &mut out);
     assert_eq!((out.action, out.score), (Action::StepUp, 60));
-    let ids: Vec<&str> = out.fired.iter().map(|f| pack.program.rules[f.rule as usize].meta.id.as_str()).collect();
+    let ids: Vec<&str> = out
+        .fired
+        .iter()
+        .map(|f| pack.program.rules[f.rule as usize].meta.id.as_str())
+        .collect();
     assert_eq!(ids, ["big", "shadow_block", "step"]);
     let why = pack.program.explain(3, &facts(6000, "FR", &[]));
-    assert_eq!(why.iter().map(|(t, v)| format!("{t}={v}")).collect::<Vec<_>>(), ["amount=6000", "country=FR"]);
+    assert_eq!(
+        why.iter()
+            .map(|(t, v)| format!("{t}={v}"))
+            .collect::<Vec<_>>(),
+        ["amount=6000", "country=FR"]
+    );
 }
 
 #[test]
@@ -138,5 +220,13 @@ fn features_get_slots_and_errors_do_not_fire() {
     assert_eq!(out.errors, vec![0]);
     assert_eq!(out.action, Action::Block);
     let why = pack.program.explain(1, &facts(100, "DE", &ZERO));
-    assert_eq!(why.iter().map(|(t, v)| format!("{t}={v}")).collect::<Vec<_>>(), ["count(tx by account over 10m)=9", "since(password_reset)=20m"]);
+    assert_eq!(
+        why.iter()
+            .map(|(t, v)| format!("{t}={v}"))
+            .collect::<Vec<_>>(),
+        [
+            "count(tx by account over 10m)=9",
+            "since(password_reset)=20m"
+        ]
+    );
 }

@@ -1,0 +1,705 @@
+//! The event model: JSON on the wire, validated into typed events.
+//!
+//! Decoding never panics: every problem becomes an [`EventError`] naming the field, which the
+//! replay reports with its line number and the Kafka path sends to the dead-letter topic.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use vigil_rules::catalog::{ACCOUNT_EVENT_KINDS, AccountEventKind, TX_KINDS};
+
+/// Largest encoded event accepted, bytes.
+pub const EVENT_BYTES_MAX: usize = 64 * 1024;
+/// Longest id (tx_id, account_id, device_id, …), bytes.
+pub const ID_BYTES_MAX: usize = 128;
+/// Longest memo, bytes.
+pub const MEMO_BYTES_MAX: usize = 512;
+/// Longest channel name, bytes.
+pub const CHANNEL_BYTES_MAX: usize = 32;
+/// Largest amount, in major units: keeps every amount and window sum exact in the rules'
+/// fixed-point numbers.
+pub const AMOUNT_MAJOR_MAX: i64 = 1_000_000_000_000;
+/// The only schema version this build reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// ISO 4217 currencies accepted, with their decimal places.
+pub const CURRENCIES: [(&str, u8); 48] = [
+    ("AED", 2),
+    ("ARS", 2),
+    ("AUD", 2),
+    ("BHD", 3),
+    ("BRL", 2),
+    ("CAD", 2),
+    ("CHF", 2),
+    ("CLP", 0),
+    ("CNY", 2),
+    ("COP", 2),
+    ("CZK", 2),
+    ("DKK", 2),
+    ("EGP", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("HKD", 2),
+    ("HUF", 2),
+    ("IDR", 2),
+    ("ILS", 2),
+    ("INR", 2),
+    ("ISK", 0),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KES", 2),
+    ("KRW", 0),
+    ("KWD", 3),
+    ("MXN", 2),
+    ("MYR", 2),
+    ("NGN", 2),
+    ("NOK", 2),
+    ("NZD", 2),
+    ("OMR", 3),
+    ("PHP", 2),
+    ("PKR", 2),
+    ("PLN", 2),
+    ("RON", 2),
+    ("SAR", 2),
+    ("SEK", 2),
+    ("SGD", 2),
+    ("THB", 2),
+    ("TND", 3),
+    ("TRY", 2),
+    ("TWD", 2),
+    ("UAH", 2),
+    ("USD", 2),
+    ("VND", 0),
+    ("XOF", 0),
+    ("ZAR", 2),
+];
+
+/// A currency and its decimal places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Currency {
+    code: [u8; 3],
+    /// Decimal places of the minor unit.
+    pub exponent: u8,
+}
+
+impl Currency {
+    /// Looks a currency up by its ISO code.
+    pub fn from_code(code: &str) -> Option<Currency> {
+        CURRENCIES.iter().find(|(c, _)| *c == code).map(|(c, e)| {
+            let b = c.as_bytes();
+            Currency {
+                code: [b[0], b[1], b[2]],
+                exponent: *e,
+            }
+        })
+    }
+    /// The ISO code.
+    pub fn code(&self) -> &str {
+        std::str::from_utf8(&self.code).unwrap_or("XXX")
+    }
+    /// Formats an amount in minor units as a decimal string with this currency's places.
+    pub fn format(&self, minor: i64) -> String {
+        Decimal::new(minor, u32::from(self.exponent)).to_string()
+    }
+}
+
+/// Transaction kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TxKind {
+    /// Wallet to wallet.
+    Transfer,
+    /// To a merchant.
+    Payment,
+    /// Out to a bank or ATM.
+    Withdrawal,
+    /// In from a card or bank.
+    TopUp,
+    /// Back from a merchant.
+    Refund,
+}
+
+impl TxKind {
+    /// The kind's wire name.
+    pub fn name(self) -> &'static str {
+        TX_KINDS[self as usize]
+    }
+    fn from_name(s: &str) -> Option<TxKind> {
+        [
+            TxKind::Transfer,
+            TxKind::Payment,
+            TxKind::Withdrawal,
+            TxKind::TopUp,
+            TxKind::Refund,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
+    /// Whether money leaves the account.
+    pub fn is_outgoing(self) -> bool {
+        matches!(
+            self,
+            TxKind::Transfer | TxKind::Payment | TxKind::Withdrawal
+        )
+    }
+}
+
+/// A location.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Geo {
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Longitude, degrees.
+    pub lon: f64,
+    /// ISO 3166 alpha-2, if known.
+    pub country: Option<[u8; 2]>,
+}
+
+/// The ground truth carried by recorded or generated traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    /// Whether the transaction was fraud.
+    pub is_fraud: bool,
+    /// Which fraud pattern, when known.
+    pub scenario: Option<String>,
+}
+
+/// A validated transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transaction {
+    /// Idempotency key.
+    pub tx_id: String,
+    /// Event time, Unix milliseconds.
+    pub ts_ms: i64,
+    /// What kind of movement.
+    pub kind: TxKind,
+    /// The paying (or, for top_up and refund, receiving) account.
+    pub account_id: String,
+    /// The other side.
+    pub counterparty_id: Option<String>,
+    /// Amount in minor units, > 0.
+    pub amount_minor: i64,
+    /// Currency.
+    pub currency: Currency,
+    /// Channel, e.g. app, web; empty when not given.
+    pub channel: String,
+    /// Device id.
+    pub device_id: Option<String>,
+    /// IP address.
+    pub ip: Option<String>,
+    /// Location.
+    pub geo: Option<Geo>,
+    /// Free text.
+    pub memo: Option<String>,
+    /// Ground truth, for replay metrics only; never read by decide().
+    pub label: Option<Label>,
+}
+
+/// A validated account event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountEvent {
+    /// Event id.
+    pub event_id: String,
+    /// Event time, Unix milliseconds.
+    pub ts_ms: i64,
+    /// What happened.
+    pub kind: AccountEventKind,
+    /// Whose account.
+    pub account_id: String,
+    /// Device used.
+    pub device_id: Option<String>,
+    /// IP address used.
+    pub ip: Option<String>,
+    /// Where.
+    pub geo: Option<Geo>,
+    /// The payee, for payee_added.
+    pub counterparty_id: Option<String>,
+    /// The holder's language for notifications (account_opened).
+    pub locale: Option<String>,
+}
+
+/// Either kind of event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A money movement to decide.
+    Tx(Transaction),
+    /// A change on the account that feeds state.
+    Account(AccountEvent),
+}
+
+impl Event {
+    /// Event time, Unix milliseconds.
+    pub fn ts_ms(&self) -> i64 {
+        match self {
+            Event::Tx(t) => t.ts_ms,
+            Event::Account(a) => a.ts_ms,
+        }
+    }
+    /// The account the event belongs to (the Kafka key).
+    pub fn account_id(&self) -> &str {
+        match self {
+            Event::Tx(t) => &t.account_id,
+            Event::Account(a) => &a.account_id,
+        }
+    }
+}
+
+/// Why an event was rejected. Always the sender's fault: never retry it, dead-letter it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventError {
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for EventError {}
+
+fn bad(field: &str, message: impl Into<String>) -> EventError {
+    EventError {
+        field: Some(field.to_string()),
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RawGeo<'a> {
+    lat: f64,
+    lon: f64,
+    #[serde(borrow, default)]
+    country: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    schema: Option<u32>,
+    #[serde(borrow)]
+    tx_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    ts: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    account_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    counterparty_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    amount: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    currency: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    device_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    ip: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    geo: Option<RawGeo<'a>>,
+    #[serde(borrow)]
+    memo: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    locale: Option<Cow<'a, str>>,
+    is_fraud: Option<bool>,
+    #[serde(borrow)]
+    fraud_scenario: Option<Cow<'a, str>>,
+}
+
+/// Decodes one JSON event.
+pub fn decode(bytes: &[u8]) -> Result<Event, EventError> {
+    if bytes.len() > EVENT_BYTES_MAX {
+        return Err(EventError {
+            field: None,
+            message: format!(
+                "event is {} bytes, more than the limit of {EVENT_BYTES_MAX}",
+                bytes.len()
+            ),
+        });
+    }
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(EventError {
+            field: None,
+            message: "an event is a JSON object: expected '{'".into(),
+        });
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let raw: RawEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return EventError {
+                field: None,
+                message: format!("invalid JSON: {inner}"),
+            };
+        }
+        let message = {
+            inner
+                .to_string()
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        EventError {
+            field: (path != ".").then_some(path),
+            message,
+        }
+    })?;
+    de.end().map_err(|e| EventError {
+        field: None,
+        message: format!("invalid JSON: {e}"),
+    })?;
+    validate(raw)
+}
+
+/// Decodes an event given as a JSON value (used by rule tests).
+pub fn decode_value(v: &serde_json::Value) -> Result<Event, EventError> {
+    let bytes = serde_json::to_vec(v).map_err(|e| EventError {
+        field: None,
+        message: e.to_string(),
+    })?;
+    decode(&bytes)
+}
+
+fn id(field: &str, v: Option<Cow<'_, str>>, required: bool) -> Result<Option<String>, EventError> {
+    match v {
+        None if required => Err(bad(field, "is required")),
+        None => Ok(None),
+        Some(s) if s.is_empty() => Err(bad(field, "must not be empty")),
+        Some(s) if s.len() > ID_BYTES_MAX => Err(bad(
+            field,
+            format!(
+                "is {} bytes, more than the limit of {ID_BYTES_MAX}",
+                s.len()
+            ),
+        )),
+        Some(s) if s.chars().any(char::is_control) => {
+            Err(bad(field, "contains control characters"))
+        }
+        Some(s) => Ok(Some(s.into_owned())),
+    }
+}
+
+/// Parses an RFC 3339 timestamp to Unix milliseconds.
+pub fn parse_ts(s: &str) -> Result<i64, EventError> {
+    let t = OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| bad("ts", format!("'{s}' is not an RFC 3339 timestamp ({e})")))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad("ts", "out of range"))
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.
+pub fn format_ts(ms: i64) -> String {
+    match OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+        Ok(t) => {
+            let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
+            format!(
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
+        }
+        Err(_) => ms.to_string(),
+    }
+}
+
+fn geo(raw: Option<RawGeo<'_>>) -> Result<Option<Geo>, EventError> {
+    let Some(g) = raw else { return Ok(None) };
+    if !g.lat.is_finite() || !(-90.0..=90.0).contains(&g.lat) {
+        return Err(bad(
+            "geo.lat",
+            format!("{} is not a latitude (-90 to 90)", g.lat),
+        ));
+    }
+    if !g.lon.is_finite() || !(-180.0..=180.0).contains(&g.lon) {
+        return Err(bad(
+            "geo.lon",
+            format!("{} is not a longitude (-180 to 180)", g.lon),
+        ));
+    }
+    let country = match g.country {
+        None => None,
+        Some(c) if c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()) => {
+            let b = c.as_bytes();
+            Some([b[0], b[1]])
+        }
+        Some(c) => {
+            return Err(bad(
+                "geo.country",
+                format!("'{c}' is not an ISO 3166 alpha-2 code (two uppercase letters)"),
+            ));
+        }
+    };
+    Ok(Some(Geo {
+        lat: g.lat,
+        lon: g.lon,
+        country,
+    }))
+}
+
+fn amount(raw: Option<Cow<'_, str>>, currency: Currency) -> Result<i64, EventError> {
+    let s = raw.ok_or_else(|| bad("amount", "is required"))?;
+    if s.len() > 32 || s.contains(['e', 'E']) {
+        return Err(bad("amount", format!("'{s}' is not a plain decimal")));
+    }
+    let d = Decimal::from_str(&s)
+        .map_err(|_| bad("amount", format!("'{s}' is not a decimal number")))?;
+    if d.is_sign_negative() || d.is_zero() {
+        return Err(bad("amount", format!("must be positive, got {s}")));
+    }
+    if d.scale() > u32::from(currency.exponent) {
+        return Err(bad(
+            "amount",
+            format!(
+                "{s} has more decimals than {} allows ({})",
+                currency.code(),
+                currency.exponent
+            ),
+        ));
+    }
+    if d > Decimal::from(AMOUNT_MAJOR_MAX) {
+        return Err(bad(
+            "amount",
+            format!("{s} is more than the limit of {AMOUNT_MAJOR_MAX}"),
+        ));
+    }
+    let minor = d * Decimal::from(10i64.pow(u32::from(currency.exponent)));
+    rust_decimal::prelude::ToPrimitive::to_i64(&minor).ok_or_else(|| bad("amount", "out of range"))
+}
+
+fn validate(r: RawEvent<'_>) -> Result<Event, EventError> {
+    match r.schema {
+        Some(SCHEMA_VERSION) => {}
+        Some(v) => {
+            return Err(bad(
+                "schema",
+                format!("version {v} is not supported (this build reads {SCHEMA_VERSION})"),
+            ));
+        }
+        None => return Err(bad("schema", "is required")),
+    }
+    let kind = r
+        .kind
+        .as_deref()
+        .ok_or_else(|| bad("kind", "is required"))?;
+    let ts_text = r.ts.as_deref().ok_or_else(|| bad("ts", "is required"))?;
+    let ts_ms = parse_ts(ts_text)?;
+    let account_id = id("account_id", r.account_id, true)?.unwrap_or_default();
+    let device_id = id("device_id", r.device_id, false)?;
+    let ip = id("ip", r.ip, false)?;
+    let geo = geo(r.geo)?;
+    let counterparty_id = id("counterparty_id", r.counterparty_id, false)?;
+    if let Some(kind) = TxKind::from_name(kind) {
+        let tx_id = id("tx_id", r.tx_id, true)?.unwrap_or_default();
+        let code = r
+            .currency
+            .as_deref()
+            .ok_or_else(|| bad("currency", "is required"))?;
+        let currency = Currency::from_code(code)
+            .ok_or_else(|| bad("currency", format!("unknown currency '{code}'")))?;
+        let amount_minor = amount(r.amount, currency)?;
+        let channel = match r.channel {
+            None => String::new(),
+            Some(c) if c.len() > CHANNEL_BYTES_MAX => {
+                return Err(bad(
+                    "channel",
+                    format!("is longer than {CHANNEL_BYTES_MAX} bytes"),
+                ));
+            }
+            Some(c) => c.into_owned(),
+        };
+        let memo = match r.memo {
+            Some(m) if m.len() > MEMO_BYTES_MAX => {
+                return Err(bad(
+                    "memo",
+                    format!(
+                        "is {} bytes, more than the limit of {MEMO_BYTES_MAX}",
+                        m.len()
+                    ),
+                ));
+            }
+            m => m.map(Cow::into_owned),
+        };
+        if kind == TxKind::Transfer && counterparty_id.is_none() {
+            return Err(bad("counterparty_id", "is required for a transfer"));
+        }
+        if counterparty_id.as_deref() == Some(account_id.as_str()) {
+            return Err(bad("counterparty_id", "is the same as account_id"));
+        }
+        let label = r.is_fraud.map(|is_fraud| Label {
+            is_fraud,
+            scenario: r.fraud_scenario.map(Cow::into_owned),
+        });
+        return Ok(Event::Tx(Transaction {
+            tx_id,
+            ts_ms,
+            kind,
+            account_id,
+            counterparty_id,
+            amount_minor,
+            currency,
+            channel,
+            device_id,
+            ip,
+            geo,
+            memo,
+            label,
+        }));
+    }
+    if let Some(k) = AccountEventKind::from_name(kind) {
+        let event_id = id("event_id", r.event_id.or(r.tx_id), true)?.unwrap_or_default();
+        let locale = match r.locale {
+            Some(l) if l.len() > 16 => return Err(bad("locale", "is longer than 16 bytes")),
+            l => l.map(Cow::into_owned),
+        };
+        return Ok(Event::Account(AccountEvent {
+            event_id,
+            ts_ms,
+            kind: k,
+            account_id,
+            device_id,
+            ip,
+            geo,
+            counterparty_id,
+            locale,
+        }));
+    }
+    let all: Vec<&str> = TX_KINDS
+        .iter()
+        .chain(ACCOUNT_EVENT_KINDS.iter())
+        .copied()
+        .collect();
+    Err(bad(
+        "kind",
+        format!(
+            "unknown event kind '{kind}'{}",
+            vigil_rules::diag::suggest(kind, all)
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"schema":1,"tx_id":"t-1","ts":"2026-11-23T09:41:07.120Z","kind":"transfer","account_id":"a-17","counterparty_id":"a-92","amount":"250.00","currency":"USD","channel":"app","device_id":"d-5f2","ip":"203.0.113.7","geo":{"lat":31.23,"lon":121.47,"country":"CN"},"memo":"rent"}"#;
+
+    fn err_of(json: &str) -> String {
+        decode(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_good_transaction_decodes_to_minor_units() {
+        let Event::Tx(t) = decode(GOOD.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(t.amount_minor, 25_000);
+        assert_eq!(t.currency.code(), "USD");
+        assert_eq!(format_ts(t.ts_ms), "2026-11-23T09:41:07.120Z");
+        assert_eq!(t.geo.unwrap().country, Some(*b"CN"));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (
+                GOOD.replace("\"250.00\"", "\"250.001\""),
+                "amount: 250.001 has more decimals than USD allows (2)",
+            ),
+            (
+                GOOD.replace("\"250.00\"", "250.0"),
+                "amount: invalid type: floating point `250.0`, expected a string",
+            ),
+            (
+                GOOD.replace("\"250.00\"", "\"-5\""),
+                "amount: must be positive, got -5",
+            ),
+            (
+                GOOD.replace("\"250.00\"", "\"0\""),
+                "amount: must be positive, got 0",
+            ),
+            (
+                GOOD.replace("\"250.00\"", "\"1e3\""),
+                "amount: '1e3' is not a plain decimal",
+            ),
+            (
+                GOOD.replace("USD", "XYZ"),
+                "currency: unknown currency 'XYZ'",
+            ),
+            (
+                GOOD.replace("2026-11-23T09:41:07.120Z", "yesterday"),
+                "ts: 'yesterday' is not an RFC 3339 timestamp",
+            ),
+            (
+                GOOD.replace("31.23", "91.5"),
+                "geo.lat: 91.5 is not a latitude (-90 to 90)",
+            ),
+            (
+                GOOD.replace("121.47", "-181"),
+                "geo.lon: -181 is not a longitude (-180 to 180)",
+            ),
+            (
+                GOOD.replace("\"CN\"", "\"China\""),
+                "geo.country: 'China' is not an ISO 3166 alpha-2 code",
+            ),
+            (
+                GOOD.replace("\"transfer\"", "\"transfr\""),
+                "kind: unknown event kind 'transfr' (did you mean 'transfer'?)",
+            ),
+            (
+                GOOD.replace("\"schema\":1", "\"schema\":2"),
+                "schema: version 2 is not supported",
+            ),
+            (GOOD.replace("\"tx_id\":\"t-1\",", ""), "tx_id: is required"),
+            (
+                GOOD.replace("\"a-17\"", "\"a-92\""),
+                "counterparty_id: is the same as account_id",
+            ),
+            (
+                GOOD.replace("\"d-5f2\"", &format!("\"{}\"", "d".repeat(200))),
+                "device_id: is 200 bytes, more than the limit of 128",
+            ),
+            (
+                GOOD.replace("\"rent\"", &format!("\"{}\"", "m".repeat(600))),
+                "memo: is 600 bytes, more than the limit of 512",
+            ),
+            (GOOD[..40].to_string(), "invalid JSON: EOF while parsing"),
+            (format!("{GOOD} x"), "invalid JSON: trailing characters"),
+            ("[1,2]".to_string(), "an event is a JSON object"),
+            (
+                "{\"schema\":\"1\"}".to_string(),
+                "schema: invalid type: string \"1\", expected u32",
+            ),
+        ];
+        for (json, want) in cases {
+            let got = err_of(&json);
+            assert!(got.starts_with(want), "got {got:?}, want {want:?}");
+        }
+        let huge = format!("{{\"memo\":\"{}\"}}", "x".repeat(EVENT_BYTES_MAX));
+        assert!(err_of(&huge).contains("more than the limit of 65536"));
+    }
+
+    #[test]
+    fn account_events_decode() {
+        let json = r#"{"schema":1,"event_id":"e-1","ts":"2026-11-23T09:00:00Z","kind":"password_reset","account_id":"a-17"}"#;
+        let Event::Account(a) = decode(json.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.kind.name(), "password_reset");
+    }
+}

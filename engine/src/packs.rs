@@ -1,0 +1,278 @@
+//! Rule packs on disk, and running their inline tests through the engine.
+
+use std::path::{Path, PathBuf};
+
+use vigil_rules::{CompiledPack, Diagnostics, PackOptions, SourceFile, TestCase, compile_pack};
+
+use crate::decision::Decision;
+use crate::engine::{Engine, EngineConfig};
+use crate::event::{Event, decode_value, format_ts, parse_ts};
+
+/// Largest file read from a pack, bytes.
+pub const PACK_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Why a pack could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file or directory could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// What was being read.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A file is too large.
+    #[error("{0}: larger than {PACK_FILE_BYTES_MAX} bytes")]
+    TooLarge(PathBuf),
+    /// The pack has errors.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
+    move |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io(dir))? {
+        v.push(e.map_err(io(dir))?.path());
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Reads the files of the pack in `dir`: `*.toml`, `lists/*`, `tests/*.toml`.
+pub fn read_sources(dir: &Path) -> Result<Vec<SourceFile>, LoadError> {
+    let mut files = Vec::new();
+    let mut add = |path: PathBuf, rel: String| -> Result<(), LoadError> {
+        let meta = std::fs::metadata(&path).map_err(io(&path))?;
+        if meta.len() > PACK_FILE_BYTES_MAX {
+            return Err(LoadError::TooLarge(path));
+        }
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        files.push(SourceFile {
+            path: path.display().to_string(),
+            rel,
+            text,
+        });
+        Ok(())
+    };
+    for p in read_dir_sorted(dir)? {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if p.is_file() && name.ends_with(".toml") {
+            add(p, name)?;
+        } else if p.is_dir() && (name == "lists" || name == "tests") {
+            for q in read_dir_sorted(&p)? {
+                let qn = q
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if q.is_file() && !qn.starts_with('.') && (name == "lists" || qn.ends_with(".toml"))
+                {
+                    add(q, format!("{name}/{qn}"))?;
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Loads and compiles the pack in `dir`.
+pub fn load(dir: &Path, opts: &PackOptions) -> Result<CompiledPack, LoadError> {
+    let files = read_sources(dir)?;
+    compile_pack(&files, opts).map_err(LoadError::Invalid)
+}
+
+/// The result of one test case.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    /// The case.
+    pub case: TestCase,
+    /// What went wrong, as diff lines; empty when it passed.
+    pub failures: Vec<String>,
+    /// The decision on the last transaction.
+    pub decision: Option<Decision>,
+}
+
+impl CaseResult {
+    /// Whether the case passed.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Where a case's events start when the first has no `ts`.
+const DEFAULT_START: &str = "2026-01-05T12:00:00Z";
+
+/// Turns a case's event tables into events: `[defaults]` merged in, `repeat`/`every`
+/// expanded, missing `ts` taken as the previous event's plus `after` (default 1m), missing ids
+/// numbered.
+pub fn case_events(case: &TestCase, case_no: usize) -> Result<Vec<Event>, String> {
+    let mut out = Vec::new();
+    let mut prev_ts: Option<i64> = None;
+    for (i, table) in case.events.iter().enumerate() {
+        let mut t = case.defaults.clone();
+        for (k, v) in table {
+            t.insert(k.clone(), v.clone());
+        }
+        let dur = |key: &str, default: i64| -> Result<i64, String> {
+            match t.get(key) {
+                None => Ok(default),
+                Some(toml::Value::String(s)) => parse_duration(s).ok_or_else(|| {
+                    format!(
+                        "event {}: {key}: '{s}' is not a duration such as 30s or 5m",
+                        i + 1
+                    )
+                }),
+                Some(v) => Err(format!(
+                    "event {}: {key} must be a duration string, found {}",
+                    i + 1,
+                    v.type_str()
+                )),
+            }
+        };
+        let repeat = match t.get("repeat") {
+            None => 1,
+            Some(toml::Value::Integer(n)) if (1..=10_000).contains(n) => *n,
+            Some(v) => {
+                return Err(format!(
+                    "event {}: repeat must be 1 to 10000, found {}",
+                    i + 1,
+                    v.type_str()
+                ));
+            }
+        };
+        let every = dur("every", 60_000)?;
+        let after = dur("after", 60_000)?;
+        for k in ["repeat", "every", "after"] {
+            t.remove(k);
+        }
+        let first_ts = match t.get("ts") {
+            Some(toml::Value::String(s)) => {
+                parse_ts(s).map_err(|e| format!("event {}: {e}", i + 1))?
+            }
+            Some(v) => {
+                return Err(format!(
+                    "event {}: ts must be an RFC 3339 string, found {}",
+                    i + 1,
+                    v.type_str()
+                ));
+            }
+            None => match prev_ts {
+                Some(p) => p + after,
+                None => parse_ts(DEFAULT_START).map_err(|e| e.to_string())?,
+            },
+        };
+        for r in 0..repeat {
+            let mut e = t.clone();
+            let ts = first_ts + r * every;
+            e.insert("ts".into(), toml::Value::String(format_ts(ts)));
+            e.entry("schema").or_insert(toml::Value::Integer(1));
+            let n = out.len() + 1;
+            e.entry("tx_id")
+                .or_insert_with(|| toml::Value::String(format!("case{case_no}-t{n}")));
+            e.entry("event_id")
+                .or_insert_with(|| toml::Value::String(format!("case{case_no}-e{n}")));
+            let json = serde_json::to_value(&e).map_err(|err| format!("event {}: {err}", i + 1))?;
+            out.push(decode_value(&json).map_err(|err| format!("event {}: {err}", i + 1))?);
+            prev_ts = Some(ts);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_duration(s: &str) -> Option<i64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let n: i64 = s[..split].parse().ok()?;
+    let unit = match &s[split..] {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 604_800_000,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// Runs every test case of `pack`, each on a fresh engine.
+pub fn run_tests(pack: &CompiledPack) -> Vec<CaseResult> {
+    pack.tests
+        .iter()
+        .enumerate()
+        .map(|(no, case)| {
+            let mut failures = Vec::new();
+            let mut decision = None;
+            match case_events(case, no + 1) {
+                Err(e) => failures.push(e),
+                Ok(events) => {
+                    let engine = Engine::new(pack.clone(), EngineConfig::default());
+                    for e in &events {
+                        if let Some(d) = engine.apply(e) {
+                            decision = Some(d);
+                        }
+                    }
+                    match &decision {
+                        None => failures.push(
+                            "no transaction to decide: the case's events are all account events"
+                                .into(),
+                        ),
+                        Some(d) => failures.extend(compare(case, d)),
+                    }
+                }
+            }
+            CaseResult {
+                case: case.clone(),
+                failures,
+                decision,
+            }
+        })
+        .collect()
+}
+
+fn compare(case: &TestCase, d: &Decision) -> Vec<String> {
+    let mut f = Vec::new();
+    if let Some(a) = case.expect.action {
+        if a != d.action {
+            f.push(format!(
+                "action: expected {}, got {}",
+                a.name(),
+                d.action.name()
+            ));
+        }
+    }
+    if let Some(s) = case.expect.score {
+        if s != d.score {
+            f.push(format!("score: expected {s}, got {}", d.score));
+        }
+    }
+    if let Some(want) = &case.expect.rules {
+        let got: Vec<&str> = d.reasons.iter().map(|r| r.rule.as_str()).collect();
+        for w in want {
+            if !got.contains(&w.as_str()) {
+                f.push(format!("- {w} (expected to fire, did not)"));
+            }
+        }
+        for r in &d.reasons {
+            if !want.contains(&r.rule) {
+                let values: Vec<String> =
+                    r.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                f.push(format!(
+                    "+ {} (fired, not expected: {})",
+                    r.rule,
+                    values.join(", ")
+                ));
+            }
+        }
+    }
+    f
+}

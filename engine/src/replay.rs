@@ -1,0 +1,438 @@
+//! Replay: recorded traffic through the same `decide()`, in event-time order, with a report.
+//!
+//! Input is JSON lines, optionally gzip-compressed (detected by its magic bytes). Lines that
+//! fail validation are reported with their line number and skipped. Events are sorted by
+//! event time (stable, so ties keep file order) and applied one by one on one thread, so two
+//! runs of the same input and pack produce byte-identical decisions.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use vigil_rules::Action;
+
+use crate::engine::Engine;
+use crate::event::{EVENT_BYTES_MAX, Event, EventError, decode};
+
+/// A rejected input line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// 1-based line number.
+    pub line: u64,
+    /// Why.
+    pub error: EventError,
+}
+
+/// Events read from a file, in file order, with their line numbers.
+#[derive(Debug, Default)]
+pub struct Input {
+    /// Good events.
+    pub events: Vec<(u64, Event)>,
+    /// Rejected lines.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Opens a file, decompressing gzip if it starts with the gzip magic bytes.
+pub fn open(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
+    let mut f = BufReader::new(std::fs::File::open(path)?);
+    let gz = f.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gz {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(f)))
+    } else {
+        Box::new(f)
+    })
+}
+
+/// Reads and validates every line; blank lines are skipped.
+pub fn read(mut r: impl BufRead) -> std::io::Result<Input> {
+    let mut input = Input::default();
+    let mut line = Vec::new();
+    let mut no = 0u64;
+    loop {
+        line.clear();
+        // Read at most one byte past the event limit, so a huge line cannot exhaust memory.
+        let n = (&mut r)
+            .take(EVENT_BYTES_MAX as u64 + 2)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
+        no += 1;
+        if !line.ends_with(b"\n") && n as u64 > EVENT_BYTES_MAX as u64 {
+            // Skip the rest of the oversized line.
+            let mut sink = Vec::new();
+            r.read_until(b'\n', &mut sink)?;
+        }
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        match decode(text) {
+            Ok(e) => input.events.push((no, e)),
+            Err(error) => input.rejected.push(Rejected { line: no, error }),
+        }
+    }
+    Ok(input)
+}
+
+/// Counts for one confusion matrix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Confusion {
+    /// Fraud, flagged.
+    pub tp: u64,
+    /// Legit, flagged.
+    pub fp: u64,
+    /// Fraud, missed.
+    pub fn_: u64,
+    /// Legit, passed.
+    pub tn: u64,
+}
+
+fn ratio(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+impl Confusion {
+    fn add(&mut self, fraud: bool, flagged: bool) {
+        match (fraud, flagged) {
+            (true, true) => self.tp += 1,
+            (false, true) => self.fp += 1,
+            (true, false) => self.fn_ += 1,
+            (false, false) => self.tn += 1,
+        }
+    }
+    /// tp / (tp + fp).
+    pub fn precision(&self) -> Option<f64> {
+        ratio(self.tp, self.tp + self.fp)
+    }
+    /// tp / (tp + fn).
+    pub fn recall(&self) -> Option<f64> {
+        ratio(self.tp, self.tp + self.fn_)
+    }
+    /// Harmonic mean of precision and recall.
+    pub fn f1(&self) -> Option<f64> {
+        let (p, r) = (self.precision()?, self.recall()?);
+        (p + r > 0.0).then(|| 2.0 * p * r / (p + r))
+    }
+    /// fp / (fp + tn).
+    pub fn fpr(&self) -> Option<f64> {
+        ratio(self.fp, self.fp + self.tn)
+    }
+}
+
+/// Per-rule counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleStats {
+    /// Times it fired.
+    pub hits: u64,
+    /// Of those, on labeled fraud.
+    pub fraud_hits: u64,
+    /// Of those, on labeled transactions.
+    pub labeled_hits: u64,
+    /// Shadow rule.
+    pub shadow: bool,
+    /// Times its condition could not be computed.
+    pub errors: u64,
+}
+
+/// Per-scenario counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScenarioStats {
+    /// Fraud transactions of this scenario.
+    pub total: u64,
+    /// Flagged (review, step-up or block).
+    pub flagged: u64,
+    /// Blocked.
+    pub blocked: u64,
+}
+
+/// What a replay found.
+#[derive(Debug)]
+pub struct Report {
+    /// Lines read (events + rejected).
+    pub lines: u64,
+    /// Events applied.
+    pub events: u64,
+    /// Transactions decided.
+    pub transactions: u64,
+    /// Rejected lines.
+    pub rejected: Vec<Rejected>,
+    /// Wall time spent in decide(), seconds.
+    pub decide_secs: f64,
+    /// Wall time of the whole run (read, sort, decide, write), seconds.
+    pub total_secs: f64,
+    /// Decision latency, nanoseconds.
+    pub latency_ns: Histogram<u64>,
+    /// Per action: count, and amount (minor units) per currency.
+    pub by_action: BTreeMap<Action, (u64, BTreeMap<String, i64>)>,
+    /// Per rule id, pack order kept by index.
+    pub rules: Vec<(String, RuleStats)>,
+    /// Labeled transactions seen.
+    pub labeled: u64,
+    /// Review-or-block (anything but allow) against the labels.
+    pub flagged: Confusion,
+    /// Block against the labels.
+    pub blocked: Confusion,
+    /// Per fraud scenario.
+    pub scenarios: BTreeMap<String, ScenarioStats>,
+    /// Duplicates and late events.
+    pub duplicates: u64,
+    /// Events later than the allowed lateness.
+    pub late: u64,
+    /// The pack hash.
+    pub rules_version: String,
+}
+
+/// Runs `input` through `engine` in event-time order, writing each decision as a JSON line to
+/// `out` when given. `progress(done, total)` is called every few thousand events.
+pub fn run(
+    engine: &Engine,
+    mut input: Input,
+    mut out: Option<&mut dyn Write>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> std::io::Result<Report> {
+    let started = Instant::now();
+    input.events.sort_by_key(|(_, e)| e.ts_ms());
+    let active = engine.active();
+    let program = &active.pack.program;
+    let mut rules: Vec<(String, RuleStats)> = program
+        .rules
+        .iter()
+        .map(|r| {
+            (
+                r.meta.id.clone(),
+                RuleStats {
+                    shadow: r.meta.shadow,
+                    ..RuleStats::default()
+                },
+            )
+        })
+        .collect();
+    let index: BTreeMap<String, usize> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (id.clone(), i))
+        .collect();
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(std::io::Error::other)?;
+    let mut report_by_action: BTreeMap<Action, (u64, BTreeMap<String, i64>)> = BTreeMap::new();
+    let (mut flagged, mut blocked) = (Confusion::default(), Confusion::default());
+    let mut scenarios: BTreeMap<String, ScenarioStats> = BTreeMap::new();
+    let (mut transactions, mut labeled, mut decide_ns) = (0u64, 0u64, 0u128);
+    let total = input.events.len() as u64;
+    let mut line_buf = String::new();
+    for (i, (_, event)) in input.events.iter().enumerate() {
+        if i % 4096 == 0 {
+            progress(i as u64, total);
+        }
+        let t0 = Instant::now();
+        let decision = engine.apply(event);
+        let ns = t0.elapsed().as_nanos();
+        let Some(d) = decision else { continue };
+        decide_ns += ns;
+        latency.saturating_record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
+        transactions += 1;
+        let entry = report_by_action.entry(d.action).or_default();
+        entry.0 += 1;
+        *entry.1.entry(d.currency.code().to_string()).or_default() += d.amount_minor;
+        let label = match event {
+            Event::Tx(t) => t.label.as_ref(),
+            Event::Account(_) => None,
+        };
+        for r in &d.reasons {
+            if let Some(&k) = index.get(&r.rule) {
+                let s = &mut rules[k].1;
+                s.hits += 1;
+                if let Some(l) = label {
+                    s.labeled_hits += 1;
+                    s.fraud_hits += u64::from(l.is_fraud);
+                }
+            }
+        }
+        for e in &d.errors {
+            if let Some(&k) = index.get(e) {
+                rules[k].1.errors += 1;
+            }
+        }
+        if let Some(l) = label {
+            labeled += 1;
+            let is_flagged = d.action != Action::Allow;
+            let is_blocked = d.action == Action::Block;
+            flagged.add(l.is_fraud, is_flagged);
+            blocked.add(l.is_fraud, is_blocked);
+            if l.is_fraud {
+                let s = scenarios
+                    .entry(l.scenario.clone().unwrap_or_else(|| "unlabeled".into()))
+                    .or_default();
+                s.total += 1;
+                s.flagged += u64::from(is_flagged);
+                s.blocked += u64::from(is_blocked);
+            }
+        }
+        if let Some(w) = out.as_deref_mut() {
+            line_buf.clear();
+            line_buf.push_str(&d.to_json());
+            line_buf.push('\n');
+            w.write_all(line_buf.as_bytes())?;
+        }
+    }
+    progress(total, total);
+    if let Some(w) = out.as_deref_mut() {
+        w.flush()?;
+    }
+    Ok(Report {
+        lines: total + input.rejected.len() as u64,
+        events: total,
+        transactions,
+        rejected: input.rejected,
+        decide_secs: decide_ns as f64 / 1e9,
+        total_secs: started.elapsed().as_secs_f64(),
+        latency_ns: latency,
+        by_action: report_by_action,
+        rules,
+        labeled,
+        flagged,
+        blocked,
+        scenarios,
+        duplicates: engine.duplicate_events(),
+        late: engine.late_events(),
+        rules_version: active.version.to_string(),
+    })
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn us(ns: u64) -> String {
+    if ns < 10_000 {
+        format!("{:.2}µs", ns as f64 / 1000.0)
+    } else {
+        format!("{:.0}µs", ns as f64 / 1000.0)
+    }
+}
+
+/// How many rejected lines the text report lists one by one.
+pub const REJECTED_SHOWN_MAX: usize = 20;
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = if self.decide_secs > 0.0 {
+            self.events as f64 / self.decide_secs
+        } else {
+            0.0
+        };
+        writeln!(f, "rules version {}", self.rules_version)?;
+        writeln!(
+            f,
+            "events      {} applied ({} transactions), {} rejected, {} duplicate, {} late",
+            self.events,
+            self.transactions,
+            self.rejected.len(),
+            self.duplicates,
+            self.late
+        )?;
+        writeln!(
+            f,
+            "throughput  {rate:.0} decisions/s in decide(); whole run {:.2}s",
+            self.total_secs
+        )?;
+        let h = &self.latency_ns;
+        if h.len() > 0 {
+            writeln!(
+                f,
+                "latency     p50 {}  p99 {}  p99.9 {}  max {}",
+                us(h.value_at_quantile(0.5)),
+                us(h.value_at_quantile(0.99)),
+                us(h.value_at_quantile(0.999)),
+                us(h.max())
+            )?;
+        }
+        writeln!(f, "decisions")?;
+        for (a, (n, amounts)) in &self.by_action {
+            let mut s = String::new();
+            for (cur, minor) in amounts {
+                let c = crate::event::Currency::from_code(cur);
+                let _ = write!(
+                    s,
+                    " {cur} {}",
+                    c.map_or_else(|| minor.to_string(), |c| c.format(*minor))
+                );
+            }
+            writeln!(f, "  {:<8} {:>8}  {}", a.name(), n, s.trim())?;
+        }
+        writeln!(f, "rules (hits, fraud among labeled hits)")?;
+        for (id, s) in &self.rules {
+            let prec = pct(ratio(s.fraud_hits, s.labeled_hits));
+            let rec = pct(ratio(s.fraud_hits, self.flagged.tp + self.flagged.fn_));
+            let tag = if s.shadow { " [shadow]" } else { "" };
+            let err = if s.errors > 0 {
+                format!("  errors {}", s.errors)
+            } else {
+                String::new()
+            };
+            writeln!(
+                f,
+                "  {id:<36} {:>7} hits  precision {prec:>6}  recall {rec:>6}{tag}{err}",
+                s.hits
+            )?;
+        }
+        if self.labeled > 0 {
+            writeln!(
+                f,
+                "labels      {} labeled transactions, {} fraud",
+                self.labeled,
+                self.flagged.tp + self.flagged.fn_
+            )?;
+            for (name, c) in [("review-or-block", &self.flagged), ("block", &self.blocked)] {
+                writeln!(
+                    f,
+                    "  {name:<16} precision {}  recall {}  F1 {}  false-positive rate {}  (tp {} fp {} fn {})",
+                    pct(c.precision()),
+                    pct(c.recall()),
+                    c.f1().map_or_else(|| "-".into(), |v| format!("{v:.3}")),
+                    c.fpr()
+                        .map_or_else(|| "-".into(), |v| format!("{:.3}%", v * 100.0)),
+                    c.tp,
+                    c.fp,
+                    c.fn_
+                )?;
+            }
+            writeln!(f, "  per scenario (recall)")?;
+            for (name, s) in &self.scenarios {
+                writeln!(
+                    f,
+                    "    {name:<20} {:>6} fraud tx  review-or-block {:>6}  block {:>6}",
+                    s.total,
+                    pct(ratio(s.flagged, s.total)),
+                    pct(ratio(s.blocked, s.total))
+                )?;
+            }
+        }
+        if !self.rejected.is_empty() {
+            writeln!(f, "rejected lines")?;
+            for r in self.rejected.iter().take(REJECTED_SHOWN_MAX) {
+                writeln!(f, "  line {}: {}", r.line, r.error)?;
+            }
+            if self.rejected.len() > REJECTED_SHOWN_MAX {
+                writeln!(
+                    f,
+                    "  … and {} more",
+                    self.rejected.len() - REJECTED_SHOWN_MAX
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A gzip writer over a buffered file.
+pub type GzWriter = flate2::write::GzEncoder<std::io::BufWriter<std::fs::File>>;
+
+/// Wraps a file in a gzip writer (default compression).
+pub fn gz_writer(f: std::fs::File) -> GzWriter {
+    flate2::write::GzEncoder::new(std::io::BufWriter::new(f), flate2::Compression::default())
+}

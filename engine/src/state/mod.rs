@@ -1,0 +1,168 @@
+//! Bounded in-memory state, keyed by entity.
+//!
+//! Four keyed stores — accounts (profile + windows), devices, IPs, counterparties (windows) —
+//! and the set of transaction ids already counted. Keys are 64-bit hashes of the ids, so state
+//! holds no strings. Every store has a named limit; [`State::maintain`] evicts idle keys and,
+//! past a limit, the least recently active ones.
+
+pub mod account;
+pub mod window;
+
+use std::hash::{BuildHasherDefault, Hasher};
+
+use dashmap::DashMap;
+use rustc_hash::FxHasher;
+
+use account::Profile;
+use window::Windows;
+
+/// Hasher for keys that are already hashes.
+pub type FxBuild = BuildHasherDefault<FxHasher>;
+
+/// Hashes an id into a state key (never 0, which means "absent").
+pub fn key_hash(tag: u8, s: &str) -> u64 {
+    let mut h = FxHasher::default();
+    h.write_u8(tag);
+    h.write(s.as_bytes());
+    h.finish().max(1)
+}
+
+/// Limits on the state, each with its unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateLimits {
+    /// Most accounts held.
+    pub accounts_max: usize,
+    /// Most keys held per other store (devices, IPs, counterparties).
+    pub keys_max: usize,
+    /// Most transaction ids remembered for de-duplication.
+    pub seen_tx_max: usize,
+    /// How long a transaction id is remembered, ms of event time.
+    pub seen_tx_ms: i64,
+    /// An account idle this long (event time) is forgotten.
+    pub account_idle_ms: i64,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        StateLimits {
+            accounts_max: 10_000_000,
+            keys_max: 10_000_000,
+            seen_tx_max: 20_000_000,
+            seen_tx_ms: 7 * 86_400_000,
+            account_idle_ms: 90 * 86_400_000,
+        }
+    }
+}
+
+/// An account's state.
+#[derive(Debug, Clone)]
+pub struct AccountState {
+    /// Profile: places, devices, payees, events, balance.
+    pub profile: Profile,
+    /// Windows keyed by this account.
+    pub windows: Windows,
+    /// Windows over the account's outgoing transactions only (for `usual_amount`).
+    pub outgoing: Windows,
+    /// Latest event time of any kind, ms.
+    pub last_seen_ms: i64,
+}
+
+/// All state.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Accounts by id hash.
+    pub accounts: DashMap<u64, AccountState, FxBuild>,
+    /// Windows by device, IP and counterparty (indexed like `KeyKind::ALL[1..]`).
+    pub keyed: [DashMap<u64, Windows, FxBuild>; 3],
+    /// Transaction ids already counted → event time.
+    pub seen_tx: DashMap<u64, i64, FxBuild>,
+}
+
+/// Sizes of the stores, for metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateStats {
+    /// Accounts held.
+    pub accounts: usize,
+    /// Devices, IPs, counterparties held.
+    pub keyed: [usize; 3],
+    /// Transaction ids remembered.
+    pub seen_tx: usize,
+    /// Approximate bytes held by accounts (entries and heap).
+    pub account_bytes: usize,
+    /// Approximate bytes held by the other stores.
+    pub keyed_bytes: usize,
+}
+
+fn evict<V>(
+    map: &DashMap<u64, V, FxBuild>,
+    max: usize,
+    mut idle_ms: i64,
+    now: i64,
+    last: impl Fn(&V) -> i64,
+) {
+    map.retain(|_, v| last(v) > now - idle_ms);
+    // Past the limit, tighten the idle cut-off until the store fits.
+    while map.len() > max && idle_ms > 60_000 {
+        idle_ms /= 2;
+        map.retain(|_, v| last(v) > now - idle_ms);
+    }
+}
+
+impl State {
+    /// Evicts what is idle at event time `now`: keys whose windows are past `horizon_ms`
+    /// (per store), accounts idle past the limit, remembered tx ids past theirs.
+    pub fn maintain(&self, now: i64, horizons_ms: [i64; 3], limits: &StateLimits) {
+        evict(
+            &self.accounts,
+            limits.accounts_max,
+            limits.account_idle_ms,
+            now,
+            |a| a.last_seen_ms,
+        );
+        for (store, horizon) in self.keyed.iter().zip(horizons_ms) {
+            evict(store, limits.keys_max, horizon.max(60_000), now, |w| {
+                w.last_ts
+            });
+        }
+        evict(
+            &self.seen_tx,
+            limits.seen_tx_max,
+            limits.seen_tx_ms,
+            now,
+            |t| *t,
+        );
+    }
+
+    /// Counts keys and approximate bytes.
+    pub fn stats(&self) -> StateStats {
+        let entry = std::mem::size_of::<(u64, AccountState)>();
+        let account_bytes = self
+            .accounts
+            .iter()
+            .map(|a| {
+                entry + a.profile.heap_bytes() + a.windows.heap_bytes() + a.outgoing.heap_bytes()
+            })
+            .sum();
+        let wentry = std::mem::size_of::<(u64, Windows)>();
+        let keyed_bytes = self
+            .keyed
+            .iter()
+            .flat_map(|m| {
+                m.iter()
+                    .map(|w| wentry + w.heap_bytes())
+                    .collect::<Vec<_>>()
+            })
+            .sum();
+        StateStats {
+            accounts: self.accounts.len(),
+            keyed: [
+                self.keyed[0].len(),
+                self.keyed[1].len(),
+                self.keyed[2].len(),
+            ],
+            seen_tx: self.seen_tx.len(),
+            account_bytes,
+            keyed_bytes,
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Time windows for one key (an account, a device, an IP, a counterparty).
+//!
+//! Three tiers, each kept only when the loaded rules need it:
+//!
+//! | tier   | answers windows      | holds                              | accuracy                        |
+//! |--------|----------------------|------------------------------------|---------------------------------|
+//! | exact  | up to [`EXACT_WINDOW_MS_MAX`] (1h) | each event's time and amount | exact, up to [`EXACT_EVENTS_MAX`] events per key |
+//! | hours  | up to 48h            | one bucket per UTC hour with events | covers between W and W + 1h back |
+//! | days   | up to 31 days        | one bucket per UTC day with events  | covers between W and W + 1d back |
+//!
+//! Buckets are sparse (only hours and days that had events), so a quiet key costs little.
+//! `distinct(...)` keeps, per measure, the last time each value was seen (up to
+//! [`DISTINCT_VALUES_MAX`] values, oldest replaced first): exact in time, saturating in count.
+//! A window at time `t` covers `(t - W, t]`, so it includes the event being decided.
+
+use std::collections::VecDeque;
+
+/// Longest window answered exactly from individual events.
+pub const EXACT_WINDOW_MS_MAX: i64 = 3_600_000;
+/// Most individual events kept per key; past it the oldest are dropped from the exact tier
+/// (counts over short windows then saturate at this value).
+pub const EXACT_EVENTS_MAX: usize = 512;
+/// Longest window answered from hourly buckets.
+pub const HOUR_TIER_MS_MAX: i64 = 48 * 3_600_000;
+/// Longest window answered from daily buckets.
+pub const DAY_TIER_MS_MAX: i64 = 31 * 86_400_000;
+/// Most distinct values remembered per measure per key.
+pub const DISTINCT_VALUES_MAX: usize = 64;
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+
+const _: () = assert!(EXACT_WINDOW_MS_MAX < HOUR_TIER_MS_MAX && HOUR_TIER_MS_MAX < DAY_TIER_MS_MAX);
+const _: () = assert!(vigil_rules::pack::WINDOW_MS_MAX_DEFAULT <= DAY_TIER_MS_MAX);
+
+/// What a key kind must keep, derived from the rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowPlan {
+    /// Longest window answered by the exact tier (0: tier off).
+    pub exact_ms: i64,
+    /// Longest window answered by hourly buckets (0: off).
+    pub hours_ms: i64,
+    /// Longest window answered by daily buckets (0: off).
+    pub days_ms: i64,
+    /// Longest window per distinct measure, indexed like `DistinctOf::ALL` (0: not kept).
+    pub distinct_ms: [i64; 5],
+}
+
+impl WindowPlan {
+    /// Adds a window of `window_ms` for amounts or counts.
+    pub fn need(&mut self, window_ms: i64) {
+        if window_ms <= EXACT_WINDOW_MS_MAX {
+            self.exact_ms = self.exact_ms.max(window_ms);
+        } else if window_ms <= HOUR_TIER_MS_MAX {
+            self.hours_ms = self.hours_ms.max(window_ms);
+        } else {
+            self.days_ms = self.days_ms.max(window_ms);
+        }
+    }
+    /// Whether anything is kept.
+    pub fn is_empty(&self) -> bool {
+        *self == WindowPlan::default()
+    }
+    /// The longest time anything is kept.
+    pub fn horizon_ms(&self) -> i64 {
+        let d = self.distinct_ms.iter().copied().max().unwrap_or(0);
+        let tiers = [
+            self.exact_ms,
+            self.hours_ms + HOUR_MS,
+            self.days_ms + DAY_MS,
+        ];
+        tiers.into_iter().chain([d]).max().unwrap_or(0)
+    }
+}
+
+/// What an aggregate computes over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agg {
+    /// Events in the window.
+    pub count: i64,
+    /// Sum of amounts (fixed point).
+    pub sum: i64,
+    /// Largest amount (0 when empty).
+    pub max: i64,
+    /// Smallest amount (0 when empty).
+    pub min: i64,
+}
+
+impl Agg {
+    const EMPTY: Agg = Agg {
+        count: 0,
+        sum: 0,
+        max: i64::MIN,
+        min: i64::MAX,
+    };
+    fn add(&mut self, count: i64, sum: i64, max: i64, min: i64) {
+        self.count += count;
+        self.sum = self.sum.saturating_add(sum);
+        self.max = self.max.max(max);
+        self.min = self.min.min(min);
+    }
+    fn finish(mut self) -> Agg {
+        if self.count == 0 {
+            self.max = 0;
+            self.min = 0;
+        }
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bucket {
+    start: i64,
+    count: u32,
+    sum: i64,
+    max: i64,
+    min: i64,
+}
+
+fn add_to_buckets(buckets: &mut Vec<Bucket>, width: i64, ts: i64, amount: i64) {
+    let start = ts.div_euclid(width) * width;
+    match buckets.binary_search_by_key(&start, |b| b.start) {
+        Ok(i) => {
+            let b = &mut buckets[i];
+            b.count = b.count.saturating_add(1);
+            b.sum = b.sum.saturating_add(amount);
+            b.max = b.max.max(amount);
+            b.min = b.min.min(amount);
+        }
+        Err(i) => buckets.insert(
+            i,
+            Bucket {
+                start,
+                count: 1,
+                sum: amount,
+                max: amount,
+                min: amount,
+            },
+        ),
+    }
+}
+
+fn sum_buckets(buckets: &[Bucket], width: i64, from_excl: i64, to_incl: i64) -> Agg {
+    let mut a = Agg::EMPTY;
+    for b in buckets.iter().rev() {
+        if b.start > to_incl {
+            continue;
+        }
+        if b.start + width <= from_excl {
+            break;
+        }
+        a.add(i64::from(b.count), b.sum, b.max, b.min);
+    }
+    a
+}
+
+/// The windows of one key.
+#[derive(Debug, Clone, Default)]
+pub struct Windows {
+    /// Latest event time recorded.
+    pub last_ts: i64,
+    exact: VecDeque<(i64, i64)>,
+    hours: Vec<Bucket>,
+    days: Vec<Bucket>,
+    /// Per distinct measure: (value hash, last time seen).
+    distinct: Vec<(u8, Vec<(u64, i64)>)>,
+}
+
+impl Windows {
+    /// Records an event at `ts` with `amount` (fixed point) and the hashes of its distinct
+    /// measures (indexed like `DistinctOf::ALL`, 0 = absent).
+    pub fn record(&mut self, plan: &WindowPlan, ts: i64, amount: i64, distinct: &[u64; 5]) {
+        self.last_ts = self.last_ts.max(ts);
+        let now = self.last_ts;
+        if plan.exact_ms > 0 {
+            let pos = self
+                .exact
+                .iter()
+                .rposition(|(t, _)| *t <= ts)
+                .map_or(0, |p| p + 1);
+            self.exact.insert(pos, (ts, amount));
+            while self
+                .exact
+                .front()
+                .is_some_and(|(t, _)| *t <= now - plan.exact_ms)
+                || self.exact.len() > EXACT_EVENTS_MAX
+            {
+                self.exact.pop_front();
+            }
+        } else if !self.exact.is_empty() {
+            self.exact = VecDeque::new();
+        }
+        if plan.hours_ms > 0 {
+            add_to_buckets(&mut self.hours, HOUR_MS, ts, amount);
+            let keep_from = now - plan.hours_ms - HOUR_MS;
+            let drop = self
+                .hours
+                .iter()
+                .take_while(|b| b.start + HOUR_MS <= keep_from)
+                .count();
+            self.hours.drain(..drop);
+        }
+        if plan.days_ms > 0 {
+            add_to_buckets(&mut self.days, DAY_MS, ts, amount);
+            let keep_from = now - plan.days_ms - DAY_MS;
+            let drop = self
+                .days
+                .iter()
+                .take_while(|b| b.start + DAY_MS <= keep_from)
+                .count();
+            self.days.drain(..drop);
+        }
+        for (m, &window) in plan.distinct_ms.iter().enumerate() {
+            let h = distinct[m];
+            if window == 0 || h == 0 {
+                continue;
+            }
+            let idx = match self.distinct.iter().position(|(k, _)| usize::from(*k) == m) {
+                Some(i) => i,
+                None => {
+                    self.distinct.push((m as u8, Vec::new()));
+                    self.distinct.len() - 1
+                }
+            };
+            let set = &mut self.distinct[idx].1;
+            set.retain(|(_, seen)| *seen > now - window);
+            if let Some(e) = set.iter_mut().find(|(v, _)| *v == h) {
+                e.1 = e.1.max(ts);
+            } else if set.len() < DISTINCT_VALUES_MAX {
+                set.push((h, ts));
+            } else if let Some(oldest) = set.iter_mut().min_by_key(|(_, seen)| *seen) {
+                *oldest = (h, ts);
+            }
+        }
+    }
+
+    /// Count, sum, max and min over `(at - window_ms, at]`, from the tier that answers it.
+    pub fn aggregate(&self, at: i64, window_ms: i64) -> Agg {
+        let from = at - window_ms;
+        let a = if window_ms <= EXACT_WINDOW_MS_MAX {
+            let mut a = Agg::EMPTY;
+            for &(t, amt) in self.exact.iter().rev() {
+                if t > at {
+                    continue;
+                }
+                if t <= from {
+                    break;
+                }
+                a.add(1, amt, amt, amt);
+            }
+            a
+        } else if window_ms <= HOUR_TIER_MS_MAX {
+            sum_buckets(&self.hours, HOUR_MS, from, at)
+        } else {
+            sum_buckets(&self.days, DAY_MS, from, at)
+        };
+        a.finish()
+    }
+
+    /// Distinct values of measure `m` seen in `(at - window_ms, ∞)`.
+    pub fn distinct(&self, m: usize, at: i64, window_ms: i64) -> i64 {
+        self.distinct
+            .iter()
+            .find(|(k, _)| usize::from(*k) == m)
+            .map_or(0, |(_, set)| {
+                set.iter()
+                    .filter(|(_, seen)| *seen > at - window_ms)
+                    .count() as i64
+            })
+    }
+
+    /// Approximate heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.exact.capacity() * 16
+            + (self.hours.capacity() + self.days.capacity()) * std::mem::size_of::<Bucket>()
+            + self
+                .distinct
+                .iter()
+                .map(|(_, s)| 24 + s.capacity() * 16)
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The naive model: every event, kept forever.
+    #[derive(Default)]
+    struct Model(Vec<(i64, i64, u64)>);
+
+    impl Model {
+        fn agg(&self, from: i64, at: i64) -> Agg {
+            let mut a = Agg::EMPTY;
+            for &(t, amt, _) in &self.0 {
+                if t > from && t <= at {
+                    a.add(1, amt, amt, amt);
+                }
+            }
+            a.finish()
+        }
+    }
+
+    fn plan(window: i64) -> WindowPlan {
+        let mut p = WindowPlan {
+            distinct_ms: [window, 0, 0, 0, 0],
+            ..WindowPlan::default()
+        };
+        p.need(window);
+        p
+    }
+
+    proptest! {
+        /// Exact windows agree with the naive model for any order of in-window events.
+        #[test]
+        fn exact_tier_matches_model(
+            window_s in 1i64..3600,
+            steps in prop::collection::vec((0i64..600, 1i64..1_000_000, 0u64..6), 1..200),
+        ) {
+            let window = window_s * 1000;
+            let p = plan(window);
+            let mut w = Windows::default();
+            let mut m = Model::default();
+            let mut t = 1_700_000_000_000i64;
+            for (dt_s, amount, cp) in steps {
+                t += dt_s * 1000;
+                let mut d = [0u64; 5];
+                d[0] = cp + 1;
+                w.record(&p, t, amount, &d);
+                m.0.push((t, amount, cp + 1));
+                prop_assert_eq!(w.aggregate(t, window), m.agg(t - window, t));
+                let mut seen: Vec<u64> = m.0.iter().filter(|e| e.0 > t - window).map(|e| e.2).collect();
+                seen.sort();
+                seen.dedup();
+                prop_assert_eq!(w.distinct(0, t, window), seen.len() as i64);
+            }
+        }
+
+        /// Bucketed windows cover at least the window and at most one bucket more.
+        #[test]
+        fn bucketed_tiers_stay_within_one_bucket(
+            window_h in 2i64..(31 * 24),
+            steps in prop::collection::vec((0i64..(6 * 3600), 1i64..1_000_000), 1..150),
+        ) {
+            let window = window_h * HOUR_MS;
+            let width = if window <= HOUR_TIER_MS_MAX { HOUR_MS } else { DAY_MS };
+            let p = plan(window);
+            let mut w = Windows::default();
+            let mut m = Model::default();
+            let mut t = 1_700_000_000_000i64;
+            for (dt_s, amount) in steps {
+                t += dt_s * 1000;
+                w.record(&p, t, amount, &[0; 5]);
+                m.0.push((t, amount, 0));
+                let got = w.aggregate(t, window);
+                let lo = m.agg(t - window, t);
+                let hi = m.agg(t - window - width, t);
+                prop_assert!(got.count >= lo.count && got.count <= hi.count, "{:?} not in [{:?}, {:?}]", got, lo, hi);
+                prop_assert!(got.sum >= lo.sum && got.sum <= hi.sum);
+            }
+        }
+    }
+
+    #[test]
+    fn late_events_land_in_their_place_and_state_stays_bounded() {
+        let p = plan(600_000);
+        let mut w = Windows::default();
+        let t0 = 1_700_000_000_000;
+        w.record(&p, t0, 5, &[0; 5]);
+        w.record(&p, t0 + 300_000, 7, &[0; 5]);
+        w.record(&p, t0 + 100_000, 11, &[0; 5]); // late, within the window
+        assert_eq!(w.aggregate(t0 + 300_000, 600_000).sum, 23);
+        assert_eq!(w.aggregate(t0 + 150_000, 600_000).sum, 16);
+        for i in 0..(EXACT_EVENTS_MAX as i64 * 2) {
+            w.record(&p, t0 + 400_000 + i, 1, &[0; 5]);
+        }
+        assert_eq!(
+            w.aggregate(t0 + 400_000 + 2000, 600_000).count,
+            EXACT_EVENTS_MAX as i64
+        );
+        w.record(&p, t0 + 86_400_000, 1, &[0; 5]);
+        assert_eq!(w.aggregate(t0 + 86_400_000, 600_000).count, 1);
+    }
+}
