@@ -68,6 +68,10 @@ struct ReplayArgs {
     /// Allowed lateness of events (e.g. 5m).
     #[arg(long, default_value = "5m", value_parser = parse_window)]
     lateness: i64,
+    /// Apply events in file (arrival) order instead of event-time order, as a live consumer
+    /// would: reproduces late events.
+    #[arg(long)]
+    arrival_order: bool,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -215,6 +219,11 @@ fn replay_cmd(a: &ReplayArgs) -> Result<ExitCode> {
     let report = replay::run(
         &engine,
         input,
+        if a.arrival_order {
+            replay::Order::Arrival
+        } else {
+            replay::Order::EventTime
+        },
         out.as_mut().map(|w| w as &mut dyn Write),
         &mut |done, total| {
             bar.set_length(total);

@@ -186,16 +186,29 @@ pub struct Report {
     pub rules_version: String,
 }
 
-/// Runs `input` through `engine` in event-time order, writing each decision as a JSON line to
+/// The order events are applied in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Sorted by event time (stable): the order the events happened in.
+    #[default]
+    EventTime,
+    /// File order: the order a live consumer received them in, late events included.
+    Arrival,
+}
+
+/// Runs `input` through `engine` in `order`, writing each decision as a JSON line to
 /// `out` when given. `progress(done, total)` is called every few thousand events.
 pub fn run(
     engine: &Engine,
     mut input: Input,
+    order: Order,
     mut out: Option<&mut dyn Write>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> std::io::Result<Report> {
     let started = Instant::now();
-    input.events.sort_by_key(|(_, e)| e.ts_ms());
+    if order == Order::EventTime {
+        input.events.sort_by_key(|(_, e)| e.ts_ms());
+    }
     let active = engine.active();
     let program = &active.pack.program;
     let mut rules: Vec<(String, RuleStats)> = program
@@ -364,21 +377,22 @@ impl fmt::Display for Report {
             }
             writeln!(f, "  {:<8} {:>8}  {}", a.name(), n, s.trim())?;
         }
-        writeln!(f, "rules (hits, fraud among labeled hits)")?;
+        writeln!(f, "rules")?;
         for (id, s) in &self.rules {
-            let prec = pct(ratio(s.fraud_hits, s.labeled_hits));
-            let rec = pct(ratio(s.fraud_hits, self.flagged.tp + self.flagged.fn_));
             let tag = if s.shadow { " [shadow]" } else { "" };
             let err = if s.errors > 0 {
                 format!("  errors {}", s.errors)
             } else {
                 String::new()
             };
-            writeln!(
-                f,
-                "  {id:<36} {:>7} hits  precision {prec:>6}  recall {rec:>6}{tag}{err}",
-                s.hits
-            )?;
+            let quality = if self.labeled > 0 {
+                let prec = pct(ratio(s.fraud_hits, s.labeled_hits));
+                let rec = pct(ratio(s.fraud_hits, self.flagged.tp + self.flagged.fn_));
+                format!("  precision {prec:>6}  recall {rec:>6}")
+            } else {
+                String::new()
+            };
+            writeln!(f, "  {id:<40} {:>7} hits{quality}{tag}{err}", s.hits)?;
         }
         if self.labeled > 0 {
             writeln!(

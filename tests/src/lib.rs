@@ -1,1 +1,49 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for Vigil's integration tests.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Whether golden files should be rewritten instead of compared (`VIGIL_BLESS=1`).
+pub fn blessing() -> bool {
+    std::env::var_os("VIGIL_BLESS").is_some_and(|v| v == "1")
+}
+
+/// Compares `got` with the golden file at `path` byte for byte, or rewrites it when blessing.
+/// On a mismatch, panics naming the first differing line.
+pub fn assert_golden(path: &Path, got: &[u8]) {
+    if blessing() {
+        std::fs::write(path, got)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        return;
+    }
+    let want = std::fs::read(path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} ({e}); run with VIGIL_BLESS=1 to create it after review",
+            path.display()
+        )
+    });
+    if want != got {
+        let (w, g) = (String::from_utf8_lossy(&want), String::from_utf8_lossy(got));
+        let line = w
+            .lines()
+            .zip(g.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| w.lines().count().min(g.lines().count()));
+        panic!(
+            "{} differs from this run at line {}:\n  want: {}\n  got:  {}\n(lines: want {}, got {}; VIGIL_BLESS=1 rewrites after review)",
+            path.display(),
+            line + 1,
+            w.lines().nth(line).unwrap_or("<end>"),
+            g.lines().nth(line).unwrap_or("<end>"),
+            w.lines().count(),
+            g.lines().count()
+        );
+    }
+}

@@ -96,15 +96,18 @@ pub struct StateStats {
 fn evict<V>(
     map: &DashMap<u64, V, FxBuild>,
     max: usize,
-    mut idle_ms: i64,
+    idle_ms: i64,
     now: i64,
     last: impl Fn(&V) -> i64,
 ) {
-    map.retain(|_, v| last(v) > now - idle_ms);
-    // Past the limit, tighten the idle cut-off until the store fits.
-    while map.len() > max && idle_ms > 60_000 {
-        idle_ms /= 2;
-        map.retain(|_, v| last(v) > now - idle_ms);
+    map.retain(|_, v| last(v) > now.saturating_sub(idle_ms));
+    let len = map.len();
+    if len > max {
+        // Past the limit, the least recently active keys go, whatever their age.
+        let mut seen: Vec<i64> = map.iter().map(|e| last(e.value())).collect();
+        let (_, cutoff, _) = seen.select_nth_unstable(len - max - 1);
+        let cutoff = *cutoff;
+        map.retain(|_, v| last(v) > cutoff);
     }
 }
 

@@ -1,0 +1,112 @@
+//! Engine behaviour across events: idempotency, account events, state limits.
+
+use vigil_engine::event::decode;
+use vigil_engine::state::StateLimits;
+use vigil_engine::{Engine, EngineConfig, Event};
+use vigil_rules::{Action, PackOptions, SourceFile, compile_pack};
+
+fn engine(rules: &str, config: EngineConfig) -> Engine {
+    let files = [SourceFile {
+        path: "pack.toml".into(),
+        rel: "pack.toml".into(),
+        text: format!("[pack]\nname = \"t\"\n{rules}"),
+    }];
+    Engine::new(
+        compile_pack(&files, &PackOptions::default()).expect("pack"),
+        config,
+    )
+}
+
+fn tx(id: &str, account: &str, minute: u32, amount: &str) -> Event {
+    let json = format!(
+        r#"{{"schema":1,"tx_id":"{id}","ts":"2026-11-02T10:{minute:02}:00Z","kind":"payment","account_id":"{account}","counterparty_id":"m-1","amount":"{amount}","currency":"EUR","device_id":"d-1"}}"#
+    );
+    decode(json.as_bytes()).expect("valid event")
+}
+
+const COUNT3: &str = "[[rule]]\nid = \"three\"\naction = \"review\"\nwhen = \"count(tx by account over 10m) >= 3 or sum(amount by device over 2h) > 1000\"\n";
+
+#[test]
+fn a_redelivered_transaction_is_not_counted_twice() {
+    let e = engine(COUNT3, EngineConfig::default());
+    for _ in 0..5 {
+        let d = e.apply(&tx("t-1", "a", 0, "10.00")).unwrap();
+        assert_eq!(d.action, Action::Allow);
+    }
+    let d = e.apply(&tx("t-2", "a", 1, "10.00")).unwrap();
+    assert_eq!(d.action, Action::Allow, "only t-1 and t-2 count: {d:?}");
+    assert!(!d.duplicate);
+    let d = e.apply(&tx("t-3", "a", 2, "10.00")).unwrap();
+    assert_eq!(d.action, Action::Review);
+    assert_eq!(e.duplicate_events(), 4);
+}
+
+#[test]
+fn the_same_pack_and_events_give_the_same_decisions_on_two_engines() {
+    let events: Vec<Event> = (0..50)
+        .map(|i| tx(&format!("t-{i}"), &format!("a-{}", i % 7), i % 60, "120.00"))
+        .collect();
+    let run = || -> Vec<String> {
+        let e = engine(COUNT3, EngineConfig::default());
+        events
+            .iter()
+            .filter_map(|ev| e.apply(ev))
+            .map(|d| d.to_json())
+            .collect()
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn idle_state_is_evicted_and_limits_hold() {
+    let limits = StateLimits {
+        accounts_max: 100,
+        keys_max: 100,
+        seen_tx_max: 150,
+        ..StateLimits::default()
+    };
+    let e = engine(
+        COUNT3,
+        EngineConfig {
+            limits,
+            maintain_every: 64,
+            ..EngineConfig::default()
+        },
+    );
+    for i in 0..1000u32 {
+        let json = format!(
+            r#"{{"schema":1,"tx_id":"t-{i}","ts":"2026-11-02T10:00:{:02}.{:03}Z","kind":"payment","account_id":"a-{i}","counterparty_id":"m-{i}","amount":"1.00","currency":"EUR","device_id":"d-{i}"}}"#,
+            i / 1000,
+            i % 1000
+        );
+        let ev = decode(json.as_bytes()).unwrap();
+        e.apply(&ev);
+    }
+    e.maintain();
+    let s = e.state_stats();
+    assert!(s.accounts <= 100 + 64, "{s:?}");
+    assert!(s.keyed[0] <= 100 + 64, "{s:?}");
+    assert!(s.seen_tx <= 150 + 64, "{s:?}");
+}
+
+#[test]
+fn account_events_feed_since_and_account_age() {
+    let rules = "[[rule]]\nid = \"reset\"\naction = \"step_up\"\nwhen = \"since(password_reset) < 1h and account_age > 30d\"\n";
+    let e = engine(rules, EngineConfig::default());
+    let ev = |json: &str| decode(json.as_bytes()).unwrap();
+    e.apply(&ev(r#"{"schema":1,"event_id":"e-1","ts":"2026-01-01T00:00:00Z","kind":"account_opened","account_id":"a"}"#));
+    assert_eq!(
+        e.apply(&tx("t-1", "a", 0, "5.00")).unwrap().action,
+        Action::Allow
+    );
+    e.apply(&ev(r#"{"schema":1,"event_id":"e-2","ts":"2026-11-02T10:05:00Z","kind":"password_reset","account_id":"a"}"#));
+    let d = e.apply(&tx("t-2", "a", 30, "5.00")).unwrap();
+    assert_eq!(d.action, Action::StepUp);
+    assert_eq!(
+        d.reasons[0].values,
+        [
+            ("since(password_reset)".to_string(), "25m".to_string()),
+            ("account_age".to_string(), "305d10h30m".to_string())
+        ]
+    );
+}
