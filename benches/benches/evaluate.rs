@@ -1,1 +1,85 @@
-fn main() {}
+//! Stateless evaluation of a compiled five-rule pack against prepared facts: the cost of the
+//! rule program alone, comparable to CEL or a JSON decision-graph interpreter.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use vigil_rules::{compile_pack, Facts, Feature, Outcome, PackOptions, SourceFile};
+
+/// Exactly the rule set of the issue.
+const PACK: &str = r#"
+[pack]
+name = "bench-five"
+
+[lists]
+embargoed = ["KP", "IR", "SY"]
+
+[[rule]]
+id = "amount.huge"
+when = "amount > 10000"
+action = "block"
+
+[[rule]]
+id = "amount.large_abroad"
+when = "amount > 2000 and country not in home_countries"
+action = "review"
+
+[[rule]]
+id = "web.new_account_large"
+when = "channel == \"web\" and account_age < 2d and amount > 500"
+action = "review"
+
+[[rule]]
+id = "geo.embargoed"
+when = "country in embargoed"
+action = "block"
+
+[[rule]]
+id = "amount.round_to_new_payee"
+when = "amount % 100 == 0 and amount >= 1000 and is_new_payee"
+action = "review"
+"#;
+
+fn evaluate(c: &mut Criterion) {
+    let files = [SourceFile { path: "bench.toml".into(), rel: "pack.toml".into(), text: PACK.into() }];
+    let pack = compile_pack(&files, &PackOptions::default()).expect("bench pack compiles");
+    let program = &pack.program;
+    let homes = [*b"DE", *b"FR"];
+    let mut features = vec![0i64; program.features.len()];
+    for (slot, f) in program.features.iter().enumerate() {
+        features[slot] = match f {
+            Feature::AccountAge => 400 * 86_400_000,
+            Feature::IsNewPayee => 1,
+            _ => 0,
+        };
+    }
+    // Four events that take different paths through the rules.
+    let cases: Vec<Facts<'_>> = [(1_250, "DE", "app"), (3_000, "US", "web"), (12_000, "DE", "app"), (40, "IR", "web")]
+        .into_iter()
+        .map(|(amount, country, channel)| Facts {
+            amount: amount * 1_000_000,
+            kind: "transfer",
+            currency: "EUR",
+            channel,
+            country,
+            home_countries: &homes,
+            features: &features,
+            ..Facts::default()
+        })
+        .collect();
+    let mut out = Outcome::with_capacity(program.rules.len());
+    let mut g = c.benchmark_group("evaluate");
+    g.throughput(Throughput::Elements(cases.len() as u64));
+    g.bench_function("five_rules_x4_events", |b| {
+        b.iter(|| {
+            let mut fired = 0;
+            for f in &cases {
+                program.evaluate(std::hint::black_box(f), &mut out);
+                fired += out.fired.len();
+            }
+            fired
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, evaluate);
+criterion_main!(benches);

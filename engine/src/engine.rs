@@ -30,6 +30,9 @@ pub struct EngineConfig {
     pub limits: StateLimits,
     /// Evict idle state every this many events.
     pub maintain_every: u64,
+    /// Accounts to reserve room for up front (0: grow as needed). Growing a large table
+    /// moves every entry, so a deployment that knows its size should say it.
+    pub accounts_capacity: usize,
 }
 
 impl Default for EngineConfig {
@@ -38,8 +41,18 @@ impl Default for EngineConfig {
             lateness_ms: 5 * 60_000,
             limits: StateLimits::default(),
             maintain_every: 1 << 20,
+            accounts_capacity: 0,
         }
     }
+}
+
+/// Buffers reused across decisions on one thread.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// The rule program's outcome.
+    pub outcome: Outcome,
+    /// Feature values, one per slot.
+    pub features: Vec<i64>,
 }
 
 /// A pack with the state layout its rules need.
@@ -115,7 +128,7 @@ impl Engine {
     pub fn new(pack: CompiledPack, config: EngineConfig) -> Engine {
         Engine {
             active: ArcSwap::from_pointee(ActivePack::new(pack)),
-            state: State::default(),
+            state: State::with_capacity(config.accounts_capacity),
             config,
             events: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
@@ -205,12 +218,13 @@ impl Engine {
 
     /// Decides one transaction and updates state.
     pub fn decide(&self, tx: &Transaction) -> Decision {
-        let mut out = Outcome::default();
-        self.decide_into(tx, &mut out)
+        self.decide_into(tx, &mut Scratch::default())
     }
 
-    /// Decides one transaction, reusing `out` (so the evaluation does not allocate).
-    pub fn decide_into(&self, tx: &Transaction, out: &mut Outcome) -> Decision {
+    /// Decides one transaction, reusing `scratch` (so evaluation does not allocate); keep one
+    /// per thread.
+    pub fn decide_into(&self, tx: &Transaction, scratch: &mut Scratch) -> Decision {
+        let Scratch { outcome: out, features: feats } = scratch;
         self.tick(tx.ts_ms);
         let active = self.active.load();
         let program = &active.pack.program;
@@ -233,7 +247,8 @@ impl Engine {
         let country_hash = country.map_or(0, |c| u64::from(u16::from_le_bytes(c)) + 1);
         let distinct = [cp_hash, dev_hash, ip_hash, country_hash, acct_hash];
         let n_features = program.features.len().min(FEATURES_MAX);
-        let mut feats = [0i64; FEATURES_MAX];
+        feats.clear();
+        feats.resize(n_features, 0);
         let mut late = false;
 
         // Devices, IPs and counterparties: record, then read their windows.
@@ -248,7 +263,7 @@ impl Engine {
             }
             let mut w = self.state.keyed[store].entry(h).or_default();
             let at = self.place(&mut w, plan, ts, amount, &distinct, duplicate, &mut late);
-            fill_aggs(&program.features[..n_features], kind, &w, at, &mut feats);
+            fill_aggs(&program.features[..n_features], kind, &w, at, feats);
         }
 
         let payee_opened = if program.features.contains(&Feature::PayeeAccountAge) {
@@ -338,7 +353,7 @@ impl Engine {
             KeyKind::Account,
             &acc.windows,
             at,
-            &mut feats,
+            feats,
         );
 
         let facts = Facts {
@@ -492,7 +507,7 @@ fn fill_aggs(
     key: KeyKind,
     w: &Windows,
     at: i64,
-    feats: &mut [i64; FEATURES_MAX],
+    feats: &mut [i64],
 ) {
     for (i, f) in features.iter().enumerate() {
         let Feature::Agg(a) = f else { continue };

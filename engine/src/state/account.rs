@@ -1,6 +1,7 @@
 //! What the engine remembers about an account besides its windows: places, countries,
 //! devices, payees, account events, balance. Every collection has a named limit.
 
+use arrayvec::ArrayVec;
 use vigil_rules::catalog::ACCOUNT_EVENT_KINDS;
 
 /// Locations remembered for "usual location" (cells of [`PLACE_CELL_DEG`] degrees).
@@ -14,7 +15,7 @@ pub const HOME_COUNTRY_TX_MIN: u32 = 3;
 /// Devices remembered per account (most recent kept).
 pub const DEVICES_MAX: usize = 8;
 /// Payees remembered per account (most recent kept); an older payee looks new again.
-pub const PAYEES_MAX: usize = 32;
+pub const PAYEES_MAX: usize = 16;
 
 /// A device or payee first used this recently still counts as new, so every transaction of a
 /// burst from a new device (or to a new payee) carries the signal, not only the first.
@@ -63,14 +64,14 @@ pub struct Profile {
     pub last_event_ms: [i64; ACCOUNT_EVENT_KINDS.len()],
     /// The previous located transaction.
     pub last_fix: Option<Fix>,
-    places: Vec<Place>,
-    countries: Vec<([u8; 2], u32)>,
+    places: ArrayVec<Place, PLACES_MAX>,
+    countries: ArrayVec<([u8; 2], u32), COUNTRIES_MAX>,
     /// Country of registration (account_opened), a home country from the start.
     pub home_country: Option<[u8; 2]>,
     /// (device hash, first use); first use is [`NEVER`] for devices the account started with.
-    devices: Vec<(u64, i64)>,
+    devices: ArrayVec<(u64, i64), DEVICES_MAX>,
     /// (payee hash, first payment).
-    payees: Vec<(u64, i64)>,
+    payees: ArrayVec<(u64, i64), PAYEES_MAX>,
     /// Available balance derived from the stream, fixed point major units.
     pub balance: i64,
     /// Transactions remembered.
@@ -86,11 +87,11 @@ impl Profile {
             opened_ms: ts,
             last_event_ms: [NEVER; ACCOUNT_EVENT_KINDS.len()],
             last_fix: None,
-            places: Vec::new(),
-            countries: Vec::new(),
+            places: ArrayVec::new(),
+            countries: ArrayVec::new(),
             home_country: None,
-            devices: Vec::new(),
-            payees: Vec::new(),
+            devices: ArrayVec::new(),
+            payees: ArrayVec::new(),
             balance: 0,
             history_count: 0,
             locale: None,
@@ -179,7 +180,7 @@ impl Profile {
     /// Remembers `device` (used at `ts`), most recent last.
     pub fn add_device(&mut self, device: u64, ts: i64) {
         let first = if self.history_count == 0 { NEVER } else { ts };
-        remember(&mut self.devices, device, first, DEVICES_MAX);
+        remember(&mut self.devices, device, first);
     }
 
     /// Whether `payee` is new at `ts`: never paid, or first paid less than [`NEW_FOR_MS`] ago.
@@ -189,15 +190,12 @@ impl Profile {
 
     /// Remembers `payee` (paid at `ts`), most recent last.
     pub fn add_payee(&mut self, payee: u64, ts: i64) {
-        remember(&mut self.payees, payee, ts, PAYEES_MAX);
+        remember(&mut self.payees, payee, ts);
     }
 
-    /// Approximate heap bytes held.
+    /// Heap bytes held (the collections are inline; only the locale is not).
     pub fn heap_bytes(&self) -> usize {
-        self.places.capacity() * std::mem::size_of::<Place>()
-            + self.countries.capacity() * 8
-            + (self.devices.capacity() + self.payees.capacity()) * 16
-            + self.locale.as_ref().map_or(0, |l| l.len())
+        self.locale.as_ref().map_or(0, |l| l.len())
     }
 }
 
@@ -209,11 +207,11 @@ fn is_new(v: &[(u64, i64)], x: u64, ts: i64) -> bool {
 
 /// Moves `x` to the back (most recent), keeping its first-use time; drops the least recent past
 /// `max`.
-fn remember(v: &mut Vec<(u64, i64)>, x: u64, first: i64, max: usize) {
+fn remember<const N: usize>(v: &mut ArrayVec<(u64, i64), N>, x: u64, first: i64) {
     let first = match v.iter().position(|(y, _)| *y == x) {
         Some(i) => v.remove(i).1.min(first),
         None => {
-            if v.len() >= max {
+            if v.is_full() {
                 v.remove(0);
             }
             first

@@ -112,6 +112,17 @@ fn evict<V>(
 }
 
 impl State {
+    /// State with room for `accounts` accounts (and as many devices, IPs, counterparties and
+    /// four transaction ids per account) before any table grows.
+    pub fn with_capacity(accounts: usize) -> State {
+        let map = || DashMap::with_capacity_and_hasher(accounts, FxBuild::default());
+        State {
+            accounts: DashMap::with_capacity_and_hasher(accounts, FxBuild::default()),
+            keyed: [map(), map(), map()],
+            seen_tx: DashMap::with_capacity_and_hasher(accounts.saturating_mul(4), FxBuild::default()),
+        }
+    }
+
     /// Evicts what is idle at event time `now`: keys whose windows are past `horizon_ms`
     /// (per store), accounts idle past the limit, remembered tx ids past theirs.
     pub fn maintain(&self, now: i64, horizons_ms: [i64; 3], limits: &StateLimits) {

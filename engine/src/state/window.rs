@@ -13,7 +13,7 @@
 //! [`DISTINCT_VALUES_MAX`] values, oldest replaced first): exact in time, saturating in count.
 //! A window at time `t` covers `(t - W, t]`, so it includes the event being decided.
 
-use std::collections::VecDeque;
+use smallvec::SmallVec;
 
 /// Longest window answered exactly from individual events.
 pub const EXACT_WINDOW_MS_MAX: i64 = 3_600_000;
@@ -117,7 +117,10 @@ struct Bucket {
     min: i64,
 }
 
-fn add_to_buckets(buckets: &mut Vec<Bucket>, width: i64, ts: i64, amount: i64) {
+/// Buckets of one tier, sorted by start; two live inline, the rest spill to the heap.
+type Buckets = SmallVec<[Bucket; 2]>;
+
+fn add_to_buckets(buckets: &mut Buckets, width: i64, ts: i64, amount: i64) {
     let start = ts.div_euclid(width) * width;
     match buckets.binary_search_by_key(&start, |b| b.start) {
         Ok(i) => {
@@ -154,16 +157,18 @@ fn sum_buckets(buckets: &[Bucket], width: i64, from_excl: i64, to_incl: i64) -> 
     a
 }
 
-/// The windows of one key.
+/// The windows of one key. Small collections live inline, so a typical key is one
+/// contiguous block of memory: reading it costs one or two cache misses, not one per list.
 #[derive(Debug, Clone, Default)]
 pub struct Windows {
     /// Latest event time recorded.
     pub last_ts: i64,
-    exact: VecDeque<(i64, i64)>,
-    hours: Vec<Bucket>,
-    days: Vec<Bucket>,
-    /// Per distinct measure: (value hash, last time seen).
-    distinct: Vec<(u8, Vec<(u64, i64)>)>,
+    /// (time, amount), sorted by time.
+    exact: SmallVec<[(i64, i64); 4]>,
+    hours: Buckets,
+    days: Buckets,
+    /// (value hash, last time seen, measure index), all measures together.
+    distinct: SmallVec<[(u64, i64, u8); 4]>,
 }
 
 impl Windows {
@@ -179,16 +184,11 @@ impl Windows {
                 .rposition(|(t, _)| *t <= ts)
                 .map_or(0, |p| p + 1);
             self.exact.insert(pos, (ts, amount));
-            while self
-                .exact
-                .front()
-                .is_some_and(|(t, _)| *t <= now - plan.exact_ms)
-                || self.exact.len() > EXACT_EVENTS_MAX
-            {
-                self.exact.pop_front();
-            }
+            let expired = self.exact.iter().take_while(|(t, _)| *t <= now - plan.exact_ms).count();
+            let over = self.exact.len().saturating_sub(EXACT_EVENTS_MAX);
+            self.exact.drain(..expired.max(over));
         } else if !self.exact.is_empty() {
-            self.exact = VecDeque::new();
+            self.exact = SmallVec::new();
         }
         if plan.hours_ms > 0 {
             add_to_buckets(&mut self.hours, HOUR_MS, ts, amount);
@@ -210,26 +210,21 @@ impl Windows {
                 .count();
             self.days.drain(..drop);
         }
-        for (m, &window) in plan.distinct_ms.iter().enumerate() {
-            let h = distinct[m];
-            if window == 0 || h == 0 {
-                continue;
-            }
-            let idx = match self.distinct.iter().position(|(k, _)| usize::from(*k) == m) {
-                Some(i) => i,
-                None => {
-                    self.distinct.push((m as u8, Vec::new()));
-                    self.distinct.len() - 1
+        if plan.distinct_ms.iter().any(|&w| w > 0) {
+            let horizon = |m: u8| plan.distinct_ms.get(usize::from(m)).copied().unwrap_or(0);
+            self.distinct.retain(|(_, seen, m)| *seen > now - horizon(*m));
+            for (m, &window) in plan.distinct_ms.iter().enumerate() {
+                let (h, m) = (distinct[m], m as u8);
+                if window == 0 || h == 0 {
+                    continue;
                 }
-            };
-            let set = &mut self.distinct[idx].1;
-            set.retain(|(_, seen)| *seen > now - window);
-            if let Some(e) = set.iter_mut().find(|(v, _)| *v == h) {
-                e.1 = e.1.max(ts);
-            } else if set.len() < DISTINCT_VALUES_MAX {
-                set.push((h, ts));
-            } else if let Some(oldest) = set.iter_mut().min_by_key(|(_, seen)| *seen) {
-                *oldest = (h, ts);
+                if let Some(e) = self.distinct.iter_mut().find(|(v, _, k)| *v == h && *k == m) {
+                    e.1 = e.1.max(ts);
+                } else if self.distinct.iter().filter(|e| e.2 == m).count() < DISTINCT_VALUES_MAX {
+                    self.distinct.push((h, ts, m));
+                } else if let Some(oldest) = self.distinct.iter_mut().filter(|e| e.2 == m).min_by_key(|e| e.1) {
+                    *oldest = (h, ts, m);
+                }
             }
         }
     }
@@ -259,25 +254,17 @@ impl Windows {
 
     /// Distinct values of measure `m` seen in `(at - window_ms, ∞)`.
     pub fn distinct(&self, m: usize, at: i64, window_ms: i64) -> i64 {
-        self.distinct
-            .iter()
-            .find(|(k, _)| usize::from(*k) == m)
-            .map_or(0, |(_, set)| {
-                set.iter()
-                    .filter(|(_, seen)| *seen > at - window_ms)
-                    .count() as i64
-            })
+        let live = |(_, seen, k): &&(u64, i64, u8)| usize::from(*k) == m && *seen > at - window_ms;
+        self.distinct.iter().filter(live).count() as i64
     }
 
-    /// Approximate heap bytes held.
+    /// Approximate heap bytes held (inline storage is counted with the entry).
     pub fn heap_bytes(&self) -> usize {
-        self.exact.capacity() * 16
-            + (self.hours.capacity() + self.days.capacity()) * std::mem::size_of::<Bucket>()
-            + self
-                .distinct
-                .iter()
-                .map(|(_, s)| 24 + s.capacity() * 16)
-                .sum::<usize>()
+        let spilled = |spilled: bool, cap: usize, size: usize| if spilled { cap * size } else { 0 };
+        spilled(self.exact.spilled(), self.exact.capacity(), 16)
+            + spilled(self.hours.spilled(), self.hours.capacity(), std::mem::size_of::<Bucket>())
+            + spilled(self.days.spilled(), self.days.capacity(), std::mem::size_of::<Bucket>())
+            + spilled(self.distinct.spilled(), self.distinct.capacity(), 24)
     }
 }
 

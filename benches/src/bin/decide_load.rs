@@ -1,0 +1,83 @@
+//! Load generator for `decide()`: fills state with N accounts, then measures throughput and
+//! latency percentiles on one thread with the default pack.
+//!
+//! `cargo run --release -p vigil-benches --bin decide-load -- [ACCOUNTS] [EVENTS]`
+
+use std::path::Path;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use vigil_benches::Workload;
+use vigil_engine::engine::Scratch;
+use vigil_engine::{packs, Engine, EngineConfig};
+use vigil_rules::PackOptions;
+
+fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let accounts: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let events: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3_000_000);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pack = match packs::load(&root.join("rules/packs/default"), &PackOptions::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    };
+    let config = EngineConfig { accounts_capacity: accounts as usize, ..EngineConfig::default() };
+    let engine = Engine::new(pack, config);
+    let mut w = Workload::new(accounts, 7);
+    let rss0 = rss_bytes().unwrap_or(0);
+    for i in 0..accounts {
+        engine.apply(&w.opened(i));
+    }
+    // Warm-up: every account gets history, so the timed pass runs on full state.
+    let warm: Vec<_> = (0..accounts * 2).map(|k| w.tx_for(k % accounts)).collect();
+    let t = Instant::now();
+    for tx in &warm {
+        engine.decide(tx);
+    }
+    let warm_secs = t.elapsed().as_secs_f64();
+    drop(warm);
+    let stats = engine.state_stats();
+    let rss1 = rss_bytes().unwrap_or(0);
+
+    let txs: Vec<_> = (0..events).map(|_| w.next_tx()).collect();
+    let mut out = Scratch::default();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 1_000_000_000, 3).expect("histogram");
+    let t = Instant::now();
+    let mut flagged = 0u64;
+    for tx in &txs {
+        let t0 = Instant::now();
+        let d = engine.decide_into(tx, &mut out);
+        hist.saturating_record(t0.elapsed().as_nanos() as u64);
+        flagged += u64::from(d.action != vigil_rules::Action::Allow);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("accounts            {accounts}");
+    println!("warm-up             {} decisions in {warm_secs:.2}s ({:.0}/s)", accounts as usize * 2, accounts as f64 * 2.0 / warm_secs);
+    println!("timed               {events} decisions in {secs:.2}s: {:.0} decisions/s (one thread, timer included)", events as f64 / secs);
+    println!(
+        "latency             p50 {:.2}µs  p99 {:.2}µs  p99.9 {:.2}µs  max {:.1}µs",
+        hist.value_at_quantile(0.5) as f64 / 1e3,
+        hist.value_at_quantile(0.99) as f64 / 1e3,
+        hist.value_at_quantile(0.999) as f64 / 1e3,
+        hist.max() as f64 / 1e3
+    );
+    println!("flagged             {flagged}");
+    println!(
+        "state               {} accounts, {} devices, {} ips, {} counterparties, {} tx ids",
+        stats.accounts, stats.keyed[0], stats.keyed[1], stats.keyed[2], stats.seen_tx
+    );
+    println!(
+        "memory              accounts ~{} B/account (estimate); RSS growth {} B/account (all stores, tx ids included)",
+        stats.account_bytes / stats.accounts.max(1),
+        rss1.saturating_sub(rss0) / u64::from(accounts.max(1))
+    );
+}
