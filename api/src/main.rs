@@ -51,7 +51,7 @@ struct PackArgs {
     #[arg(default_value = DEFAULT_PACK)]
     dir: PathBuf,
     /// Longest window a rule may use (e.g. 30d).
-    #[arg(long, default_value = "30d", value_parser = parse_window)]
+    #[arg(long, default_value = "30d", value_parser = parse_window_max)]
     window_max: i64,
 }
 
@@ -65,6 +65,9 @@ struct ReplayArgs {
     /// Write every decision as a JSON line here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Longest window a rule may use (e.g. 30d, at most 31d).
+    #[arg(long, default_value = "30d", value_parser = parse_window_max)]
+    window_max: i64,
     /// Allowed lateness of events (e.g. 5m).
     #[arg(long, default_value = "5m", value_parser = parse_window)]
     lateness: i64,
@@ -97,6 +100,17 @@ struct GenArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// Longest window state can answer (the daily tier's reach).
+const WINDOW_MAX_LIMIT_MS: i64 = vigil_engine::state::window::DAY_TIER_MS_MAX;
+
+fn parse_window_max(s: &str) -> Result<i64, String> {
+    let ms = parse_window(s)?;
+    if ms > WINDOW_MAX_LIMIT_MS {
+        return Err(format!("state keeps at most 31d of history; {s} is longer"));
+    }
+    Ok(ms)
 }
 
 fn parse_window(s: &str) -> Result<i64, String> {
@@ -194,7 +208,7 @@ fn rules_test(a: &PackArgs) -> ExitCode {
 }
 
 fn replay_cmd(a: &ReplayArgs) -> Result<ExitCode> {
-    let pack = match load_pack(&a.rules, vigil_rules::pack::WINDOW_MS_MAX_DEFAULT) {
+    let pack = match load_pack(&a.rules, a.window_max) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };

@@ -82,7 +82,7 @@ fn rules_check_accepts_the_shipped_pack() {
     assert_eq!(stderr(&o), "");
 }
 
-/// Seven problems in one file; every `when = "` puts the expression at column 9.
+/// Six problems in one file; every `when = "` puts the expression at column 9.
 const BROKEN_PACK: &str = r#"[pack]
 name = "broken"
 
@@ -139,17 +139,26 @@ fn rules_check_reports_every_problem_at_its_line_and_column() {
 
     let lines: Vec<&str> = err.lines().collect();
     let (last, diags) = lines.split_last().expect("some stderr");
-    assert_eq!(*last, format!("error: 9 problems in {dir}"));
-    assert_eq!(diags.len(), 9, "one line per problem:\n{err}");
+    assert_eq!(*last, format!("error: 8 problems in {dir}"));
+    assert_eq!(diags.len(), 8, "one line per problem:\n{err}");
     for d in diags {
         // path:line:col: message, with the path inside the pack.
         let rest = d.strip_prefix(dir).unwrap_or_else(|| panic!("{d}"));
         let mut parts = rest.splitn(4, ':');
         let (file, line, col, msg) = (parts.next(), parts.next(), parts.next(), parts.next());
         assert!(file.is_some_and(|f| f.ends_with(".toml")), "{d}");
-        assert!(line.is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0)), "{d}");
-        assert!(col.is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0)), "{d}");
-        assert!(msg.is_some_and(|m| m.starts_with(' ') && m.len() > 1), "{d}");
+        assert!(
+            line.is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0)),
+            "{d}"
+        );
+        assert!(
+            col.is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0)),
+            "{d}"
+        );
+        assert!(
+            msg.is_some_and(|m| m.starts_with(' ') && m.len() > 1),
+            "{d}"
+        );
     }
 
     let in_pack: Vec<&str> = diags
@@ -180,14 +189,19 @@ fn rules_check_reports_every_problem_at_its_line_and_column() {
     let key_lines: Vec<&&str> = diags.iter().filter(|d| d.starts_with(&key)).collect();
     assert_eq!(key_lines.len(), 1, "{err}");
     assert!(
-        key_lines[0].starts_with(&format!("{key}:4:1: unknown key 'acton' (did you mean 'action'?)")),
+        key_lines[0].starts_with(&format!(
+            "{key}:4:1: unknown key 'acton' (did you mean 'action'?)"
+        )),
         "{err}"
     );
     let syntax = s(&pack.path("syntax.toml")).to_string();
     let syntax_lines: Vec<&&str> = diags.iter().filter(|d| d.starts_with(&syntax)).collect();
     assert_eq!(syntax_lines.len(), 1, "{err}");
     // `[[rule]` ends after 7 characters: the missing `]` is at column 8.
-    assert!(syntax_lines[0].starts_with(&format!("{syntax}:1:8: ")), "{err}");
+    assert!(
+        syntax_lines[0].starts_with(&format!("{syntax}:1:8: ")),
+        "{err}"
+    );
 }
 
 /// A good pack with a ten-day window.
@@ -208,7 +222,11 @@ fn rules_check_window_max_limits_the_windows() {
 
     let o = vigil(&["rules", "check", dir]);
     assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
-    assert!(stdout(&o).starts_with("ok: pack window: 1 rules"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("ok: pack window: 1 rules"),
+        "{}",
+        stdout(&o)
+    );
 
     let o = vigil(&["rules", "check", dir, "--window-max", "1h"]);
     assert_eq!(o.status.code(), Some(1), "stdout: {}", stdout(&o));
@@ -237,7 +255,12 @@ fn rules_test_passes_on_the_shipped_pack() {
         .unwrap_or_else(|| panic!("last line: {last}"));
     assert!(passed >= 20, "{out}");
     assert_eq!(cases.len(), passed, "{out}");
-    assert!(cases.iter().all(|l| l.starts_with("PASS rules/packs/default/tests/")), "{out}");
+    assert!(
+        cases
+            .iter()
+            .all(|l| l.starts_with("PASS rules/packs/default/tests/")),
+        "{out}"
+    );
 }
 
 const EXPECT_PACK: &str = r#"[pack]
@@ -277,13 +300,21 @@ fn rules_test_shows_a_diff_for_a_wrong_expectation() {
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(1), "{out}\n{}", stderr(&o));
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], format!("PASS {t}:7 a small payment is allowed"), "{out}");
+    assert_eq!(
+        lines[0],
+        format!("PASS {t}:7 a small payment is allowed"),
+        "{out}"
+    );
     assert_eq!(
         lines[1],
         format!("FAIL {t}:12 a big payment is wrongly expected to pass"),
         "{out}"
     );
-    assert_eq!(lines[2].trim(), "action: expected allow, got review", "{out}");
+    assert_eq!(
+        lines[2].trim(),
+        "action: expected allow, got review",
+        "{out}"
+    );
     assert!(lines[3].trim().starts_with("decision: {"), "{out}");
     assert_eq!(lines.last(), Some(&"1 passed, 1 failed"), "{out}");
 }
@@ -297,7 +328,10 @@ fn replay_lists_rejected_lines() {
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
     assert_eq!(stderr(&o), "");
-    let events = out.lines().find(|l| l.starts_with("events ")).expect("an events line");
+    let events = out
+        .lines()
+        .find(|l| l.starts_with("events "))
+        .expect("an events line");
     assert!(events.contains(" 2 applied "), "{events}");
     assert!(events.contains(" 12 rejected,"), "{events}");
 
@@ -321,7 +355,10 @@ fn replay_lists_rejected_lines() {
 
 /// `(N transactions)` from the report's events line.
 fn transactions(report: &str) -> usize {
-    let line = report.lines().find(|l| l.starts_with("events ")).expect("events line");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("events "))
+        .expect("events line");
     line.split_once('(')
         .and_then(|(_, r)| r.split_once(" transactions)"))
         .and_then(|(n, _)| n.parse().ok())
@@ -334,7 +371,13 @@ fn replay_of_gzip_input_writes_the_same_decisions_every_time() {
     let (a, b) = (tmp.path("a.jsonl"), tmp.path("b.jsonl"));
     let mut reports = Vec::new();
     for out in [&a, &b] {
-        let o = vigil(&["replay", "replay-data/sample.jsonl.gz", "--out", s(out), "-q"]);
+        let o = vigil(&[
+            "replay",
+            "replay-data/sample.jsonl.gz",
+            "--out",
+            s(out),
+            "-q",
+        ]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         reports.push(stdout(&o));
     }
@@ -348,12 +391,22 @@ fn replay_of_gzip_input_writes_the_same_decisions_every_time() {
         .next()
         .and_then(|l| l.strip_prefix("rules version "))
         .unwrap_or_else(|| panic!("{report}"));
-    let after_labels: Vec<&str> = report.lines().skip_while(|l| !l.starts_with("labels ")).collect();
+    let after_labels: Vec<&str> = report
+        .lines()
+        .skip_while(|l| !l.starts_with("labels "))
+        .collect();
     assert!(!after_labels.is_empty(), "no labels section:\n{report}");
-    assert!(after_labels.iter().any(|l| l.contains("precision")), "{report}");
+    assert!(
+        after_labels.iter().any(|l| l.contains("precision")),
+        "{report}"
+    );
 
     let text = String::from_utf8(da).expect("UTF-8 decisions");
-    assert_eq!(text.lines().count(), transactions(report), "one decision per transaction");
+    assert_eq!(
+        text.lines().count(),
+        transactions(report),
+        "one decision per transaction"
+    );
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect(line);
         assert!(v["tx_id"].as_str().is_some_and(|t| !t.is_empty()), "{line}");
@@ -372,7 +425,16 @@ fn replay_of_gzip_input_writes_the_same_decisions_every_time() {
 
 fn gen_to(out: &Path, seed: &str) -> String {
     let o = vigil(&[
-        "gen", "--accounts", "50", "--days", "2", "--seed", seed, "--out", s(out), "-q",
+        "gen",
+        "--accounts",
+        "50",
+        "--days",
+        "2",
+        "--seed",
+        seed,
+        "--out",
+        s(out),
+        "-q",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     stdout(&o)
@@ -400,7 +462,11 @@ fn gen_is_deterministic_per_seed_and_gzips_dot_gz() {
     assert!(!da.is_empty());
     assert!(da == db, "the same seed gave different files");
     assert!(da != dc, "different seeds gave the same file");
-    assert!(dz.starts_with(&[0x1f, 0x8b]), "not gzip: {:02x?}", &dz[..dz.len().min(4)]);
+    assert!(
+        dz.starts_with(&[0x1f, 0x8b]),
+        "not gzip: {:02x?}",
+        &dz[..dz.len().min(4)]
+    );
 
     let events = da.iter().filter(|&&b| b == b'\n').count();
     assert!(
@@ -411,7 +477,10 @@ fn gen_is_deterministic_per_seed_and_gzips_dot_gz() {
     let o = vigil(&["replay", s(&z), "-q"]);
     let report = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let line = report.lines().find(|l| l.starts_with("events ")).expect("events line");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("events "))
+        .expect("events line");
     assert!(line.contains(&format!(" {events} applied (")), "{line}");
     assert!(line.contains(" 0 rejected,"), "{line}");
 }
@@ -442,7 +511,10 @@ fn usage_errors_exit_2() {
     let o = vigil(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    assert!(err.contains("unrecognized subcommand 'frobnicate'"), "{err}");
+    assert!(
+        err.contains("unrecognized subcommand 'frobnicate'"),
+        "{err}"
+    );
     assert!(err.contains("Usage: vigil"), "{err}");
 
     let o = vigil(&["rules", "check", "--window-max", "10"]);

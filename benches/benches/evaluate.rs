@@ -1,8 +1,8 @@
 //! Stateless evaluation of a compiled five-rule pack against prepared facts: the cost of the
 //! rule program alone, comparable to CEL or a JSON decision-graph interpreter.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vigil_rules::{compile_pack, Facts, Feature, Outcome, PackOptions, SourceFile};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use vigil_rules::{Facts, Feature, Outcome, PackOptions, SourceFile, compile_pack};
 
 /// Exactly the rule set of the issue.
 const PACK: &str = r#"
@@ -39,7 +39,11 @@ action = "review"
 "#;
 
 fn evaluate(c: &mut Criterion) {
-    let files = [SourceFile { path: "bench.toml".into(), rel: "pack.toml".into(), text: PACK.into() }];
+    let files = [SourceFile {
+        path: "bench.toml".into(),
+        rel: "pack.toml".into(),
+        text: PACK.into(),
+    }];
     let pack = compile_pack(&files, &PackOptions::default()).expect("bench pack compiles");
     let program = &pack.program;
     let homes = [*b"DE", *b"FR"];
@@ -52,19 +56,24 @@ fn evaluate(c: &mut Criterion) {
         };
     }
     // Four events that take different paths through the rules.
-    let cases: Vec<Facts<'_>> = [(1_250, "DE", "app"), (3_000, "US", "web"), (12_000, "DE", "app"), (40, "IR", "web")]
-        .into_iter()
-        .map(|(amount, country, channel)| Facts {
-            amount: amount * 1_000_000,
-            kind: "transfer",
-            currency: "EUR",
-            channel,
-            country,
-            home_countries: &homes,
-            features: &features,
-            ..Facts::default()
-        })
-        .collect();
+    let cases: Vec<Facts<'_>> = [
+        (1_250, "DE", "app"),
+        (3_000, "US", "web"),
+        (12_000, "DE", "app"),
+        (40, "IR", "web"),
+    ]
+    .into_iter()
+    .map(|(amount, country, channel)| Facts {
+        amount: amount * 1_000_000,
+        kind: "transfer",
+        currency: "EUR",
+        channel,
+        country,
+        home_countries: &homes,
+        features: &features,
+        ..Facts::default()
+    })
+    .collect();
     let mut out = Outcome::with_capacity(program.rules.len());
     let mut g = c.benchmark_group("evaluate");
     g.throughput(Throughput::Elements(cases.len() as u64));

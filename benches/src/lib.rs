@@ -7,8 +7,8 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use vigil_engine::event::{AccountEvent, Currency, Geo, Transaction, TxKind};
 use vigil_engine::Event;
+use vigil_engine::event::{AccountEvent, Currency, Geo, Transaction, TxKind};
 use vigil_rules::catalog::AccountEventKind;
 
 const CITIES: [(f64, f64, &[u8; 2]); 8] = [
@@ -39,7 +39,13 @@ impl Workload {
     /// A workload over `accounts` accounts.
     pub fn new(accounts: u32, seed: u64) -> Workload {
         let eur = Currency::from_code("EUR").expect("EUR is known");
-        Workload { rng: ChaCha8Rng::seed_from_u64(seed), accounts, next_tx: 0, ts_ms: START_MS, eur }
+        Workload {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            accounts,
+            next_tx: 0,
+            ts_ms: START_MS,
+            eur,
+        }
     }
 
     /// An `account_opened` event for account `i`.
@@ -52,7 +58,11 @@ impl Workload {
             account_id: format!("a-{i}"),
             device_id: None,
             ip: None,
-            geo: Some(Geo { lat, lon, country: Some(*c) }),
+            geo: Some(Geo {
+                lat,
+                lon,
+                country: Some(*c),
+            }),
             counterparty_id: None,
             locale: None,
         })
@@ -64,7 +74,11 @@ impl Workload {
         let home = CITIES[i as usize % CITIES.len()];
         tx.account_id = format!("a-{i}");
         tx.device_id = Some(format!("d-{i}-1"));
-        tx.geo = Some(Geo { lat: home.0, lon: home.1, country: Some(*home.2) });
+        tx.geo = Some(Geo {
+            lat: home.0,
+            lon: home.1,
+            country: Some(*home.2),
+        });
         if tx.counterparty_id.as_deref() == Some(tx.account_id.as_str()) {
             tx.counterparty_id = Some("m-0".into());
         }
@@ -78,11 +92,24 @@ impl Workload {
         self.next_tx += 1;
         let home = CITIES[i as usize % CITIES.len()];
         let away = self.rng.random_range(0..100) == 0;
-        let (lat, lon, c) = if away { CITIES[self.rng.random_range(0..CITIES.len())] } else { home };
+        let (lat, lon, c) = if away {
+            CITIES[self.rng.random_range(0..CITIES.len())]
+        } else {
+            home
+        };
         let roll = self.rng.random_range(0..100);
         let (kind, cp) = match roll {
-            0..=59 => (TxKind::Payment, format!("m-{}", self.rng.random_range(0..50_000))),
-            60..=84 => (TxKind::Transfer, format!("a-{}", (i + 1 + self.rng.random_range(0..self.accounts - 1)) % self.accounts)),
+            0..=59 => (
+                TxKind::Payment,
+                format!("m-{}", self.rng.random_range(0..50_000)),
+            ),
+            60..=84 => (
+                TxKind::Transfer,
+                format!(
+                    "a-{}",
+                    (i + 1 + self.rng.random_range(0..self.accounts - 1)) % self.accounts
+                ),
+            ),
             85..=92 => (TxKind::TopUp, format!("card-{i}")),
             _ => (TxKind::Withdrawal, format!("bank-{i}")),
         };
@@ -91,7 +118,11 @@ impl Workload {
             1..=7 => self.rng.random_range(500..20_000),
             _ => self.rng.random_range(20_000..300_000),
         };
-        let device = if self.rng.random_range(0..20) == 0 { 2 } else { 1 };
+        let device = if self.rng.random_range(0..20) == 0 {
+            2
+        } else {
+            1
+        };
         Transaction {
             tx_id: format!("t-{}", self.next_tx),
             ts_ms: self.ts_ms,
@@ -103,7 +134,11 @@ impl Workload {
             channel: "app".into(),
             device_id: Some(format!("d-{i}-{device}")),
             ip: Some(format!("10.{}.{}.{}", i % 250, (i / 250) % 250, device)),
-            geo: Some(Geo { lat: lat + self.rng.random_range(-0.05..0.05), lon: lon + self.rng.random_range(-0.05..0.05), country: Some(*c) }),
+            geo: Some(Geo {
+                lat: lat + self.rng.random_range(-0.05..0.05),
+                lon: lon + self.rng.random_range(-0.05..0.05),
+                country: Some(*c),
+            }),
             memo: None,
             label: None,
         }

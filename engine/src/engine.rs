@@ -224,7 +224,10 @@ impl Engine {
     /// Decides one transaction, reusing `scratch` (so evaluation does not allocate); keep one
     /// per thread.
     pub fn decide_into(&self, tx: &Transaction, scratch: &mut Scratch) -> Decision {
-        let Scratch { outcome: out, features: feats } = scratch;
+        let Scratch {
+            outcome: out,
+            features: feats,
+        } = scratch;
         self.tick(tx.ts_ms);
         let active = self.active.load();
         let program = &active.pack.program;
@@ -502,13 +505,7 @@ fn new_account(ts: i64) -> AccountState {
     }
 }
 
-fn fill_aggs(
-    features: &[Feature],
-    key: KeyKind,
-    w: &Windows,
-    at: i64,
-    feats: &mut [i64],
-) {
+fn fill_aggs(features: &[Feature], key: KeyKind, w: &Windows, at: i64, feats: &mut [i64]) {
     for (i, f) in features.iter().enumerate() {
         let Feature::Agg(a) = f else { continue };
         if a.key != key {

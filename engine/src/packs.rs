@@ -109,6 +109,31 @@ impl CaseResult {
     }
 }
 
+/// Keys a test event may have: the wire fields plus the test conveniences.
+const EVENT_KEYS: [&str; 21] = [
+    "schema",
+    "tx_id",
+    "event_id",
+    "ts",
+    "kind",
+    "account_id",
+    "counterparty_id",
+    "amount",
+    "currency",
+    "channel",
+    "device_id",
+    "ip",
+    "geo",
+    "memo",
+    "locale",
+    "is_fraud",
+    "fraud_scenario",
+    "repeat",
+    "every",
+    "after",
+    "note",
+];
+
 /// Where a case's events start when the first has no `ts`.
 const DEFAULT_START: &str = "2026-01-05T12:00:00Z";
 
@@ -122,6 +147,13 @@ pub fn case_events(case: &TestCase, case_no: usize) -> Result<Vec<Event>, String
         let mut t = case.defaults.clone();
         for (k, v) in table {
             t.insert(k.clone(), v.clone());
+        }
+        if let Some(bad) = t.keys().find(|k| !EVENT_KEYS.contains(&k.as_str())) {
+            return Err(format!(
+                "event {}: unknown key '{bad}'{}",
+                i + 1,
+                vigil_rules::diag::suggest(bad, EVENT_KEYS)
+            ));
         }
         let dur = |key: &str, default: i64| -> Result<i64, String> {
             match t.get(key) {
@@ -142,9 +174,15 @@ pub fn case_events(case: &TestCase, case_no: usize) -> Result<Vec<Event>, String
         let repeat = match t.get("repeat") {
             None => 1,
             Some(toml::Value::Integer(n)) if (1..=10_000).contains(n) => *n,
+            Some(toml::Value::Integer(n)) => {
+                return Err(format!(
+                    "event {}: repeat must be 1 to 10000, found {n}",
+                    i + 1
+                ));
+            }
             Some(v) => {
                 return Err(format!(
-                    "event {}: repeat must be 1 to 10000, found {}",
+                    "event {}: repeat must be a whole number, found {}",
                     i + 1,
                     v.type_str()
                 ));

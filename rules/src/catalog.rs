@@ -277,8 +277,8 @@ pub enum Named {
     HomeCountries,
 }
 
-/// Every name usable without arguments, with its meaning. The README's reference is written
-/// from this table.
+/// Every name usable without arguments, with its meaning. `docs/rule-language.md` documents
+/// each one.
 pub const NAMES: [(&str, Named); 23] = [
     ("amount", Named::Num(NumField::Amount)),
     ("hour", Named::Num(NumField::Hour)),
@@ -389,6 +389,8 @@ pub fn resolve_agg(
 /// Checks a literal against a field's domain; `Err` carries the message.
 pub fn check_domain(domain: Domain, value: &str) -> Result<(), String> {
     match domain {
+        // The empty string is what an absent field reads as.
+        Domain::Any | Domain::Country | Domain::Currency if value.is_empty() => Ok(()),
         Domain::Any => Ok(()),
         Domain::Kind if TX_KINDS.contains(&value) => Ok(()),
         Domain::Kind => Err(format!(

@@ -220,6 +220,19 @@ impl Compiler<'_> {
                             for (item, span) in items {
                                 catalog::check_domain(domain, item).or_else(|m| err(*span, m))?;
                             }
+                        } else if let Some(set) = self.lists.get(idx as usize) {
+                            let mut items: Vec<&str> = set.iter().collect();
+                            items.sort_unstable();
+                            for item in items {
+                                catalog::check_domain(domain, item).or_else(|m| {
+                                    err(
+                                        rhs.span,
+                                        format!(
+                                            "this list holds '{item}', which never matches: {m}"
+                                        ),
+                                    )
+                                })?;
+                            }
                         }
                         Ok(Typed::Bool(B::InList(*negated, s, idx)))
                     }
@@ -354,6 +367,13 @@ impl Compiler<'_> {
                     needle.to_ascii_lowercase().into(),
                 )))
             }
+            agg if crate::parse::AGG_FUNCS.contains(&agg) => err(
+                span,
+                format!(
+                    "{agg} takes the form {agg}(MEASURE by KEY over WINDOW), e.g. {}",
+                    example(agg)
+                ),
+            ),
             _ => {
                 let candidates: Vec<&str> = catalog::all_names().collect();
                 err(

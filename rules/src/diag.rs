@@ -40,7 +40,7 @@ impl fmt::Display for Diagnostic {
 
 impl std::error::Error for Diagnostic {}
 
-/// All the problems found in a pack, in file order.
+/// All the problems found in a pack, grouped by check (TOML, [pack], lists, rules, tests).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", render(.0))]
 pub struct Diagnostics(pub Vec<Diagnostic>);

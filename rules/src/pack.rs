@@ -263,6 +263,49 @@ fn string_body_offset(text: &str, span: std::ops::Range<usize>) -> usize {
     at
 }
 
+/// Where byte `value_off` of a TOML string's value stands in the file, walking the literal's
+/// escapes (`\"`, `\\`, `\uXXXX`, line continuations) so columns stay exact.
+fn value_offset(text: &str, span: std::ops::Range<usize>, value_off: usize) -> usize {
+    let start = string_body_offset(text, span.clone());
+    if !text[span.start..].starts_with('"') {
+        return start + value_off; // literal strings have no escapes
+    }
+    let raw = text.get(start..span.end).unwrap_or_default().as_bytes();
+    let (mut r, mut v) = (0usize, 0usize);
+    while v < value_off && r < raw.len() {
+        if raw[r] != b'\\' {
+            r += 1;
+            v += 1;
+            continue;
+        }
+        match raw.get(r + 1).copied() {
+            Some(b'u') | Some(b'U') => {
+                let digits = if raw[r + 1] == b'u' { 4 } else { 8 };
+                let hex = std::str::from_utf8(raw.get(r + 2..r + 2 + digits).unwrap_or_default())
+                    .unwrap_or("");
+                let ch = u32::from_str_radix(hex, 16)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .unwrap_or(' ');
+                r += 2 + digits;
+                v += ch.len_utf8();
+            }
+            Some(b'\n') | Some(b'\r') | Some(b' ') | Some(b'\t') => {
+                // A line-ending backslash: it and the whitespace after it are not in the value.
+                r += 1;
+                while r < raw.len() && raw[r].is_ascii_whitespace() {
+                    r += 1;
+                }
+            }
+            _ => {
+                r += 2;
+                v += 1;
+            }
+        }
+    }
+    start + r
+}
+
 /// Checks and compiles a pack from its files.
 pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<CompiledPack, Diagnostics> {
     let mut diags = Vec::new();
@@ -500,15 +543,29 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
                     ));
                 }
             }
-            let when_at = string_body_offset(&f.text, r.when.span());
+            if r.action.is_none() && (r.freeze || r.notify.is_some()) {
+                diags.push(Diagnostic::at(
+                    f,
+                    header,
+                    format!("rule '{id}' asks to freeze or notify but has no action; a score-only rule acts only through the total score"),
+                ));
+            }
+            let when_span = r.when.span();
+            let at = |off: usize| value_offset(&f.text, when_span.clone(), off);
+            // A disabled rule is checked, but what it would need is not kept.
+            let (features_before, lists_before) = (compiler.features.len(), compiler.lists.len());
             let src = r.when.get_ref();
             let compiled = crate::parse::parse(src)
-                .map_err(|e| Diagnostic::at(f, when_at + e.offset, e.message))
+                .map_err(|e| Diagnostic::at(f, at(e.offset), e.message))
                 .and_then(|expr| {
                     compiler
                         .condition(src, &expr)
-                        .map_err(|e| Diagnostic::at(f, when_at + e.span.start, e.message))
+                        .map_err(|e| Diagnostic::at(f, at(e.span.start), e.message))
                 });
+            if !r.enabled {
+                compiler.features.truncate(features_before);
+                compiler.lists.truncate(lists_before);
+            }
             match compiled {
                 Ok((cond, terms)) if r.enabled => rules.push(CompiledRule {
                     meta: RuleMeta {

@@ -171,6 +171,13 @@ impl StrSet {
             StrSet::Hash(h) => h.contains(s),
         }
     }
+    /// The items, in no particular order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            StrSet::Scan(v) => Box::new(v.iter().map(|s| &**s)),
+            StrSet::Hash(h) => Box::new(h.iter().map(|s| &**s)),
+        }
+    }
     /// How many items.
     pub fn len(&self) -> usize {
         match self {

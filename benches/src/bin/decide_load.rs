@@ -9,7 +9,7 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use vigil_benches::Workload;
 use vigil_engine::engine::Scratch;
-use vigil_engine::{packs, Engine, EngineConfig};
+use vigil_engine::{Engine, EngineConfig, packs};
 use vigil_rules::PackOptions;
 
 fn rss_bytes() -> Option<u64> {
@@ -20,8 +20,14 @@ fn rss_bytes() -> Option<u64> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let accounts: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let events: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3_000_000);
+    let accounts: u32 = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let events: usize = args
+        .get(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3_000_000);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let pack = match packs::load(&root.join("rules/packs/default"), &PackOptions::default()) {
         Ok(p) => p,
@@ -30,7 +36,10 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let config = EngineConfig { accounts_capacity: accounts as usize, ..EngineConfig::default() };
+    let config = EngineConfig {
+        accounts_capacity: accounts as usize,
+        ..EngineConfig::default()
+    };
     let engine = Engine::new(pack, config);
     let mut w = Workload::new(accounts, 7);
     let rss0 = rss_bytes().unwrap_or(0);
@@ -61,8 +70,15 @@ fn main() {
     }
     let secs = t.elapsed().as_secs_f64();
     println!("accounts            {accounts}");
-    println!("warm-up             {} decisions in {warm_secs:.2}s ({:.0}/s)", accounts as usize * 2, accounts as f64 * 2.0 / warm_secs);
-    println!("timed               {events} decisions in {secs:.2}s: {:.0} decisions/s (one thread, timer included)", events as f64 / secs);
+    println!(
+        "warm-up             {} decisions in {warm_secs:.2}s ({:.0}/s)",
+        accounts as usize * 2,
+        accounts as f64 * 2.0 / warm_secs
+    );
+    println!(
+        "timed               {events} decisions in {secs:.2}s: {:.0} decisions/s (one thread, timer included)",
+        events as f64 / secs
+    );
     println!(
         "latency             p50 {:.2}µs  p99 {:.2}µs  p99.9 {:.2}µs  max {:.1}µs",
         hist.value_at_quantile(0.5) as f64 / 1e3,

@@ -174,12 +174,12 @@ impl Profile {
     /// Whether `device` is new to this account at `ts`: never used for a transaction, or
     /// first used less than [`NEW_FOR_MS`] ago — and the account had used another before.
     pub fn is_new_device(&self, device: u64, ts: i64) -> bool {
-        self.history_count > 0 && is_new(&self.devices, device, ts)
+        !self.devices.is_empty() && is_new(&self.devices, device, ts)
     }
 
     /// Remembers `device` (used at `ts`), most recent last.
     pub fn add_device(&mut self, device: u64, ts: i64) {
-        let first = if self.history_count == 0 { NEVER } else { ts };
+        let first = if self.devices.is_empty() { NEVER } else { ts };
         remember(&mut self.devices, device, first);
     }
 
@@ -252,8 +252,8 @@ mod tests {
     #[test]
     fn limits_hold_and_recent_entries_stay() {
         let mut p = Profile::new(0);
-        p.history_count = 1;
         let day = NEW_FOR_MS;
+        p.add_device(1000, 0);
         for i in 0..100 {
             p.add_payee(i, 0);
             p.add_device(i, 0);

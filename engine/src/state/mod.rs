@@ -119,7 +119,10 @@ impl State {
         State {
             accounts: DashMap::with_capacity_and_hasher(accounts, FxBuild::default()),
             keyed: [map(), map(), map()],
-            seen_tx: DashMap::with_capacity_and_hasher(accounts.saturating_mul(4), FxBuild::default()),
+            seen_tx: DashMap::with_capacity_and_hasher(
+                accounts.saturating_mul(4),
+                FxBuild::default(),
+            ),
         }
     }
 

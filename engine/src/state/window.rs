@@ -184,7 +184,11 @@ impl Windows {
                 .rposition(|(t, _)| *t <= ts)
                 .map_or(0, |p| p + 1);
             self.exact.insert(pos, (ts, amount));
-            let expired = self.exact.iter().take_while(|(t, _)| *t <= now - plan.exact_ms).count();
+            let expired = self
+                .exact
+                .iter()
+                .take_while(|(t, _)| *t <= now - plan.exact_ms)
+                .count();
             let over = self.exact.len().saturating_sub(EXACT_EVENTS_MAX);
             self.exact.drain(..expired.max(over));
         } else if !self.exact.is_empty() {
@@ -212,17 +216,27 @@ impl Windows {
         }
         if plan.distinct_ms.iter().any(|&w| w > 0) {
             let horizon = |m: u8| plan.distinct_ms.get(usize::from(m)).copied().unwrap_or(0);
-            self.distinct.retain(|(_, seen, m)| *seen > now - horizon(*m));
+            self.distinct
+                .retain(|(_, seen, m)| *seen > now - horizon(*m));
             for (m, &window) in plan.distinct_ms.iter().enumerate() {
                 let (h, m) = (distinct[m], m as u8);
                 if window == 0 || h == 0 {
                     continue;
                 }
-                if let Some(e) = self.distinct.iter_mut().find(|(v, _, k)| *v == h && *k == m) {
+                if let Some(e) = self
+                    .distinct
+                    .iter_mut()
+                    .find(|(v, _, k)| *v == h && *k == m)
+                {
                     e.1 = e.1.max(ts);
                 } else if self.distinct.iter().filter(|e| e.2 == m).count() < DISTINCT_VALUES_MAX {
                     self.distinct.push((h, ts, m));
-                } else if let Some(oldest) = self.distinct.iter_mut().filter(|e| e.2 == m).min_by_key(|e| e.1) {
+                } else if let Some(oldest) = self
+                    .distinct
+                    .iter_mut()
+                    .filter(|e| e.2 == m)
+                    .min_by_key(|e| e.1)
+                {
                     *oldest = (h, ts, m);
                 }
             }
@@ -262,8 +276,16 @@ impl Windows {
     pub fn heap_bytes(&self) -> usize {
         let spilled = |spilled: bool, cap: usize, size: usize| if spilled { cap * size } else { 0 };
         spilled(self.exact.spilled(), self.exact.capacity(), 16)
-            + spilled(self.hours.spilled(), self.hours.capacity(), std::mem::size_of::<Bucket>())
-            + spilled(self.days.spilled(), self.days.capacity(), std::mem::size_of::<Bucket>())
+            + spilled(
+                self.hours.spilled(),
+                self.hours.capacity(),
+                std::mem::size_of::<Bucket>(),
+            )
+            + spilled(
+                self.days.spilled(),
+                self.days.capacity(),
+                std::mem::size_of::<Bucket>(),
+            )
             + spilled(self.distinct.spilled(), self.distinct.capacity(), 24)
     }
 }
