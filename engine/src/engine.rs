@@ -179,7 +179,7 @@ impl Engine {
     fn tick(&self, ts: i64) {
         self.watermark.fetch_max(ts, Ordering::Relaxed);
         let n = self.events.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % self.config.maintain_every == 0 {
+        if n.is_multiple_of(self.config.maintain_every) {
             self.maintain();
         }
     }
@@ -437,12 +437,13 @@ impl Engine {
         }
         // Release the payer before touching the payee: both may live in one shard.
         drop(guard);
-        if !duplicate && tx.kind == TxKind::Transfer && action != vigil_rules::Action::Block {
-            if let Some(cp) = &tx.counterparty_id {
-                if let Some(mut payee) = self.state.accounts.get_mut(&key_hash(0, cp)) {
-                    payee.profile.balance = payee.profile.balance.saturating_add(amount);
-                }
-            }
+        if !duplicate
+            && tx.kind == TxKind::Transfer
+            && action != vigil_rules::Action::Block
+            && let Some(cp) = &tx.counterparty_id
+            && let Some(mut payee) = self.state.accounts.get_mut(&key_hash(0, cp))
+        {
+            payee.profile.balance = payee.profile.balance.saturating_add(amount);
         }
 
         Decision {

@@ -279,19 +279,19 @@ pub fn run_tests(pack: &CompiledPack) -> Vec<CaseResult> {
 
 fn compare(case: &TestCase, d: &Decision) -> Vec<String> {
     let mut f = Vec::new();
-    if let Some(a) = case.expect.action {
-        if a != d.action {
-            f.push(format!(
-                "action: expected {}, got {}",
-                a.name(),
-                d.action.name()
-            ));
-        }
+    if let Some(a) = case.expect.action
+        && a != d.action
+    {
+        f.push(format!(
+            "action: expected {}, got {}",
+            a.name(),
+            d.action.name()
+        ));
     }
-    if let Some(s) = case.expect.score {
-        if s != d.score {
-            f.push(format!("score: expected {s}, got {}", d.score));
-        }
+    if let Some(s) = case.expect.score
+        && s != d.score
+    {
+        f.push(format!("score: expected {s}, got {}", d.score));
     }
     if let Some(want) = &case.expect.rules {
         let got: Vec<&str> = d.reasons.iter().map(|r| r.rule.as_str()).collect();

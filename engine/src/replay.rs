@@ -293,7 +293,7 @@ pub fn run(
         }
     }
     progress(total, total);
-    if let Some(w) = out.as_deref_mut() {
+    if let Some(w) = out {
         w.flush()?;
     }
     Ok(Report {
@@ -354,7 +354,7 @@ impl fmt::Display for Report {
             self.total_secs
         )?;
         let h = &self.latency_ns;
-        if h.len() > 0 {
+        if !h.is_empty() {
             writeln!(
                 f,
                 "latency     p50 {}  p99 {}  p99.9 {}  max {}",

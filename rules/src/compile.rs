@@ -274,7 +274,9 @@ impl Compiler<'_> {
             );
         }
         let mut names: Vec<&str> = self.named_lists.keys().map(String::as_str).collect();
-        names.extend(catalog::all_names().map(|s| &*s));
+        for n in catalog::all_names() {
+            names.push(n);
+        }
         let hint = suggest(n, names);
         err(span, format!("unknown field, function or list '{n}'{hint}"))
     }

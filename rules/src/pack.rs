@@ -226,15 +226,15 @@ struct ExpectDe {
 fn tidy(message: &str) -> String {
     let message = message.trim();
     let names: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let (Some(bad), Some(_)) = (names.first(), rest.find('`')) {
-            let expected = &names[1..];
-            return format!(
-                "unknown key '{bad}'{}; expected one of {}",
-                suggest(bad, expected.iter().copied()),
-                expected.join(", ")
-            );
-        }
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let (Some(bad), Some(_)) = (names.first(), rest.find('`'))
+    {
+        let expected = &names[1..];
+        return format!(
+            "unknown key '{bad}'{}; expected one of {}",
+            suggest(bad, expected.iter().copied()),
+            expected.join(", ")
+        );
     }
     message.replace('`', "'")
 }
@@ -528,20 +528,20 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
                     false
                 }
             };
-            if let Some(n) = &r.notify {
-                if !NOTIFY_KINDS.contains(&n.get_ref().as_str()) {
-                    let at = string_body_offset(&f.text, n.span());
-                    diags.push(Diagnostic::at(
-                        f,
-                        at,
-                        format!(
-                            "unknown notification '{}'{}; notifications are {}",
-                            n.get_ref(),
-                            suggest(n.get_ref(), NOTIFY_KINDS),
-                            NOTIFY_KINDS.join(", ")
-                        ),
-                    ));
-                }
+            if let Some(n) = &r.notify
+                && !NOTIFY_KINDS.contains(&n.get_ref().as_str())
+            {
+                let at = string_body_offset(&f.text, n.span());
+                diags.push(Diagnostic::at(
+                    f,
+                    at,
+                    format!(
+                        "unknown notification '{}'{}; notifications are {}",
+                        n.get_ref(),
+                        suggest(n.get_ref(), NOTIFY_KINDS),
+                        NOTIFY_KINDS.join(", ")
+                    ),
+                ));
             }
             if r.action.is_none() && (r.freeze || r.notify.is_some()) {
                 diags.push(Diagnostic::at(
