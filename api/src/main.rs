@@ -83,10 +83,10 @@ struct ReplayArgs {
 #[derive(Args, Debug)]
 struct GenArgs {
     /// Number of accounts.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     accounts: u32,
     /// Number of days.
-    #[arg(long, default_value_t = 14)]
+    #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..=3650))]
     days: u32,
     /// Random seed: the same seed gives the same file.
     #[arg(long, default_value_t = 1)]
@@ -151,18 +151,18 @@ fn load_pack(dir: &Path, window_ms_max: i64) -> Result<vigil_rules::CompiledPack
         Ok(p) => Ok(p),
         Err(LoadError::Invalid(d)) => {
             for diag in &d.0 {
-                eprintln!("{diag}");
+                esay(format!("{diag}"));
             }
-            eprintln!(
+            esay(format!(
                 "error: {} problem{} in {}",
                 d.0.len(),
                 if d.0.len() == 1 { "" } else { "s" },
                 dir.display()
-            );
+            ));
             Err(ExitCode::from(1))
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            esay(format!("error: {e}"));
             Err(ExitCode::from(2))
         }
     }
@@ -171,7 +171,7 @@ fn load_pack(dir: &Path, window_ms_max: i64) -> Result<vigil_rules::CompiledPack
 fn rules_check(a: &PackArgs) -> ExitCode {
     match load_pack(&a.dir, a.window_max) {
         Ok(p) => {
-            println!("ok: {}", p.summary());
+            say(format!("ok: {}", p.summary()));
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -187,19 +187,29 @@ fn rules_test(a: &PackArgs) -> ExitCode {
     let mut failed = 0;
     for r in &results {
         if r.passed() {
-            println!("PASS {}:{} {}", r.case.file, r.case.line, r.case.name);
+            say(format!(
+                "PASS {}:{} {}",
+                r.case.file, r.case.line, r.case.name
+            ));
         } else {
             failed += 1;
-            println!("FAIL {}:{} {}", r.case.file, r.case.line, r.case.name);
+            say(format!(
+                "FAIL {}:{} {}",
+                r.case.file, r.case.line, r.case.name
+            ));
             for f in &r.failures {
-                println!("       {f}");
+                say(format!("       {f}"));
             }
             if let Some(d) = &r.decision {
-                println!("       decision: {}", d.to_json());
+                say(format!("       decision: {}", d.to_json()));
             }
         }
     }
-    println!("{} passed, {} failed", results.len() - failed, failed);
+    say(format!(
+        "{} passed, {} failed",
+        results.len() - failed,
+        failed
+    ));
     if failed > 0 {
         ExitCode::from(1)
     } else {
@@ -245,7 +255,7 @@ fn replay_cmd(a: &ReplayArgs) -> Result<ExitCode> {
         },
     )?;
     bar.finish_and_clear();
-    print!("{report}");
+    say(report.to_string().trim_end());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -276,22 +286,40 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
         s
     };
     bar.finish_and_clear();
-    println!(
+    say(format!(
         "wrote {}: {} events ({} transactions, {} account events), {} fraud transactions",
         a.out.display(),
         stats.events,
         stats.transactions,
         stats.account_events,
         stats.fraud_transactions
-    );
+    ));
     for (name, n) in &stats.by_scenario {
-        println!("  {name:<20} {n}");
+        say(format!("  {name:<20} {n}"));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn flate2_writer(f: std::fs::File) -> vigil_engine::replay::GzWriter {
     vigil_engine::replay::gz_writer(f)
+}
+
+/// Writes a line to stdout; a closed pipe (`vigil ... | head`) ends the program quietly
+/// instead of panicking.
+fn say(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        esay(format!("error: cannot write to stdout: {e}"));
+        std::process::exit(1);
+    }
+}
+
+/// Writes a line to stderr.
+fn esay(line: impl std::fmt::Display) {
+    eprintln!("{line}");
 }
 
 fn main() -> ExitCode {
@@ -305,7 +333,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            esay(format!("error: {e:#}"));
             ExitCode::from(1)
         }
     }

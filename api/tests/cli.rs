@@ -523,13 +523,11 @@ fn usage_errors_exit_2() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known bug
+// Columns inside `when` strings that hold escapes
 
-/// The column of a problem after an escape (`\"`, `\\`, `\u…`) or a line-ending backslash in a
-/// `when` string is computed in the unescaped text, so it lands too far left. The shipped pack
-/// writes `kind == \"payment\"` in several rules.
+/// The column of a problem after an escape (`\"`, `\u…`) counts the characters of the file, not
+/// of the unescaped expression. The shipped pack writes `kind == \"payment\"` in several rules.
 #[test]
-#[ignore = "bug: diagnostic columns ignore escapes in `when` strings"]
 fn rules_check_column_after_an_escaped_quote() {
     let pack = Scratch::new("escape-pack");
     let p = pack.write(
@@ -540,14 +538,38 @@ fn rules_check_column_after_an_escaped_quote() {
     let o = vigil(&["rules", "check", pack.str()]);
     assert_eq!(o.status.code(), Some(1));
     // `kind == \"payment\" and ` is 24 characters in the file: 9 + 24.
-    assert_eq!(
-        stderr(&o).lines().next(),
-        Some(
-            format!(
-                "{}:6:33: unknown field, function or list 'amout' (did you mean 'amount'?)",
-                s(&p)
-            )
-            .as_str()
-        )
+    let want = format!(
+        "{}:6:33: unknown field, function or list 'amout' (did you mean 'amount'?)",
+        s(&p)
     );
+    assert_eq!(stderr(&o).lines().next(), Some(want.as_str()));
+}
+
+/// A problem right after a line-ending backslash in a `"""` string: the backslash, the newline
+/// and the indentation are not in the expression, but the problem is on the next line.
+#[test]
+
+fn rules_check_column_after_a_line_continuation() {
+    let pack = Scratch::new("continuation-pack");
+    let p = pack.write(
+        "pack.toml",
+        r#"[pack]
+name = "e"
+[[rule]]
+id = "r"
+score = 1
+when = """
+kind == "payment" and \
+    amout > 5
+"""
+"#,
+    );
+    let o = vigil(&["rules", "check", pack.str()]);
+    assert_eq!(o.status.code(), Some(1));
+    // `amout` starts line 8 after four spaces.
+    let want = format!(
+        "{}:8:5: unknown field, function or list 'amout' (did you mean 'amount'?)",
+        s(&p)
+    );
+    assert_eq!(stderr(&o).lines().next(), Some(want.as_str()));
 }

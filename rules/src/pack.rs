@@ -272,7 +272,12 @@ fn value_offset(text: &str, span: std::ops::Range<usize>, value_off: usize) -> u
     }
     let raw = text.get(start..span.end).unwrap_or_default().as_bytes();
     let (mut r, mut v) = (0usize, 0usize);
-    while v < value_off && r < raw.len() {
+    while r < raw.len() {
+        let continuation =
+            raw[r] == b'\\' && matches!(raw.get(r + 1), Some(b'\n' | b'\r' | b' ' | b'\t'));
+        if v >= value_off && !continuation {
+            break;
+        }
         if raw[r] != b'\\' {
             r += 1;
             v += 1;
