@@ -71,7 +71,7 @@ impl Compiler<'_> {
         let mut terms = Vec::new();
         let t = self.expr(src, e, &mut terms)?;
         match t {
-            Typed::Bool(b) => Ok((b, terms)),
+            Typed::Bool(b) => Ok((crate::program::optimize(b), terms)),
             other => err(
                 e.span,
                 format!(

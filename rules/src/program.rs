@@ -210,6 +210,74 @@ pub enum B {
     InHomeCountries(bool, S),
     /// Case-insensitive substring; the needle is stored lowercase.
     Contains(S, Box<str>),
+    /// All of these (a flattened chain of `and`), left to right.
+    All(Box<[B]>),
+    /// Any of these (a flattened chain of `or`), left to right.
+    Any(Box<[B]>),
+    /// A number field against a constant: the commonest test, without boxes.
+    FieldK(Cmp, NumField, i64),
+    /// A feature slot (number or duration) against a constant.
+    FeatureK(Cmp, u16, i64),
+}
+
+impl Cmp {
+    /// The comparison with its operands swapped: `k < x` is `x > k`.
+    fn flip(self) -> Cmp {
+        match self {
+            Cmp::Lt => Cmp::Gt,
+            Cmp::Le => Cmp::Ge,
+            Cmp::Gt => Cmp::Lt,
+            Cmp::Ge => Cmp::Le,
+            c => c,
+        }
+    }
+}
+
+fn flatten(b: B, and: bool, out: &mut Vec<B>) {
+    match b {
+        B::And(ab) if and => {
+            let (x, y) = *ab;
+            flatten(x, and, out);
+            flatten(y, and, out);
+        }
+        B::Or(ab) if !and => {
+            let (x, y) = *ab;
+            flatten(x, and, out);
+            flatten(y, and, out);
+        }
+        other => out.push(optimize(other)),
+    }
+}
+
+/// Rewrites a checked condition into cheaper nodes with the same meaning: `and`/`or` chains
+/// become flat lists, comparisons of a field or feature with a constant lose their boxes.
+pub fn optimize(b: B) -> B {
+    match b {
+        B::And(_) | B::Or(_) => {
+            let and = matches!(b, B::And(_));
+            let mut v = Vec::new();
+            flatten(b, and, &mut v);
+            if and {
+                B::All(v.into_boxed_slice())
+            } else {
+                B::Any(v.into_boxed_slice())
+            }
+        }
+        B::Not(a) => B::Not(Box::new(optimize(*a))),
+        B::CmpNum(op, ab) => match *ab {
+            (N::Field(f), N::Const(k)) => B::FieldK(op, f, k),
+            (N::Const(k), N::Field(f)) => B::FieldK(op.flip(), f, k),
+            (N::Feature(s), N::Const(k)) => B::FeatureK(op, s, k),
+            (N::Const(k), N::Feature(s)) => B::FeatureK(op.flip(), s, k),
+            pair => B::CmpNum(op, Box::new(pair)),
+        },
+        B::CmpDur(op, ab) => match *ab {
+            (D::Feature(s), D::Const(k)) => B::FeatureK(op, s, k),
+            (D::Const(k), D::Feature(s)) => B::FeatureK(op.flip(), s, k),
+            pair => B::CmpDur(op, Box::new(pair)),
+        },
+        other => other,
+    }
 }
 
 /// A number node, fixed point.
@@ -325,6 +393,30 @@ impl B {
                 f.home_countries.iter().any(|c| c.as_slice() == v) != *neg
             }
             B::Contains(s, needle) => contains_ignore_case(s.eval(f), needle),
+            B::All(v) => {
+                for b in v.iter() {
+                    if !b.eval(f, lists)? {
+                        return Some(false);
+                    }
+                }
+                true
+            }
+            B::Any(v) => {
+                for b in v.iter() {
+                    if b.eval(f, lists)? {
+                        return Some(true);
+                    }
+                }
+                false
+            }
+            B::FieldK(op, field, k) => {
+                let v = match field {
+                    NumField::Amount => f.amount,
+                    NumField::Hour => f.hour,
+                };
+                op.apply(v, *k)
+            }
+            B::FeatureK(op, slot, k) => op.apply(f.feature(*slot), *k),
         })
     }
 }

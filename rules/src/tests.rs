@@ -230,3 +230,35 @@ fn features_get_slots_and_errors_do_not_fire() {
         ]
     );
 }
+
+mod optimize {
+    use crate::Facts;
+    use crate::catalog::NumField;
+    use crate::program::{B, Cmp, D, N, optimize};
+    use proptest::prelude::*;
+
+    fn cmp(i: u8) -> Cmp {
+        [Cmp::Eq, Cmp::Ne, Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge][usize::from(i % 6)]
+    }
+
+    proptest! {
+        /// The optimised tree answers exactly like the tree the checker built.
+        #[test]
+        fn optimized_conditions_agree_with_the_original(
+            ops in prop::collection::vec(0u8..6, 6),
+            k in -5i64..5,
+            amount in -5i64..5,
+            feats in prop::collection::vec(-5i64..5, 2),
+        ) {
+            let n = |i: usize| B::CmpNum(cmp(ops[i]), Box::new((N::Field(NumField::Amount), N::Const(k))));
+            let flipped = B::CmpNum(cmp(ops[1]), Box::new((N::Const(k), N::Feature(0))));
+            let dur = B::CmpDur(cmp(ops[2]), Box::new((D::Const(k), D::Feature(1))));
+            let tree = B::Or(Box::new((
+                B::And(Box::new((n(0), B::And(Box::new((flipped, B::Not(Box::new(dur)))))))),
+                B::Or(Box::new((n(3), B::And(Box::new((n(4), n(5))))))),
+            )));
+            let facts = Facts { amount, features: &feats, ..Facts::default() };
+            prop_assert_eq!(optimize(tree.clone()).eval(&facts, &[]), tree.eval(&facts, &[]));
+        }
+    }
+}
