@@ -18,8 +18,32 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// The memory floor: random reads of one field from a DashMap of `n` entries as large as an
+/// account entry, one thread. A decision touches six to eight such places.
+fn probe(n: u64) {
+    use rand::{Rng, SeedableRng};
+    let map: dashmap::DashMap<u64, [u64; 184], vigil_engine::state::FxBuild> =
+        dashmap::DashMap::with_capacity_and_hasher(n as usize, Default::default());
+    for i in 0..n {
+        map.insert(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), [i; 184]);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let keys: Vec<u64> = (0..2_000_000).map(|_| rng.random_range(0..n).wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for k in &keys {
+        sum = sum.wrapping_add(map.get(k).map_or(0, |v| v[7]));
+    }
+    let ns = t.elapsed().as_nanos() as f64 / keys.len() as f64;
+    println!("probe               {n} entries of 1472 B: {ns:.0} ns per random lookup (checksum {sum})");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--probe") {
+        probe(args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000));
+        return;
+    }
     let accounts: u32 = args
         .get(1)
         .and_then(|a| a.parse().ok())
