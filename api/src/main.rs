@@ -68,9 +68,13 @@ struct ReplayArgs {
     /// Longest window a rule may use (e.g. 30d, at most 31d).
     #[arg(long, default_value = "30d", value_parser = parse_window_max)]
     window_max: i64,
-    /// Allowed lateness of events (e.g. 5m).
-    #[arg(long, default_value = "5m", value_parser = parse_window)]
+    /// Allowed lateness of events (e.g. 5m, at most 1h).
+    #[arg(long, default_value = "5m", value_parser = parse_lateness)]
     lateness: i64,
+    /// Skip events before this time (RFC 3339): replay as a deployment that starts cold would
+    /// see the traffic, without the history before it.
+    #[arg(long)]
+    from: Option<String>,
     /// Apply events in file (arrival) order instead of event-time order, as a live consumer
     /// would: reproduces late events.
     #[arg(long)]
@@ -113,23 +117,17 @@ fn parse_window_max(s: &str) -> Result<i64, String> {
     Ok(ms)
 }
 
+fn parse_lateness(s: &str) -> Result<i64, String> {
+    let ms = parse_window(s)?;
+    if ms > vigil_engine::engine::LATENESS_MS_MAX {
+        return Err(format!("lateness is at most 1h; {s} is longer"));
+    }
+    Ok(ms)
+}
+
 fn parse_window(s: &str) -> Result<i64, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or("add a unit: ms, s, m, h, d or w")?;
-    let n: i64 = s[..split]
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration"))?;
-    let unit = match &s[split..] {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "w" => 604_800_000,
-        u => return Err(format!("unknown unit '{u}' (use ms, s, m, h, d or w)")),
-    };
-    n.checked_mul(unit).ok_or_else(|| "too long".to_string())
+    vigil_rules::num::parse_duration(s)
+        .ok_or_else(|| format!("'{s}' is not a duration such as 30s, 10m, 24h or 30d"))
 }
 
 fn progress_bar(quiet: bool, what: &str) -> ProgressBar {
@@ -224,8 +222,13 @@ fn replay_cmd(a: &ReplayArgs) -> Result<ExitCode> {
     };
     let reader =
         replay::open(&a.file).with_context(|| format!("cannot open {}", a.file.display()))?;
-    let input =
+    let mut input =
         replay::read(reader).with_context(|| format!("cannot read {}", a.file.display()))?;
+    if let Some(from) = &a.from {
+        let from_ms = vigil_engine::event::parse_ts(from)
+            .map_err(|e| anyhow::anyhow!("--from: {}", e.message))?;
+        input.events.retain(|(_, e)| e.ts_ms() >= from_ms);
+    }
     let engine = Engine::new(
         pack,
         EngineConfig {

@@ -519,7 +519,11 @@ fn usage_errors_exit_2() {
 
     let o = vigil(&["rules", "check", "--window-max", "10"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("add a unit"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("'10' is not a duration such as 30s"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ pub struct Decision {
     pub duplicate: bool,
     /// Older than the allowed lateness: decided on current state, not counted.
     pub late: bool,
+    /// Too far ahead of the stream's watermark: decided on current state, not counted.
+    pub future: bool,
 }
 
 struct Values<'a>(&'a [(String, String)]);
@@ -90,7 +92,7 @@ impl Serialize for Reason {
 
 impl Serialize for Decision {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Decision", 14)?;
+        let mut st = s.serialize_struct("Decision", 15)?;
         st.serialize_field("tx_id", &self.tx_id)?;
         st.serialize_field("ts", &format_ts(self.ts_ms))?;
         st.serialize_field("account_id", &self.account_id)?;
@@ -114,6 +116,9 @@ impl Serialize for Decision {
         }
         if self.late {
             st.serialize_field("late", &true)?;
+        }
+        if self.future {
+            st.serialize_field("future", &true)?;
         }
         st.serialize_field("rules_version", &*self.rules_version)?;
         st.end()

@@ -12,7 +12,7 @@ use vigil_rules::catalog::{ACCOUNT_EVENT_KINDS, AggFunc, KeyKind};
 use vigil_rules::compile::FEATURES_MAX;
 use vigil_rules::num::{self, NUM_SCALE};
 use vigil_rules::program::NEVER_MS;
-use vigil_rules::{CompiledPack, Facts, Feature, Outcome};
+use vigil_rules::{Action, CompiledPack, Facts, Feature, Outcome};
 
 use crate::decision::{Decision, Reason};
 use crate::event::{AccountEvent, Event, Transaction, TxKind};
@@ -23,9 +23,15 @@ use crate::state::{AccountState, State, StateLimits, StateStats, key_hash};
 /// Engine settings.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
-    /// How late (event time, behind the key's latest event) an event may be and still be
-    /// counted in its own place; an older one is decided on current state and not counted.
+    /// How late (event time, behind the account's latest transaction) an event may be and still
+    /// be counted in its own place; an older one is decided on current state and not counted.
+    /// At most [`LATENESS_MS_MAX`].
     pub lateness_ms: i64,
+    /// How far ahead of the stream's watermark an event may be and still be counted; a further
+    /// one (a skewed client clock, a forged timestamp) is decided but not counted, so it cannot
+    /// push windows or eviction into the future. Off (`None`) by default: a quiet stream or a
+    /// replay legitimately jumps ahead; the live paths set it.
+    pub future_ms: Option<i64>,
     /// State limits.
     pub limits: StateLimits,
     /// Evict idle state every this many events.
@@ -35,10 +41,14 @@ pub struct EngineConfig {
     pub accounts_capacity: usize,
 }
 
+/// Longest allowed lateness: the hourly tier keeps one spare hour, no more.
+pub const LATENESS_MS_MAX: i64 = 3_600_000;
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             lateness_ms: 5 * 60_000,
+            future_ms: None,
             limits: StateLimits::default(),
             maintain_every: 1 << 20,
             accounts_capacity: 0,
@@ -55,6 +65,9 @@ pub struct Scratch {
     pub features: Vec<i64>,
 }
 
+/// One window aggregate a key kind answers: (feature slot, function, window).
+type AggSlot = (usize, AggFunc, i64);
+
 /// A pack with the state layout its rules need.
 #[derive(Debug)]
 pub struct ActivePack {
@@ -66,16 +79,24 @@ pub struct ActivePack {
     plans: [WindowPlan; 4],
     /// Windows over the account's outgoing transactions, for `usual_amount`.
     outgoing: WindowPlan,
+    /// The aggregates each key kind answers, sorted by window so one pass serves a window.
+    aggs: [Vec<AggSlot>; 4],
+    /// Whether any rule reads the payee's account age.
+    payee_age: bool,
+    /// How long a transaction id must be remembered: the longest window plus lateness.
+    seen_ms: i64,
 }
 
 impl ActivePack {
     /// Prepares a pack: derives which windows each store keeps.
-    pub fn new(pack: CompiledPack) -> ActivePack {
+    pub fn new(pack: CompiledPack, lateness_ms: i64) -> ActivePack {
         let mut plans: [WindowPlan; 4] = Default::default();
         let mut outgoing = WindowPlan::default();
-        for f in &pack.program.features {
+        let mut aggs: [Vec<AggSlot>; 4] = Default::default();
+        for (slot, f) in pack.program.features.iter().enumerate() {
             match *f {
                 Feature::Agg(a) => {
+                    aggs[a.key as usize].push((slot, a.func, a.window_ms));
                     let p = &mut plans[a.key as usize];
                     match a.func {
                         AggFunc::Distinct(d) => {
@@ -89,12 +110,28 @@ impl ActivePack {
                 _ => {}
             }
         }
+        for p in plans.iter_mut().chain([&mut outgoing]) {
+            p.lateness_ms = lateness_ms;
+        }
+        for a in &mut aggs {
+            a.sort_by_key(|(_, _, w)| *w);
+        }
+        let seen_ms = plans
+            .iter()
+            .chain([&outgoing])
+            .map(WindowPlan::horizon_ms)
+            .max()
+            .unwrap_or(0);
+        let payee_age = pack.program.features.contains(&Feature::PayeeAccountAge);
         let version = Arc::from(pack.hash.as_str());
         ActivePack {
             pack,
             version,
             plans,
             outgoing,
+            aggs,
+            payee_age,
+            seen_ms,
         }
     }
 }
@@ -108,31 +145,49 @@ pub struct Engine {
     events: AtomicU64,
     watermark: AtomicI64,
     late_events: AtomicU64,
+    future_events: AtomicU64,
     duplicate_events: AtomicU64,
 }
 
-const DEVICE: usize = 0;
-const IP: usize = 1;
-const COUNTERPARTY: usize = 2;
-
+/// Rounds kilometres to whole metres, so the last digits of a platform's `sin`/`asin` never
+/// change a decision's text.
 fn km(x: f64) -> i64 {
     if x.is_finite() {
-        (x * NUM_SCALE as f64).round().clamp(0.0, 1e18) as i64
+        ((x * 1000.0).round() * (NUM_SCALE / 1000) as f64).clamp(0.0, 1e18) as i64
     } else {
         0
     }
 }
 
+/// A balance Vigil has not seen from the account's opening on reads as this (one billion):
+/// comparisons such as `amount >= 0.8 * balance` are then false instead of guessed.
+pub const UNKNOWN_BALANCE: i64 = 1_000_000_000 * NUM_SCALE;
+
+/// How an event is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counting {
+    /// Recorded in every window and the profile.
+    Counted,
+    /// Seen before (same tx_id): decided on current state, not recorded.
+    Duplicate,
+    /// Older than the allowed lateness: decided on current state, not recorded.
+    Late,
+    /// Too far ahead of the watermark: decided, not recorded.
+    Future,
+}
+
 impl Engine {
     /// An engine running `pack` on empty state.
-    pub fn new(pack: CompiledPack, config: EngineConfig) -> Engine {
+    pub fn new(pack: CompiledPack, mut config: EngineConfig) -> Engine {
+        config.lateness_ms = config.lateness_ms.clamp(0, LATENESS_MS_MAX);
         Engine {
-            active: ArcSwap::from_pointee(ActivePack::new(pack)),
+            active: ArcSwap::from_pointee(ActivePack::new(pack, config.lateness_ms)),
             state: State::with_capacity(config.accounts_capacity),
             config,
             events: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
             late_events: AtomicU64::new(0),
+            future_events: AtomicU64::new(0),
             duplicate_events: AtomicU64::new(0),
         }
     }
@@ -145,7 +200,7 @@ impl Engine {
     /// Swaps in a new pack between two events. State is kept; windows a new rule needs fill
     /// from the next events on.
     pub fn swap_pack(&self, pack: CompiledPack) -> Arc<ActivePack> {
-        let new = Arc::new(ActivePack::new(pack));
+        let new = Arc::new(ActivePack::new(pack, self.config.lateness_ms));
         self.active.store(new.clone());
         new
     }
@@ -160,6 +215,11 @@ impl Engine {
         self.late_events.load(Ordering::Relaxed)
     }
 
+    /// Events too far ahead of the watermark to be counted.
+    pub fn future_events(&self) -> u64 {
+        self.future_events.load(Ordering::Relaxed)
+    }
+
     /// Transactions whose tx_id had been seen before.
     pub fn duplicate_events(&self) -> u64 {
         self.duplicate_events.load(Ordering::Relaxed)
@@ -167,8 +227,13 @@ impl Engine {
 
     /// Applies any event: decides a transaction, records an account event.
     pub fn apply(&self, event: &Event) -> Option<Decision> {
+        self.apply_into(event, &mut Scratch::default())
+    }
+
+    /// Applies any event, reusing `scratch`.
+    pub fn apply_into(&self, event: &Event, scratch: &mut Scratch) -> Option<Decision> {
         match event {
-            Event::Tx(tx) => Some(self.decide(tx)),
+            Event::Tx(tx) => Some(self.decide_into(tx, scratch)),
             Event::Account(a) => {
                 self.observe(a);
                 None
@@ -176,12 +241,23 @@ impl Engine {
         }
     }
 
-    fn tick(&self, ts: i64) {
-        self.watermark.fetch_max(ts, Ordering::Relaxed);
+    /// Advances the watermark unless `ts` is too far ahead of it; says whether it was.
+    fn tick(&self, ts: i64) -> bool {
+        let wm = self.watermark.load(Ordering::Relaxed);
+        let future = self
+            .config
+            .future_ms
+            .is_some_and(|f| wm != i64::MIN && ts > wm.saturating_add(f.max(0)));
+        if future {
+            self.future_events.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.watermark.fetch_max(ts, Ordering::Relaxed);
+        }
         let n = self.events.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_multiple_of(self.config.maintain_every) {
             self.maintain();
         }
+        future
     }
 
     /// Evicts idle state now (also done every `maintain_every` events).
@@ -189,16 +265,20 @@ impl Engine {
         let active = self.active.load();
         let now = self.watermark.load(Ordering::Relaxed);
         let horizons = [
-            active.plans[1].horizon_ms(),
-            active.plans[2].horizon_ms(),
-            active.plans[3].horizon_ms(),
+            active.plans[KeyKind::Device as usize].horizon_ms(),
+            active.plans[KeyKind::Ip as usize].horizon_ms(),
+            active.plans[KeyKind::Counterparty as usize].horizon_ms(),
         ];
-        self.state.maintain(now, horizons, &self.config.limits);
+        let mut limits = self.config.limits;
+        limits.seen_tx_ms = limits.seen_tx_ms.max(active.seen_ms);
+        self.state.maintain(now, horizons, &limits);
     }
 
     /// Records an account event (login, password reset, …) in the account's profile.
     pub fn observe(&self, ev: &AccountEvent) {
-        self.tick(ev.ts_ms);
+        if self.tick(ev.ts_ms) {
+            return;
+        }
         let key = key_hash(0, &ev.account_id);
         let mut acc = self
             .state
@@ -207,12 +287,15 @@ impl Engine {
             .or_insert_with(|| new_account(ev.ts_ms));
         let acc = &mut *acc;
         acc.last_seen_ms = acc.last_seen_ms.max(ev.ts_ms);
-        let slot = &mut acc.profile.last_event_ms[usize::from(ev.kind.0)];
+        let p = &mut acc.profile;
+        let slot = &mut p.last_event_ms[usize::from(ev.kind.0)];
         *slot = (*slot).max(ev.ts_ms);
         if ev.kind.name() == "account_opened" {
-            acc.profile.opened_ms = ev.ts_ms;
-            acc.profile.home_country = ev.geo.and_then(|g| g.country);
-            acc.profile.locale = ev.locale.as_deref().map(Box::from);
+            p.opened_ms = Some(ev.ts_ms);
+            // The balance is exact only if nothing moved before the opening was seen.
+            p.balance_known = p.history_count == 0;
+            p.home_country = ev.geo.and_then(|g| g.country);
+            p.locale = ev.locale.as_deref().map(Box::from);
         }
     }
 
@@ -228,7 +311,7 @@ impl Engine {
             outcome: out,
             features: feats,
         } = scratch;
-        self.tick(tx.ts_ms);
+        let future = self.tick(tx.ts_ms);
         let active = self.active.load();
         let program = &active.pack.program;
         let ts = tx.ts_ms;
@@ -237,9 +320,6 @@ impl Engine {
             .seen_tx
             .insert(key_hash(9, &tx.tx_id), ts)
             .is_some();
-        if duplicate {
-            self.duplicate_events.fetch_add(1, Ordering::Relaxed);
-        }
         let amount =
             num::from_minor(tx.amount_minor, u32::from(tx.currency.exponent)).unwrap_or(i64::MAX);
         let country = tx.geo.and_then(|g| g.country);
@@ -252,46 +332,78 @@ impl Engine {
         let n_features = program.features.len().min(FEATURES_MAX);
         feats.clear();
         feats.resize(n_features, 0);
-        let mut late = false;
 
-        // Devices, IPs and counterparties: record, then read their windows.
-        for (store, kind, h) in [
-            (DEVICE, KeyKind::Device, dev_hash),
-            (IP, KeyKind::Ip, ip_hash),
-            (COUNTERPARTY, KeyKind::Counterparty, cp_hash),
-        ] {
-            let plan = &active.plans[kind as usize];
-            if plan.is_empty() || h == 0 {
-                continue;
-            }
-            let mut w = self.state.keyed[store].entry(h).or_default();
-            let at = self.place(&mut w, plan, ts, amount, &distinct, duplicate, &mut late);
-            fill_aggs(&program.features[..n_features], kind, &w, at, feats);
-        }
-
-        let payee_opened = if program.features.contains(&Feature::PayeeAccountAge) {
+        // Read the payee's opening before locking the payer: both may live in one shard.
+        let payee_opened = if active.payee_age {
             tx.counterparty_id.as_deref().and_then(|c| {
                 self.state
                     .accounts
                     .get(&key_hash(0, c))
-                    .map(|a| a.profile.opened_ms)
+                    .and_then(|a| a.profile.opened_ms)
             })
         } else {
             None
         };
 
-        // The account: profile features first (they describe the time before this event).
         let mut guard = self
             .state
             .accounts
             .entry(acct_hash)
             .or_insert_with(|| new_account(ts));
         let acc = &mut *guard;
-        acc.last_seen_ms = acc.last_seen_ms.max(ts);
+        // Lateness is judged once, on the account's own ordered stream, so an event is either
+        // counted everywhere or nowhere.
+        let last = acc.profile.last_tx_ms;
+        let counting = if duplicate {
+            Counting::Duplicate
+        } else if future {
+            Counting::Future
+        } else if last != NEVER && ts < last - self.config.lateness_ms {
+            Counting::Late
+        } else {
+            Counting::Counted
+        };
+        match counting {
+            Counting::Duplicate => self.duplicate_events.fetch_add(1, Ordering::Relaxed),
+            Counting::Late => self.late_events.fetch_add(1, Ordering::Relaxed),
+            Counting::Future | Counting::Counted => 0,
+        };
+        let counted = counting == Counting::Counted;
+
+        // Devices, IPs and counterparties: record, then read their windows.
+        for (kind, h) in [
+            (KeyKind::Device, dev_hash),
+            (KeyKind::Ip, ip_hash),
+            (KeyKind::Counterparty, cp_hash),
+        ] {
+            let plan = &active.plans[kind as usize];
+            if plan.is_empty() || h == 0 {
+                continue;
+            }
+            let store = &self.state.keyed[kind as usize - 1];
+            if counted {
+                let mut w = store.entry(h).or_default();
+                // Shared keys hear from many partitions: record whatever is still inside what
+                // the store keeps, and read as of this event.
+                if w.last_ts == 0 || ts > w.last_ts - plan.horizon_ms() {
+                    w.record(plan, ts, amount, &distinct);
+                }
+                fill_aggs(&active.aggs[kind as usize], &w, ts, feats);
+            } else if let Some(w) = store.get(&h) {
+                // Not counted: decided on current state.
+                fill_aggs(&active.aggs[kind as usize], &w, w.last_ts, feats);
+            }
+        }
+
+        // The account: profile features first (they describe the time before this event).
         let p = &acc.profile;
         let hour = num::from_int(ts.div_euclid(3_600_000).rem_euclid(24)).unwrap_or(0);
         let mut homes = [[0u8; 2]; COUNTRIES_MAX + 1];
-        let n_homes = p.home_countries(&mut homes);
+        let n_homes = if program.uses_home_countries {
+            p.home_countries(&mut homes)
+        } else {
+            0
+        };
         for (i, f) in program.features[..n_features].iter().enumerate() {
             feats[i] = match *f {
                 Feature::Agg(_) => continue,
@@ -324,36 +436,36 @@ impl Engine {
                     NEVER => NEVER_MS,
                     t => (ts - t).max(0),
                 },
-                Feature::AccountAge => (ts - p.opened_ms).max(0),
+                Feature::AccountAge => p.opened_ms.map_or(NEVER_MS, |o| (ts - o).max(0)),
                 Feature::PayeeAccountAge => payee_opened.map_or(NEVER_MS, |o| (ts - o).max(0)),
                 Feature::UsualAmount { window_ms } => {
                     let a = acc.outgoing.aggregate(ts, window_ms);
                     if a.count > 0 { a.sum / a.count } else { 0 }
                 }
-                Feature::Balance => p.balance,
+                Feature::Balance => {
+                    if p.balance_known {
+                        p.balance
+                    } else {
+                        UNKNOWN_BALANCE
+                    }
+                }
                 Feature::HistoryCount => num::from_int(i64::from(p.history_count)).unwrap_or(0),
             };
         }
-        if !duplicate && tx.kind.is_outgoing() && !active.outgoing.is_empty() {
+        let plan = &active.plans[KeyKind::Account as usize];
+        if counted && tx.kind.is_outgoing() && !active.outgoing.is_empty() {
             acc.outgoing.record(&active.outgoing, ts, amount, &[0; 5]);
         }
-        let plan = &active.plans[KeyKind::Account as usize];
-        let at = if plan.is_empty() {
+        let at = if counted {
+            if !plan.is_empty() {
+                acc.windows.record(plan, ts, amount, &distinct);
+            }
             ts
         } else {
-            self.place(
-                &mut acc.windows,
-                plan,
-                ts,
-                amount,
-                &distinct,
-                duplicate,
-                &mut late,
-            )
+            acc.windows.last_ts
         };
         fill_aggs(
-            &program.features[..n_features],
-            KeyKind::Account,
+            &active.aggs[KeyKind::Account as usize],
             &acc.windows,
             at,
             feats,
@@ -375,7 +487,7 @@ impl Engine {
             ip: tx.ip.as_deref().unwrap_or(""),
             memo: tx.memo.as_deref().unwrap_or(""),
             home_countries: &homes[..n_homes],
-            features: &feats[..n_features],
+            features: feats,
         };
         program.evaluate(&facts, out);
 
@@ -404,9 +516,11 @@ impl Engine {
         }
         let action = out.action;
 
-        // What this transaction teaches the profile (a duplicate teaches nothing).
-        if !duplicate {
+        // What this transaction teaches the profile; an uncounted one teaches nothing.
+        if counted {
+            acc.last_seen_ms = acc.last_seen_ms.max(ts);
             let p = &mut acc.profile;
+            p.last_tx_ms = p.last_tx_ms.max(ts);
             if let Some(g) = tx.geo {
                 p.add_place(g.lat, g.lon);
                 if p.last_fix.is_none_or(|f| f.ts <= ts) {
@@ -427,7 +541,7 @@ impl Engine {
                 p.add_payee(cp_hash, ts);
             }
             p.history_count = p.history_count.saturating_add(1);
-            if action != vigil_rules::Action::Block {
+            if action != Action::Block {
                 p.balance = if tx.kind.is_outgoing() {
                     p.balance.saturating_sub(amount)
                 } else {
@@ -437,9 +551,9 @@ impl Engine {
         }
         // Release the payer before touching the payee: both may live in one shard.
         drop(guard);
-        if !duplicate
+        if counted
             && tx.kind == TxKind::Transfer
-            && action != vigil_rules::Action::Block
+            && action != Action::Block
             && let Some(cp) = &tx.counterparty_id
             && let Some(mut payee) = self.state.accounts.get_mut(&key_hash(0, cp))
         {
@@ -465,59 +579,38 @@ impl Engine {
             notify,
             rules_version: active.version.clone(),
             duplicate,
-            late,
+            late: counting == Counting::Late,
+            future: counting == Counting::Future,
         }
-    }
-
-    /// Records the event in `w` unless it is a duplicate or too late; returns the time the
-    /// windows are read at.
-    #[allow(clippy::too_many_arguments)]
-    fn place(
-        &self,
-        w: &mut Windows,
-        plan: &WindowPlan,
-        ts: i64,
-        amount: i64,
-        distinct: &[u64; 5],
-        duplicate: bool,
-        late: &mut bool,
-    ) -> i64 {
-        if duplicate {
-            return ts.max(w.last_ts);
-        }
-        if w.last_ts != 0 && ts < w.last_ts - self.config.lateness_ms {
-            if !*late {
-                self.late_events.fetch_add(1, Ordering::Relaxed);
-            }
-            *late = true;
-            return w.last_ts;
-        }
-        w.record(plan, ts, amount, distinct);
-        ts
     }
 }
 
 fn new_account(ts: i64) -> AccountState {
     AccountState {
-        profile: Profile::new(ts),
+        profile: Profile::new(),
         windows: Windows::default(),
         outgoing: Windows::default(),
         last_seen_ms: ts,
     }
 }
 
-fn fill_aggs(features: &[Feature], key: KeyKind, w: &Windows, at: i64, feats: &mut [i64]) {
-    for (i, f) in features.iter().enumerate() {
-        let Feature::Agg(a) = f else { continue };
-        if a.key != key {
-            continue;
-        }
-        feats[i] = match a.func {
+/// Fills the slots of one key's aggregates, one window pass per distinct window.
+fn fill_aggs(aggs: &[AggSlot], w: &Windows, at: i64, feats: &mut [i64]) {
+    let mut cached: Option<(i64, crate::state::window::Agg)> = None;
+    for &(slot, func, window_ms) in aggs {
+        let value = match func {
             AggFunc::Distinct(d) => {
-                num::from_int(w.distinct(d as usize, at, a.window_ms)).unwrap_or(0)
+                num::from_int(w.distinct(d as usize, at, window_ms)).unwrap_or(0)
             }
             func => {
-                let g = w.aggregate(at, a.window_ms);
+                let g = match cached {
+                    Some((cw, g)) if cw == window_ms => g,
+                    _ => {
+                        let g = w.aggregate(at, window_ms);
+                        cached = Some((window_ms, g));
+                        g
+                    }
+                };
                 match func {
                     AggFunc::Count => num::from_int(g.count).unwrap_or(i64::MAX),
                     AggFunc::Sum => g.sum,
@@ -528,6 +621,9 @@ fn fill_aggs(features: &[Feature], key: KeyKind, w: &Windows, at: i64, feats: &m
                 }
             }
         };
+        if let Some(f) = feats.get_mut(slot) {
+            *f = value;
+        }
     }
 }
 

@@ -24,6 +24,11 @@ pub const CHANNEL_BYTES_MAX: usize = 32;
 /// Largest amount, in major units: keeps every amount and window sum exact in the rules'
 /// fixed-point numbers.
 pub const AMOUNT_MAJOR_MAX: i64 = 1_000_000_000_000;
+/// Earliest year an event may carry.
+pub const TS_YEAR_MIN: i32 = 2000;
+/// Latest year an event may carry: one forged far-future timestamp must not be able to age out
+/// every window and key.
+pub const TS_YEAR_MAX: i32 = 2100;
 /// The only schema version this build reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -105,6 +110,11 @@ impl Currency {
     /// Formats an amount in minor units as a decimal string with this currency's places.
     pub fn format(&self, minor: i64) -> String {
         Decimal::new(minor, u32::from(self.exponent)).to_string()
+    }
+    /// Formats a total in minor units (sums of many amounts need more than 64 bits).
+    pub fn format_wide(&self, minor: i128) -> String {
+        Decimal::try_from_i128_with_scale(minor, u32::from(self.exponent))
+            .map_or_else(|_| format!("{minor}e-{}", self.exponent), |d| d.to_string())
     }
 }
 

@@ -158,12 +158,14 @@ pub fn case_events(case: &TestCase, case_no: usize) -> Result<Vec<Event>, String
         let dur = |key: &str, default: i64| -> Result<i64, String> {
             match t.get(key) {
                 None => Ok(default),
-                Some(toml::Value::String(s)) => parse_duration(s).ok_or_else(|| {
-                    format!(
-                        "event {}: {key}: '{s}' is not a duration such as 30s or 5m",
-                        i + 1
-                    )
-                }),
+                Some(toml::Value::String(s)) => {
+                    vigil_rules::num::parse_duration(s).ok_or_else(|| {
+                        format!(
+                            "event {}: {key}: '{s}' is not a duration such as 30s or 5m",
+                            i + 1
+                        )
+                    })
+                }
                 Some(v) => Err(format!(
                     "event {}: {key} must be a duration string, found {}",
                     i + 1,
@@ -205,13 +207,18 @@ pub fn case_events(case: &TestCase, case_no: usize) -> Result<Vec<Event>, String
                 ));
             }
             None => match prev_ts {
-                Some(p) => p + after,
+                Some(p) => p
+                    .checked_add(after)
+                    .ok_or_else(|| format!("event {}: after is too long", i + 1))?,
                 None => parse_ts(DEFAULT_START).map_err(|e| e.to_string())?,
             },
         };
         for r in 0..repeat {
             let mut e = t.clone();
-            let ts = first_ts + r * every;
+            let ts = r
+                .checked_mul(every)
+                .and_then(|d| first_ts.checked_add(d))
+                .ok_or_else(|| format!("event {}: repeat × every is too long", i + 1))?;
             e.insert("ts".into(), toml::Value::String(format_ts(ts)));
             e.entry("schema").or_insert(toml::Value::Integer(1));
             let n = out.len() + 1;
@@ -225,21 +232,6 @@ pub fn case_events(case: &TestCase, case_no: usize) -> Result<Vec<Event>, String
         }
     }
     Ok(out)
-}
-
-fn parse_duration(s: &str) -> Option<i64> {
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let n: i64 = s[..split].parse().ok()?;
-    let unit = match &s[split..] {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "w" => 604_800_000,
-        _ => return None,
-    };
-    n.checked_mul(unit)
 }
 
 /// Runs every test case of `pack`, each on a fresh engine.

@@ -62,9 +62,29 @@ pub fn read(mut r: impl BufRead) -> std::io::Result<Input> {
         }
         no += 1;
         if !line.ends_with(b"\n") && n as u64 > EVENT_BYTES_MAX as u64 {
-            // Skip the rest of the oversized line.
-            let mut sink = Vec::new();
-            r.read_until(b'\n', &mut sink)?;
+            // Skip the rest of the oversized line without holding it in memory.
+            loop {
+                let buf = r.fill_buf()?;
+                if buf.is_empty() {
+                    break;
+                }
+                match buf.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        r.consume(i + 1);
+                        break;
+                    }
+                    None => {
+                        let len = buf.len();
+                        r.consume(len);
+                    }
+                }
+            }
+            let error = EventError {
+                field: None,
+                message: format!("line is longer than the event limit of {EVENT_BYTES_MAX} bytes"),
+            };
+            input.rejected.push(Rejected { line: no, error });
+            continue;
         }
         let text = line.trim_ascii();
         if text.is_empty() {
@@ -167,7 +187,7 @@ pub struct Report {
     /// Decision latency, nanoseconds.
     pub latency_ns: Histogram<u64>,
     /// Per action: count, and amount (minor units) per currency.
-    pub by_action: BTreeMap<Action, (u64, BTreeMap<String, i64>)>,
+    pub by_action: BTreeMap<Action, (u64, BTreeMap<String, i128>)>,
     /// Per rule id, pack order kept by index.
     pub rules: Vec<(String, RuleStats)>,
     /// Labeled transactions seen.
@@ -231,10 +251,11 @@ pub fn run(
         .collect();
     let mut latency =
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(std::io::Error::other)?;
-    let mut report_by_action: BTreeMap<Action, (u64, BTreeMap<String, i64>)> = BTreeMap::new();
+    let mut report_by_action: BTreeMap<Action, (u64, BTreeMap<String, i128>)> = BTreeMap::new();
     let (mut flagged, mut blocked) = (Confusion::default(), Confusion::default());
     let mut scenarios: BTreeMap<String, ScenarioStats> = BTreeMap::new();
     let (mut transactions, mut labeled, mut decide_ns) = (0u64, 0u64, 0u128);
+    let mut scratch = crate::engine::Scratch::default();
     let total = input.events.len() as u64;
     let mut line_buf = String::new();
     for (i, (_, event)) in input.events.iter().enumerate() {
@@ -242,7 +263,7 @@ pub fn run(
             progress(i as u64, total);
         }
         let t0 = Instant::now();
-        let decision = engine.apply(event);
+        let decision = engine.apply_into(event, &mut scratch);
         let ns = t0.elapsed().as_nanos();
         let Some(d) = decision else { continue };
         decide_ns += ns;
@@ -250,7 +271,7 @@ pub fn run(
         transactions += 1;
         let entry = report_by_action.entry(d.action).or_default();
         entry.0 += 1;
-        *entry.1.entry(d.currency.code().to_string()).or_default() += d.amount_minor;
+        *entry.1.entry(d.currency.code().to_string()).or_default() += i128::from(d.amount_minor);
         let label = match event {
             Event::Tx(t) => t.label.as_ref(),
             Event::Account(_) => None,
@@ -334,7 +355,7 @@ pub const REJECTED_SHOWN_MAX: usize = 20;
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rate = if self.decide_secs > 0.0 {
-            self.events as f64 / self.decide_secs
+            self.transactions as f64 / self.decide_secs
         } else {
             0.0
         };
@@ -372,7 +393,7 @@ impl fmt::Display for Report {
                 let _ = write!(
                     s,
                     " {cur} {}",
-                    c.map_or_else(|| minor.to_string(), |c| c.format(*minor))
+                    c.map_or_else(|| minor.to_string(), |c| c.format_wide(*minor))
                 );
             }
             writeln!(f, "  {:<8} {:>8}  {}", a.name(), n, s.trim())?;
@@ -386,9 +407,18 @@ impl fmt::Display for Report {
                 String::new()
             };
             let quality = if self.labeled > 0 {
-                let prec = pct(ratio(s.fraud_hits, s.labeled_hits));
-                let rec = pct(ratio(s.fraud_hits, self.flagged.tp + self.flagged.fn_));
-                format!("  precision {prec:>6}  recall {rec:>6}")
+                let c = Confusion {
+                    tp: s.fraud_hits,
+                    fp: s.labeled_hits - s.fraud_hits,
+                    fn_: (self.flagged.tp + self.flagged.fn_).saturating_sub(s.fraud_hits),
+                    tn: 0,
+                };
+                let f1 = c.f1().map_or_else(|| "-".into(), |v| format!("{v:.3}"));
+                format!(
+                    "  precision {:>6}  recall {:>6}  F1 {f1:>5}",
+                    pct(c.precision()),
+                    pct(c.recall())
+                )
             } else {
                 String::new()
             };
@@ -415,7 +445,10 @@ impl fmt::Display for Report {
                     c.fn_
                 )?;
             }
-            writeln!(f, "  per scenario (recall)")?;
+            writeln!(
+                f,
+                "  per scenario (recall; precision is not defined per scenario, as a false alarm has no scenario)"
+            )?;
             for (name, s) in &self.scenarios {
                 writeln!(
                     f,

@@ -60,6 +60,8 @@ pub struct Compiler<'p> {
     pub features: Vec<Feature>,
     /// Longest window a rule may use, milliseconds.
     pub window_ms_max: i64,
+    /// Whether any rule reads `home_countries`.
+    pub uses_home_countries: bool,
 }
 
 /// Limits on features per pack, so state work per event stays bounded.
@@ -258,7 +260,10 @@ impl Compiler<'_> {
                 Named::Num(f) => Ok(Typed::Num(N::Field(f))),
                 Named::HasGeo => Ok(Typed::Bool(B::HasGeo)),
                 Named::Feature(f) => self.feature(f, span),
-                Named::HomeCountries => Ok(Typed::List(None)),
+                Named::HomeCountries => {
+                    self.uses_home_countries = true;
+                    Ok(Typed::List(None))
+                }
             };
         }
         if let Some(&idx) = self.named_lists.get(n) {

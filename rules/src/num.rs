@@ -76,6 +76,28 @@ pub fn format(v: i64) -> String {
     s
 }
 
+/// Milliseconds in one duration unit: `ms`, `s`, `m`, `h`, `d`, `w`.
+pub fn unit_ms(unit: &str) -> Option<i64> {
+    Some(match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 604_800_000,
+        _ => return None,
+    })
+}
+
+/// Parses a duration written the way rules write it (`30s`, `10m`, `24h`, `30d`) into
+/// milliseconds; `None` for anything else or on overflow.
+pub fn parse_duration(s: &str) -> Option<i64> {
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '_')?;
+    let digits: String = s[..split].chars().filter(|&c| c != '_').collect();
+    let n: i64 = digits.parse().ok()?;
+    n.checked_mul(unit_ms(&s[split..])?)
+}
+
 /// Writes a duration in milliseconds the way rules spell it: `90s`, `15m`, `2h`, `3d`,
 /// `1h30m`, `250ms`, or `never` for the "no such event" sentinel.
 pub fn format_duration(ms: i64) -> String {
@@ -127,6 +149,15 @@ mod tests {
         assert_eq!(mul(i64::MAX, 2 * NUM_SCALE), None);
         assert_eq!(from_minor(12_345, 2), Some(123_450_000));
         assert_eq!(from_minor(5, 0), Some(5_000_000));
+    }
+
+    #[test]
+    fn durations_parse_like_literals() {
+        assert_eq!(parse_duration("10m"), Some(600_000));
+        assert_eq!(parse_duration("1_000ms"), Some(1_000));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("10min"), None);
+        assert_eq!(parse_duration("99999999999999999w"), None);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub const RULES_MAX: usize = 1000;
 pub const LISTS_MAX: usize = 256;
 /// Most items one list may hold.
 pub const LIST_ITEMS_MAX: usize = 1_000_000;
+/// Largest score a rule may add or take away; keeps every total far from overflow.
+pub const SCORE_ABS_MAX: i64 = 1_000_000;
 /// The longest window any rule may use unless configured otherwise: 30 days.
 pub const WINDOW_MS_MAX_DEFAULT: i64 = 30 * 86_400_000;
 /// Notification templates a rule may ask for.
@@ -180,7 +182,7 @@ struct RuleDe {
     description: String,
     when: Spanned<String>,
     action: Option<Spanned<String>>,
-    score: Option<i64>,
+    score: Option<Spanned<i64>>,
     mode: Option<Spanned<String>>,
     #[serde(default)]
     freeze: bool,
@@ -341,6 +343,27 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
     for (f, d) in &mut parsed {
         if let Some(p) = d.pack.take() {
             let span = p.span();
+            let t = &p.get_ref().thresholds;
+            let set: Vec<(&str, i64)> = [
+                ("review", t.review),
+                ("step_up", t.step_up),
+                ("block", t.block),
+            ]
+            .into_iter()
+            .filter_map(|(n, v)| v.map(|v| (n, v)))
+            .collect();
+            if let Some((n, v)) = set
+                .iter()
+                .find(|(_, v)| *v <= 0 || *v > SCORE_ABS_MAX * 1000)
+            {
+                diags.push(Diagnostic::at(f, span.start, format!("threshold {n} = {v} must be above 0 (a total of 0 is what every allowed transaction scores)")));
+            } else if set.windows(2).any(|w| w[0].1 > w[1].1) {
+                diags.push(Diagnostic::at(
+                    f,
+                    span.start,
+                    "thresholds must rise with the action: review <= step_up <= block",
+                ));
+            }
             if let Some((_, first)) = &pack {
                 diags.push(Diagnostic::at(
                     f,
@@ -449,6 +472,7 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
         lists,
         features: Vec::new(),
         window_ms_max: opts.window_ms_max,
+        uses_home_countries: false,
     };
     let mut rules: Vec<CompiledRule> = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -548,6 +572,18 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
                     ),
                 ));
             }
+            if let Some(sc) = &r.score
+                && sc.get_ref().abs() > SCORE_ABS_MAX
+            {
+                diags.push(Diagnostic::at(
+                    f,
+                    sc.span().start,
+                    format!(
+                        "score {} is outside -{SCORE_ABS_MAX}..={SCORE_ABS_MAX}",
+                        sc.get_ref()
+                    ),
+                ));
+            }
             if r.action.is_none() && (r.freeze || r.notify.is_some()) {
                 diags.push(Diagnostic::at(
                     f,
@@ -577,7 +613,7 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
                         id: id.clone(),
                         description: r.description.clone(),
                         action,
-                        score: r.score.unwrap_or(0),
+                        score: r.score.as_ref().map_or(0, |s| *s.get_ref()),
                         shadow,
                         freeze: r.freeze,
                         notify: r.notify.as_ref().map(|n| n.get_ref().clone()),
@@ -676,7 +712,10 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
     let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
 
     let Compiler {
-        lists, features, ..
+        lists,
+        features,
+        uses_home_countries,
+        ..
     } = compiler;
     let t = pack.thresholds;
     Ok(CompiledPack {
@@ -687,6 +726,7 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
             rules,
             features,
             lists,
+            uses_home_countries,
             thresholds: Thresholds {
                 review: t.review,
                 step_up: t.step_up,

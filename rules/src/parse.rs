@@ -23,7 +23,7 @@ use crate::num;
 
 /// Deepest nesting an expression may have; deeper text is rejected, so evaluation never
 /// recurses without bound.
-pub const EXPR_DEPTH_MAX: usize = 32;
+pub const EXPR_DEPTH_MAX: usize = 64;
 /// Longest expression text accepted, in bytes.
 pub const EXPR_BYTES_MAX: usize = 4096;
 
@@ -230,21 +230,13 @@ fn lex(src: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
                 })?;
                 out.push((Tok::Num(v), span));
             } else {
-                let ms_per = match unit {
-                    "ms" => 1,
-                    "s" => 1_000,
-                    "m" => 60_000,
-                    "h" => 3_600_000,
-                    "d" => 86_400_000,
-                    "w" => 604_800_000,
-                    _ => {
-                        return Err(ParseError {
-                            offset: unit_start,
-                            message: format!(
-                                "unknown duration unit '{unit}' (use ms, s, m, h, d or w)"
-                            ),
-                        });
-                    }
+                let Some(ms_per) = num::unit_ms(unit) else {
+                    return Err(ParseError {
+                        offset: unit_start,
+                        message: format!(
+                            "unknown duration unit '{unit}' (use ms, s, m, h, d or w)"
+                        ),
+                    });
                 };
                 let n: i64 = digits.parse().map_err(|_| ParseError {
                     offset: start,
@@ -409,6 +401,8 @@ impl Parser {
         ops: &[(&str, BinOp)],
     ) -> Result<Expr, ParseError> {
         let mut lhs = next(self)?;
+        // Each operator in a chain deepens the tree by one: count it, so `1+1+…` is bounded too.
+        let base = self.depth;
         loop {
             let found = ops.iter().find(|(w, _)| match self.peek() {
                 Tok::Name(n) => n == w,
@@ -416,8 +410,10 @@ impl Parser {
                 _ => false,
             });
             let Some(&(_, op)) = found else {
+                self.depth = base;
                 return Ok(lhs);
             };
+            self.enter()?;
             let op_span = self.bump().1;
             let rhs = next(self)?;
             let span = lhs.span.to(rhs.span);
@@ -684,6 +680,7 @@ impl Parser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ops::Add;
 
     fn err(src: &str) -> ParseError {
         parse(src).expect_err(src)
@@ -764,7 +761,13 @@ mod tests {
         assert!(err("\"abc").message.contains("unterminated"));
         assert!(err("1 < a < 3").message.contains("do not chain"));
         assert!(err("amount > 0.0000001").message.contains("decimal places"));
-        assert!(err(&"(".repeat(40)).message.contains("deeper than"));
+        assert!(err(&"(".repeat(70)).message.contains("deeper than"));
+        assert!(
+            err(&"1+".repeat(1000).add("1"))
+                .message
+                .contains("deeper than")
+        );
+        assert!(parse(&"a or ".repeat(30).add("b")).is_ok());
         assert!(err("amount > 5 5").message.contains("expected an operator"));
         assert!(err("[1, 2]").message.contains("lists hold strings"));
     }

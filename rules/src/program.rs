@@ -595,6 +595,8 @@ pub struct Program {
     pub lists: Vec<StrSet>,
     /// Score thresholds.
     pub thresholds: Thresholds,
+    /// Whether a rule reads `home_countries` (the engine skips computing it otherwise).
+    pub uses_home_countries: bool,
 }
 
 impl Program {
@@ -613,7 +615,7 @@ impl Program {
                 Some(true) if !muted(idx) => {
                     let shadow = rule.meta.shadow;
                     if !shadow {
-                        out.score += rule.meta.score;
+                        out.score = out.score.saturating_add(rule.meta.score);
                         if let Some(a) = rule.meta.action {
                             action = action.max(a);
                         }

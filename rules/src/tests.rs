@@ -121,6 +121,36 @@ fn pack_level_mistakes_are_reported_each_with_a_place() {
 }
 
 #[test]
+fn scores_and_thresholds_are_bounded_and_ordered() {
+    let got = errors("[[rule]]\nid = \"a\"\nscore = 9223372036854775807\nwhen = \"amount > 1\"\n");
+    assert_eq!(
+        got,
+        vec!["p/pack.toml:7:9: score 9223372036854775807 is outside -1000000..=1000000"]
+    );
+    let files = |t: &str| {
+        vec![SourceFile {
+            path: "p.toml".into(),
+            rel: "pack.toml".into(),
+            text: format!("[pack]\nname = \"t\"\n[pack.thresholds]\n{t}"),
+        }]
+    };
+    let err = |t: &str| {
+        compile_pack(&files(t), &PackOptions::default())
+            .unwrap_err()
+            .0[0]
+            .to_string()
+    };
+    assert_eq!(
+        err("review = 0\n"),
+        "p.toml:1:1: threshold review = 0 must be above 0 (a total of 0 is what every allowed transaction scores)"
+    );
+    assert_eq!(
+        err("review = 50\nblock = 40\n"),
+        "p.toml:1:1: thresholds must rise with the action: review <= step_up <= block"
+    );
+}
+
+#[test]
 fn a_missing_list_file_and_a_missing_pack_table_are_errors() {
     let mut f = files("");
     f.push(SourceFile {

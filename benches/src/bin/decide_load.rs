@@ -28,20 +28,28 @@ fn probe(n: u64) {
         map.insert(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), [i; 184]);
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let keys: Vec<u64> = (0..2_000_000).map(|_| rng.random_range(0..n).wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+    let keys: Vec<u64> = (0..2_000_000)
+        .map(|_| rng.random_range(0..n).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect();
     let t = Instant::now();
     let mut sum = 0u64;
     for k in &keys {
         sum = sum.wrapping_add(map.get(k).map_or(0, |v| v[7]));
     }
     let ns = t.elapsed().as_nanos() as f64 / keys.len() as f64;
-    println!("probe               {n} entries of 1472 B: {ns:.0} ns per random lookup (checksum {sum})");
+    println!(
+        "probe               {n} entries of 1472 B: {ns:.0} ns per random lookup (checksum {sum})"
+    );
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--probe") {
-        probe(args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000));
+        probe(
+            args.get(2)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(1_000_000),
+        );
         return;
     }
     let accounts: u32 = args

@@ -58,8 +58,12 @@ pub const NEVER: i64 = i64::MIN;
 /// The per-account profile.
 #[derive(Debug, Clone)]
 pub struct Profile {
-    /// When the account was opened (account_opened), or first seen.
-    pub opened_ms: i64,
+    /// When the account was opened, once an `account_opened` event has been seen.
+    pub opened_ms: Option<i64>,
+    /// The derived balance is exact: the stream was seen from the account's opening on.
+    pub balance_known: bool,
+    /// Latest transaction time counted, ms ([`NEVER`] before the first).
+    pub last_tx_ms: i64,
     /// Latest time of each account event kind, [`NEVER`] when none.
     pub last_event_ms: [i64; ACCOUNT_EVENT_KINDS.len()],
     /// The previous located transaction.
@@ -80,11 +84,19 @@ pub struct Profile {
     pub locale: Option<Box<str>>,
 }
 
+impl Default for Profile {
+    fn default() -> Self {
+        Profile::new()
+    }
+}
+
 impl Profile {
-    /// A profile first seen at `ts`.
-    pub fn new(ts: i64) -> Profile {
+    /// A profile first seen now: its opening, and so its age and balance, are unknown.
+    pub fn new() -> Profile {
         Profile {
-            opened_ms: ts,
+            opened_ms: None,
+            balance_known: false,
+            last_tx_ms: NEVER,
             last_event_ms: [NEVER; ACCOUNT_EVENT_KINDS.len()],
             last_fix: None,
             places: ArrayVec::new(),
@@ -234,7 +246,7 @@ mod tests {
 
     #[test]
     fn home_is_the_most_used_place_and_moves_with_the_account() {
-        let mut p = Profile::new(0);
+        let mut p = Profile::new();
         assert_eq!(p.home(), None);
         for _ in 0..3 {
             p.add_place(52.52, 13.40);
@@ -251,7 +263,7 @@ mod tests {
 
     #[test]
     fn limits_hold_and_recent_entries_stay() {
-        let mut p = Profile::new(0);
+        let mut p = Profile::new();
         let day = NEW_FOR_MS;
         p.add_device(1000, 0);
         for i in 0..100 {

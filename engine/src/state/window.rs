@@ -44,6 +44,8 @@ pub struct WindowPlan {
     pub days_ms: i64,
     /// Longest window per distinct measure, indexed like `DistinctOf::ALL` (0: not kept).
     pub distinct_ms: [i64; 5],
+    /// Extra history kept so an event up to this late still reads a full window.
+    pub lateness_ms: i64,
 }
 
 impl WindowPlan {
@@ -59,7 +61,7 @@ impl WindowPlan {
     }
     /// Whether anything is kept.
     pub fn is_empty(&self) -> bool {
-        *self == WindowPlan::default()
+        self.exact_ms == 0 && self.hours_ms == 0 && self.days_ms == 0 && self.distinct_ms == [0; 5]
     }
     /// The longest time anything is kept.
     pub fn horizon_ms(&self) -> i64 {
@@ -69,7 +71,7 @@ impl WindowPlan {
             self.hours_ms + HOUR_MS,
             self.days_ms + DAY_MS,
         ];
-        tiers.into_iter().chain([d]).max().unwrap_or(0)
+        tiers.into_iter().chain([d]).max().unwrap_or(0) + self.lateness_ms
     }
 }
 
@@ -187,7 +189,7 @@ impl Windows {
             let expired = self
                 .exact
                 .iter()
-                .take_while(|(t, _)| *t <= now - plan.exact_ms)
+                .take_while(|(t, _)| *t <= now - plan.exact_ms - plan.lateness_ms)
                 .count();
             let over = self.exact.len().saturating_sub(EXACT_EVENTS_MAX);
             self.exact.drain(..expired.max(over));
@@ -196,7 +198,7 @@ impl Windows {
         }
         if plan.hours_ms > 0 {
             add_to_buckets(&mut self.hours, HOUR_MS, ts, amount);
-            let keep_from = now - plan.hours_ms - HOUR_MS;
+            let keep_from = now - plan.hours_ms - HOUR_MS - plan.lateness_ms;
             let drop = self
                 .hours
                 .iter()
@@ -206,7 +208,7 @@ impl Windows {
         }
         if plan.days_ms > 0 {
             add_to_buckets(&mut self.days, DAY_MS, ts, amount);
-            let keep_from = now - plan.days_ms - DAY_MS;
+            let keep_from = now - plan.days_ms - DAY_MS - plan.lateness_ms;
             let drop = self
                 .days
                 .iter()
@@ -217,7 +219,7 @@ impl Windows {
         if plan.distinct_ms.iter().any(|&w| w > 0) {
             let horizon = |m: u8| plan.distinct_ms.get(usize::from(m)).copied().unwrap_or(0);
             self.distinct
-                .retain(|(_, seen, m)| *seen > now - horizon(*m));
+                .retain(|(_, seen, m)| *seen > now - horizon(*m) - plan.lateness_ms);
             for (m, &window) in plan.distinct_ms.iter().enumerate() {
                 let (h, m) = (distinct[m], m as u8);
                 if window == 0 || h == 0 {
@@ -369,6 +371,28 @@ mod tests {
                 prop_assert!(got.sum >= lo.sum && got.sum <= hi.sum);
             }
         }
+    }
+
+    #[test]
+    fn a_late_event_reads_a_full_window() {
+        // Window 10m, lateness 5m: events at 10:01 and 10:12, then one at 10:08 arriving late.
+        let mut p = plan(600_000);
+        p.lateness_ms = 300_000;
+        let mut w = Windows::default();
+        let m = 60_000;
+        w.record(&p, 601 * m, 1, &[0; 5]);
+        w.record(&p, 612 * m, 1, &[0; 5]);
+        w.record(&p, 608 * m, 1, &[0; 5]);
+        assert_eq!(
+            w.aggregate(608 * m, 600_000).count,
+            2,
+            "(9:58, 10:08] holds 10:01 and 10:08"
+        );
+        assert_eq!(
+            w.aggregate(612 * m, 600_000).count,
+            2,
+            "(10:02, 10:12] holds 10:08 and 10:12"
+        );
     }
 
     #[test]
