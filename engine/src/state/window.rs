@@ -216,32 +216,34 @@ impl Windows {
                 .count();
             self.days.drain(..drop);
         }
-        if plan.distinct_ms.iter().any(|&w| w > 0) {
-            let horizon = |m: u8| plan.distinct_ms.get(usize::from(m)).copied().unwrap_or(0);
-            self.distinct
-                .retain(|(_, seen, m)| *seen > now - horizon(*m) - plan.lateness_ms);
-            for (m, &window) in plan.distinct_ms.iter().enumerate() {
-                let (h, m) = (distinct[m], m as u8);
-                if window == 0 || h == 0 {
-                    continue;
-                }
-                if let Some(e) = self
-                    .distinct
-                    .iter_mut()
-                    .find(|(v, _, k)| *v == h && *k == m)
-                {
-                    e.1 = e.1.max(ts);
-                } else if self.distinct.iter().filter(|e| e.2 == m).count() < DISTINCT_VALUES_MAX {
-                    self.distinct.push((h, ts, m));
-                } else if let Some(oldest) = self
-                    .distinct
-                    .iter_mut()
-                    .filter(|e| e.2 == m)
-                    .min_by_key(|e| e.1)
-                {
-                    *oldest = (h, ts, m);
-                }
+        for (m, &window) in plan.distinct_ms.iter().enumerate() {
+            let (h, m) = (distinct[m], m as u8);
+            if window == 0 || h == 0 {
+                continue;
             }
+            if let Some(e) = self.distinct.iter_mut().find(|(v, _, k)| *v == h && *k == m) {
+                e.1 = e.1.max(ts);
+                continue;
+            }
+            // Values age out lazily: only a full set drops what its window no longer covers,
+            // so a hot key does not rewrite its set on every event.
+            let expired = now - window - plan.lateness_ms;
+            let mut held = self.distinct.iter().filter(|e| e.2 == m).count();
+            if held >= DISTINCT_VALUES_MAX {
+                self.distinct.retain(|e| e.2 != m || e.1 > expired);
+                held = self.distinct.iter().filter(|e| e.2 == m).count();
+            }
+            if held < DISTINCT_VALUES_MAX {
+                self.distinct.push((h, ts, m));
+            } else if let Some(oldest) =
+                self.distinct.iter_mut().filter(|e| e.2 == m).min_by_key(|e| e.1)
+            {
+                *oldest = (h, ts, m);
+            }
+        }
+        if self.distinct.len() > 4 * DISTINCT_VALUES_MAX {
+            // Measures the plan no longer keeps (after a pack swap) are dropped here.
+            self.distinct.retain(|e| plan.distinct_ms.get(usize::from(e.2)).is_some_and(|&w| w > 0));
         }
     }
 
