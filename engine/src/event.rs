@@ -408,6 +408,12 @@ fn id(field: &str, v: Option<Cow<'_, str>>, required: bool) -> Result<Option<Str
 pub fn parse_ts(s: &str) -> Result<i64, EventError> {
     let t = OffsetDateTime::parse(s, &Rfc3339)
         .map_err(|e| bad("ts", format!("'{s}' is not an RFC 3339 timestamp ({e})")))?;
+    if !(TS_YEAR_MIN..=TS_YEAR_MAX).contains(&t.year()) {
+        return Err(bad(
+            "ts",
+            format!("'{s}' is outside the years {TS_YEAR_MIN} to {TS_YEAR_MAX}"),
+        ));
+    }
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad("ts", "out of range"))
 }
 
@@ -654,6 +660,10 @@ mod tests {
             (
                 GOOD.replace("2026-11-23T09:41:07.120Z", "yesterday"),
                 "ts: 'yesterday' is not an RFC 3339 timestamp",
+            ),
+            (
+                GOOD.replace("2026-11-23", "2999-11-23"),
+                "ts: '2999-11-23T09:41:07.120Z' is outside the years 2000 to 2100",
             ),
             (
                 GOOD.replace("31.23", "91.5"),

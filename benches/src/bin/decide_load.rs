@@ -40,6 +40,26 @@ fn probe(n: u64) {
     println!(
         "probe               {n} entries of 1472 B: {ns:.0} ns per random lookup (checksum {sum})"
     );
+    // The same lookups in a plain hash map, behind a lock per lookup and behind one lock.
+    let plain: std::sync::Mutex<
+        std::collections::HashMap<u64, [u64; 184], vigil_engine::state::FxBuild>,
+    > = std::sync::Mutex::new(map.into_iter().collect());
+    let t = Instant::now();
+    let mut sum2 = 0u64;
+    for k in &keys {
+        let g = plain.lock().expect("lock");
+        sum2 = sum2.wrapping_add(g.get(k).map_or(0, |v| v[7]));
+    }
+    let ns = t.elapsed().as_nanos() as f64 / keys.len() as f64;
+    println!("probe               std HashMap, a Mutex per lookup: {ns:.0} ns (checksum {sum2})");
+    let g = plain.lock().expect("lock");
+    let t = Instant::now();
+    let mut sum3 = 0u64;
+    for k in &keys {
+        sum3 = sum3.wrapping_add(g.get(k).map_or(0, |v| v[7]));
+    }
+    let ns = t.elapsed().as_nanos() as f64 / keys.len() as f64;
+    println!("probe               std HashMap, one lock held: {ns:.0} ns (checksum {sum3})");
 }
 
 fn main() {

@@ -221,7 +221,11 @@ impl Windows {
             if window == 0 || h == 0 {
                 continue;
             }
-            if let Some(e) = self.distinct.iter_mut().find(|(v, _, k)| *v == h && *k == m) {
+            if let Some(e) = self
+                .distinct
+                .iter_mut()
+                .find(|(v, _, k)| *v == h && *k == m)
+            {
                 e.1 = e.1.max(ts);
                 continue;
             }
@@ -235,15 +239,22 @@ impl Windows {
             }
             if held < DISTINCT_VALUES_MAX {
                 self.distinct.push((h, ts, m));
-            } else if let Some(oldest) =
-                self.distinct.iter_mut().filter(|e| e.2 == m).min_by_key(|e| e.1)
+            } else if let Some(oldest) = self
+                .distinct
+                .iter_mut()
+                .filter(|e| e.2 == m)
+                .min_by_key(|e| e.1)
             {
                 *oldest = (h, ts, m);
             }
         }
         if self.distinct.len() > 4 * DISTINCT_VALUES_MAX {
             // Measures the plan no longer keeps (after a pack swap) are dropped here.
-            self.distinct.retain(|e| plan.distinct_ms.get(usize::from(e.2)).is_some_and(|&w| w > 0));
+            self.distinct.retain(|e| {
+                plan.distinct_ms
+                    .get(usize::from(e.2))
+                    .is_some_and(|&w| w > 0)
+            });
         }
     }
 
