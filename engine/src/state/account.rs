@@ -72,10 +72,10 @@ pub struct Profile {
     countries: ArrayVec<([u8; 2], u32), COUNTRIES_MAX>,
     /// Country of registration (account_opened), a home country from the start.
     pub home_country: Option<[u8; 2]>,
-    /// (device hash, first use); first use is [`NEVER`] for devices the account started with.
-    devices: ArrayVec<(u64, i64), DEVICES_MAX>,
+    /// Devices used, most recent last; see [`Seen`].
+    devices: ArrayVec<Seen, DEVICES_MAX>,
     /// (payee hash, first payment).
-    payees: ArrayVec<(u64, i64), PAYEES_MAX>,
+    payees: ArrayVec<Seen, PAYEES_MAX>,
     /// Available balance derived from the stream, fixed point major units.
     pub balance: i64,
     /// Transactions remembered.
@@ -211,25 +211,57 @@ impl Profile {
     }
 }
 
-fn is_new(v: &[(u64, i64)], x: u64, ts: i64) -> bool {
-    v.iter()
-        .find(|(y, _)| *y == x)
-        .is_none_or(|(_, first)| *first != NEVER && ts - first < NEW_FOR_MS)
+/// A remembered device or payee in 8 bytes, so the lists stay within a few cache lines:
+/// 32 bits of the id's hash (a false match among a handful of entries is about one in a
+/// billion) and the minute of first use (0: established, never new).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    id: u32,
+    first_min: u32,
 }
 
-/// Moves `x` to the back (most recent), keeping its first-use time; drops the least recent past
-/// `max`.
-fn remember<const N: usize>(v: &mut ArrayVec<(u64, i64), N>, x: u64, first: i64) {
-    let first = match v.iter().position(|(y, _)| *y == x) {
-        Some(i) => v.remove(i).1.min(first),
+fn fingerprint(h: u64) -> u32 {
+    (h >> 32) as u32 ^ h as u32
+}
+
+fn minute(ts: i64) -> u32 {
+    if ts == NEVER {
+        0
+    } else {
+        u32::try_from(ts.div_euclid(60_000))
+            .unwrap_or(u32::MAX)
+            .max(1)
+    }
+}
+
+fn is_new(v: &[Seen], x: u64, ts: i64) -> bool {
+    let id = fingerprint(x);
+    v.iter().find(|s| s.id == id).is_none_or(|s| {
+        s.first_min != 0 && i64::from(minute(ts)) - i64::from(s.first_min) < NEW_FOR_MS / 60_000
+    })
+}
+
+/// Moves `x` to the back (most recent), keeping its first use; drops the least recent when
+/// full.
+fn remember<const N: usize>(v: &mut ArrayVec<Seen, N>, x: u64, first: i64) {
+    let id = fingerprint(x);
+    let first_min = match v.iter().position(|s| s.id == id) {
+        Some(i) => {
+            let old = v.remove(i).first_min;
+            if old == 0 || minute(first) == 0 {
+                0
+            } else {
+                old.min(minute(first))
+            }
+        }
         None => {
             if v.is_full() {
                 v.remove(0);
             }
-            first
+            minute(first)
         }
     };
-    v.push((x, first));
+    v.push(Seen { id, first_min });
 }
 
 #[cfg(test)]
@@ -264,18 +296,19 @@ mod tests {
     #[test]
     fn limits_hold_and_recent_entries_stay() {
         let mut p = Profile::new();
-        let day = NEW_FOR_MS;
-        p.add_device(1000, 0);
+        let t0 = 1_700_000_000_000;
+        let day = t0 + NEW_FOR_MS;
+        p.add_device(1000, t0);
         for i in 0..100 {
-            p.add_payee(i, 0);
-            p.add_device(i, 0);
+            p.add_payee(i, t0);
+            p.add_device(i, t0);
         }
         assert!(!p.is_new_payee(99, day) && p.is_new_payee(0, day));
         assert!(
-            p.is_new_payee(99, day - 1),
+            p.is_new_payee(99, day - 60_000),
             "paid first a moment ago: still new"
         );
-        assert!(p.is_new_device(99, day - 1) && !p.is_new_device(99, day));
+        assert!(p.is_new_device(99, day - 60_000) && !p.is_new_device(99, day));
         assert_eq!(p.payees.len(), PAYEES_MAX);
         assert_eq!(p.devices.len(), DEVICES_MAX);
         for c in 0..20u8 {

@@ -119,8 +119,15 @@ struct Bucket {
     min: i64,
 }
 
-/// Buckets of one tier, sorted by start; two live inline, the rest spill to the heap.
-type Buckets = SmallVec<[Bucket; 2]>;
+/// Buckets of one tier, sorted by start (only hours or days that had events).
+type Buckets = Vec<Bucket>;
+
+/// The bucketed tiers, kept out of line: most keys of most packs never need them.
+#[derive(Debug, Clone, Default)]
+struct Tiers {
+    hours: Buckets,
+    days: Buckets,
+}
 
 fn add_to_buckets(buckets: &mut Buckets, width: i64, ts: i64, amount: i64) {
     let start = ts.div_euclid(width) * width;
@@ -159,6 +166,31 @@ fn sum_buckets(buckets: &[Bucket], width: i64, from_excl: i64, to_incl: i64) -> 
     a
 }
 
+impl Tiers {
+    fn record(&mut self, plan: &WindowPlan, now: i64, ts: i64, amount: i64) {
+        if plan.hours_ms > 0 {
+            add_to_buckets(&mut self.hours, HOUR_MS, ts, amount);
+            let keep_from = now - plan.hours_ms - HOUR_MS - plan.lateness_ms;
+            let drop = self
+                .hours
+                .iter()
+                .take_while(|b| b.start + HOUR_MS <= keep_from)
+                .count();
+            self.hours.drain(..drop);
+        }
+        if plan.days_ms > 0 {
+            add_to_buckets(&mut self.days, DAY_MS, ts, amount);
+            let keep_from = now - plan.days_ms - DAY_MS - plan.lateness_ms;
+            let drop = self
+                .days
+                .iter()
+                .take_while(|b| b.start + DAY_MS <= keep_from)
+                .count();
+            self.days.drain(..drop);
+        }
+    }
+}
+
 /// The windows of one key. Small collections live inline, so a typical key is one
 /// contiguous block of memory: reading it costs one or two cache misses, not one per list.
 #[derive(Debug, Clone, Default)]
@@ -167,8 +199,8 @@ pub struct Windows {
     pub last_ts: i64,
     /// (time, amount), sorted by time.
     exact: SmallVec<[(i64, i64); 4]>,
-    hours: Buckets,
-    days: Buckets,
+    /// Hourly and daily buckets, allocated when a plan first needs them.
+    tiers: Option<Box<Tiers>>,
     /// (value hash, last time seen, measure index), all measures together.
     distinct: SmallVec<[(u64, i64, u8); 4]>,
 }
@@ -196,25 +228,9 @@ impl Windows {
         } else if !self.exact.is_empty() {
             self.exact = SmallVec::new();
         }
-        if plan.hours_ms > 0 {
-            add_to_buckets(&mut self.hours, HOUR_MS, ts, amount);
-            let keep_from = now - plan.hours_ms - HOUR_MS - plan.lateness_ms;
-            let drop = self
-                .hours
-                .iter()
-                .take_while(|b| b.start + HOUR_MS <= keep_from)
-                .count();
-            self.hours.drain(..drop);
-        }
-        if plan.days_ms > 0 {
-            add_to_buckets(&mut self.days, DAY_MS, ts, amount);
-            let keep_from = now - plan.days_ms - DAY_MS - plan.lateness_ms;
-            let drop = self
-                .days
-                .iter()
-                .take_while(|b| b.start + DAY_MS <= keep_from)
-                .count();
-            self.days.drain(..drop);
+        if plan.hours_ms > 0 || plan.days_ms > 0 {
+            let tiers = self.tiers.get_or_insert_with(Box::default);
+            tiers.record(plan, now, ts, amount);
         }
         for (m, &window) in plan.distinct_ms.iter().enumerate() {
             let (h, m) = (distinct[m], m as u8);
@@ -274,9 +290,13 @@ impl Windows {
             }
             a
         } else if window_ms <= HOUR_TIER_MS_MAX {
-            sum_buckets(&self.hours, HOUR_MS, from, at)
+            self.tiers
+                .as_ref()
+                .map_or(Agg::EMPTY, |t| sum_buckets(&t.hours, HOUR_MS, from, at))
         } else {
-            sum_buckets(&self.days, DAY_MS, from, at)
+            self.tiers
+                .as_ref()
+                .map_or(Agg::EMPTY, |t| sum_buckets(&t.days, DAY_MS, from, at))
         };
         a.finish()
     }
@@ -290,18 +310,12 @@ impl Windows {
     /// Approximate heap bytes held (inline storage is counted with the entry).
     pub fn heap_bytes(&self) -> usize {
         let spilled = |spilled: bool, cap: usize, size: usize| if spilled { cap * size } else { 0 };
+        let bucket = std::mem::size_of::<Bucket>();
         spilled(self.exact.spilled(), self.exact.capacity(), 16)
-            + spilled(
-                self.hours.spilled(),
-                self.hours.capacity(),
-                std::mem::size_of::<Bucket>(),
-            )
-            + spilled(
-                self.days.spilled(),
-                self.days.capacity(),
-                std::mem::size_of::<Bucket>(),
-            )
             + spilled(self.distinct.spilled(), self.distinct.capacity(), 24)
+            + self.tiers.as_ref().map_or(0, |t| {
+                std::mem::size_of::<Tiers>() + (t.hours.capacity() + t.days.capacity()) * bucket
+            })
     }
 }
 
