@@ -12,6 +12,12 @@ use vigil_engine::engine::Scratch;
 use vigil_engine::{Engine, EngineConfig, packs};
 use vigil_rules::PackOptions;
 
+/// jemalloc, built to back large allocations with transparent huge pages (see
+/// `.cargo/config.toml`): state tables are gigabytes, and on 4 KiB pages nearly every random
+/// access also misses the TLB.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
