@@ -34,7 +34,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Check, test and inspect rule packs.
+    /// Check rule packs and run their tests.
     #[command(subcommand)]
     Rules(RulesCommand),
     /// Run recorded traffic (JSON lines, optionally gzip) through the engine and report.

@@ -406,8 +406,12 @@ fn id(field: &str, v: Option<Cow<'_, str>>, required: bool) -> Result<Option<Str
 
 /// Parses an RFC 3339 timestamp to Unix milliseconds.
 pub fn parse_ts(s: &str) -> Result<i64, EventError> {
-    let t = OffsetDateTime::parse(s, &Rfc3339)
-        .map_err(|e| bad("ts", format!("'{s}' is not an RFC 3339 timestamp ({e})")))?;
+    let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
+        bad(
+            "ts",
+            format!("'{s}' is not an RFC 3339 timestamp such as 2026-11-01T09:30:00Z ({e})"),
+        )
+    })?;
     if !(TS_YEAR_MIN..=TS_YEAR_MAX).contains(&t.year()) {
         return Err(bad(
             "ts",

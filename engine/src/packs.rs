@@ -22,6 +22,9 @@ pub enum LoadError {
         /// The error.
         source: std::io::Error,
     },
+    /// The directory holds no pack.
+    #[error("{0}: no pack here (expected pack.toml and rule files *.toml)")]
+    Empty(PathBuf),
     /// A file is too large.
     #[error("{0}: larger than {PACK_FILE_BYTES_MAX} bytes")]
     TooLarge(PathBuf),
@@ -88,6 +91,9 @@ pub fn read_sources(dir: &Path) -> Result<Vec<SourceFile>, LoadError> {
 /// Loads and compiles the pack in `dir`.
 pub fn load(dir: &Path, opts: &PackOptions) -> Result<CompiledPack, LoadError> {
     let files = read_sources(dir)?;
+    if !files.iter().any(|f| !f.rel.contains('/')) {
+        return Err(LoadError::Empty(dir.to_path_buf()));
+    }
     compile_pack(&files, opts).map_err(LoadError::Invalid)
 }
 
@@ -201,7 +207,7 @@ pub fn case_events(case: &TestCase, case_no: usize) -> Result<Vec<Event>, String
             }
             Some(v) => {
                 return Err(format!(
-                    "event {}: ts must be an RFC 3339 string, found {}",
+                    "event {}: ts must be an RFC 3339 string in quotes, such as ts = \"2026-01-05T09:00:00Z\"; found a {}",
                     i + 1,
                     v.type_str()
                 ));

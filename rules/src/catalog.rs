@@ -352,9 +352,15 @@ pub fn resolve_agg(
         "count" => {
             return Err((
                 0,
-                format!(
-                    "count counts transactions: write 'count(tx by {key} over ...)', or use distinct({measure} by ...)"
-                ),
+                if DistinctOf::ALL.iter().any(|d| d.name() == measure) {
+                    format!(
+                        "count counts transactions: write 'count(tx by {key} over ...)', or distinct({measure} by {key} over ...) for distinct values"
+                    )
+                } else {
+                    format!(
+                        "count counts transactions: write 'count(tx by {key} over ...)'; windows count every kind (combine with kind == '...' on the event being decided)"
+                    )
+                },
             ));
         }
         "sum" | "avg" | "max" | "min" if measure != "amount" => {

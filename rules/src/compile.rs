@@ -403,7 +403,7 @@ impl Compiler<'_> {
         let mismatch = |l: &Typed, r: &Typed| -> R<Typed> {
             let hint = match (l.ty(), r.ty()) {
                 (Ty::Dur, Ty::Num) | (Ty::Num, Ty::Dur) => {
-                    " (write durations with a unit, such as 10m or 2d)"
+                    " (durations carry a unit, such as 10m or 2d; numbers such as hour or amount do not)"
                 }
                 (Ty::Str, Ty::Num) | (Ty::Num, Ty::Str) => " (numbers are written without quotes)",
                 _ => "",

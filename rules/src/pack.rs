@@ -126,11 +126,12 @@ impl CompiledPack {
     pub fn summary(&self) -> String {
         let shadow = self.program.rules.iter().filter(|r| r.meta.shadow).count();
         format!(
-            "pack {}: {} rules ({} shadow), {} lists, {} windows, {} features, {} tests, hash {}",
+            "pack {}: {} rules ({} shadow), {} list{}, {} windows, {} features, {} tests, hash {}",
             self.name,
             self.program.rules.len(),
             shadow,
             self.lists.len(),
+            if self.lists.len() == 1 { "" } else { "s" },
             self.window_count(),
             self.program.features.len(),
             self.tests.len(),
@@ -238,7 +239,11 @@ fn tidy(message: &str) -> String {
             expected.join(", ")
         );
     }
-    message.replace('`', "'")
+    message
+        .replace('`', "'")
+        .replace("expected i64", "expected a whole number")
+        .replace("expected u32", "expected a whole number")
+        .replace("expected a boolean", "expected true or false")
 }
 
 fn de_error(file: &SourceFile, e: &toml::de::Error) -> Diagnostic {
@@ -337,6 +342,9 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
             Err(e) => diags.push(de_error(f, &e)),
         }
     }
+    // A rule file that could not be read hides its rule ids: tests naming them are not
+    // reported as naming unknown rules (that would be one mistake told three times).
+    let all_rule_files_read = parsed.len() == rule_files.len();
 
     // [pack]
     let mut pack: Option<(PackDe, &SourceFile)> = None;
@@ -653,13 +661,17 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
                             diags.push(Diagnostic::at(
                                 f,
                                 string_body_offset(&f.text, a.span()),
-                                format!("unknown action '{}'", a.get_ref()),
+                                format!(
+                                    "unknown action '{}'{}",
+                                    a.get_ref(),
+                                    suggest(a.get_ref(), Action::ALL.map(Action::name))
+                                ),
                             ));
                         }
                     }
                     if let Some(rs) = &e.rules {
                         for r in rs {
-                            if !seen.contains_key(r.get_ref()) {
+                            if all_rule_files_read && !seen.contains_key(r.get_ref()) {
                                 let ids: Vec<&str> = seen.keys().map(String::as_str).collect();
                                 diags.push(Diagnostic::at(
                                     f,

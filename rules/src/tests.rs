@@ -67,7 +67,7 @@ fn each_error_names_file_line_column_and_fix() {
         ),
         (
             "since(login) < 5",
-            "p/pack.toml:8:22: type mismatch: cannot apply '<' to a duration and a number (write durations with a unit, such as 10m or 2d)",
+            "p/pack.toml:8:22: type mismatch: cannot apply '<' to a duration and a number (durations carry a unit, such as 10m or 2d; numbers such as hour or amount do not)",
         ),
         (
             "amount",
@@ -147,6 +147,27 @@ fn scores_and_thresholds_are_bounded_and_ordered() {
     assert_eq!(
         err("review = 50\nblock = 40\n"),
         "p.toml:1:1: thresholds must rise with the action: review <= step_up <= block"
+    );
+}
+
+#[test]
+fn one_broken_rule_file_is_one_problem_not_a_cascade() {
+    let f = vec![
+        SourceFile { path: "p/pack.toml".into(), rel: "pack.toml".into(), text: "[pack]\nname = \"t\"\n".into() },
+        SourceFile { path: "p/night.toml".into(), rel: "night.toml".into(), text: "[[rule]]\nid = \"night\"\nscore = \"30\"\nwhen = \"hour < 5\"\n".into() },
+        SourceFile {
+            path: "p/tests/night.toml".into(),
+            rel: "tests/night.toml".into(),
+            text: "[[case]]\nname = \"n\"\nevents = [{ kind = \"payment\" }]\nexpect = { action = \"reveiw\", rules = [\"night\"] }\n".into(),
+        },
+    ];
+    let got: Vec<String> = compile_pack(&f, &PackOptions::default()).unwrap_err().0.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [
+            "p/night.toml:3:9: invalid type: string \"30\", expected a whole number",
+            "p/tests/night.toml:4:22: unknown action 'reveiw' (did you mean 'review'?)",
+        ]
     );
 }
 
