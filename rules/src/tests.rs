@@ -161,7 +161,12 @@ fn one_broken_rule_file_is_one_problem_not_a_cascade() {
             text: "[[case]]\nname = \"n\"\nevents = [{ kind = \"payment\" }]\nexpect = { action = \"reveiw\", rules = [\"night\"] }\n".into(),
         },
     ];
-    let got: Vec<String> = compile_pack(&f, &PackOptions::default()).unwrap_err().0.iter().map(ToString::to_string).collect();
+    let got: Vec<String> = compile_pack(&f, &PackOptions::default())
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(
         got,
         [

@@ -63,8 +63,13 @@ fn a_pack_test_that_expects_the_wrong_thing_fails_with_a_diff() {
 #[test]
 fn an_empty_directory_is_not_a_pack() {
     let dir = tempdir("empty");
-    let err = packs::load(&dir, &PackOptions::default()).unwrap_err().to_string();
-    assert!(err.ends_with(": no pack here (expected pack.toml and rule files *.toml)"), "{err}");
+    let err = packs::load(&dir, &PackOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.ends_with(": no pack here (expected pack.toml and rule files *.toml)"),
+        "{err}"
+    );
 }
 
 /// A fresh directory under the target dir.
