@@ -12,16 +12,7 @@ const SCENARIOS: [&str; 5] = [
     "amount_anomaly",
     "mule_fan_in",
 ];
-const TX_KINDS: [&str; 5] = ["transfer", "payment", "withdrawal", "top_up", "refund"];
-const ACCT_KINDS: [&str; 7] = [
-    "account_opened",
-    "login",
-    "new_device",
-    "password_reset",
-    "email_changed",
-    "phone_changed",
-    "payee_added",
-];
+use vigil_rules::catalog::{ACCOUNT_EVENT_KINDS as ACCT_KINDS, TX_KINDS};
 
 fn run(cfg: &GenConfig) -> (Vec<u8>, GenStats) {
     let mut out = Vec::new();
