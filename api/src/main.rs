@@ -175,6 +175,9 @@ fn load_pack(dir: &Path, window_ms_max: i64) -> Result<vigil_rules::CompiledPack
 fn rules_check(a: &PackArgs) -> ExitCode {
     match load_pack(&a.dir, a.window_max) {
         Ok(p) => {
+            for w in &p.warnings {
+                esay(format!("warning: {w}"));
+            }
             say(format!("ok: {}", p.summary()));
             ExitCode::SUCCESS
         }

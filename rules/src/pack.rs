@@ -107,6 +107,9 @@ pub struct CompiledPack {
     pub lists: Vec<ListInfo>,
     /// Test cases.
     pub tests: Vec<TestCase>,
+    /// Things that are allowed but probably not meant (`and`/`or` mixed without parentheses,
+    /// a rule no test expects to fire); `vigil rules check` prints them.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl CompiledPack {
@@ -320,6 +323,7 @@ fn value_offset(text: &str, span: std::ops::Range<usize>, value_off: usize) -> u
 
 /// Checks and compiles a pack from its files.
 pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<CompiledPack, Diagnostics> {
+    let mut warnings: Vec<Diagnostic> = Vec::new();
     let mut diags = Vec::new();
     let mut sorted: Vec<&SourceFile> = files.iter().collect();
     sorted.sort_by(|a, b| (a.rel != "pack.toml", &a.rel).cmp(&(b.rel != "pack.toml", &b.rel)));
@@ -607,6 +611,13 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
             let compiled = crate::parse::parse(src)
                 .map_err(|e| Diagnostic::at(f, at(e.offset), e.message))
                 .and_then(|expr| {
+                    if let Some(off) = crate::parse::unparenthesized_mix(src, &expr) {
+                        warnings.push(Diagnostic::at(
+                            f,
+                            at(off),
+                            "'and' binds tighter than 'or' here: add parentheses to say which you mean",
+                        ));
+                    }
                     compiler
                         .condition(src, &expr)
                         .map_err(|e| Diagnostic::at(f, at(e.span.start), e.message))
@@ -729,6 +740,31 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
         uses_home_countries,
         ..
     } = compiler;
+    for r in &rules {
+        let tested = tests.iter().any(|t| {
+            t.expect
+                .rules
+                .as_ref()
+                .is_some_and(|ids| ids.contains(&r.meta.id))
+        });
+        if !tested {
+            let file = SourceFile {
+                path: r.meta.file.clone(),
+                rel: String::new(),
+                text: String::new(),
+            };
+            let mut d = Diagnostic::at(
+                &file,
+                0,
+                format!(
+                    "rule '{}' has no test case that expects it to fire",
+                    r.meta.id
+                ),
+            );
+            d.line = r.meta.line;
+            warnings.push(d);
+        }
+    }
     let t = pack.thresholds;
     Ok(CompiledPack {
         name: pack.name,
@@ -747,6 +783,7 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
         },
         lists: list_info,
         tests,
+        warnings,
     })
 }
 

@@ -315,6 +315,43 @@ fn lex(src: &str) -> Result<Vec<(Tok, Span)>, ParseError> {
     Ok(out)
 }
 
+/// Where `and` sits directly inside `or` without parentheses (`a and b or c`), if anywhere:
+/// legal and well defined, but a common slip. Returns the byte offset of that `and`.
+pub fn unparenthesized_mix(src: &str, e: &Expr) -> Option<usize> {
+    let bytes = src.as_bytes();
+    let parenthesized = |x: &Expr| bytes.get(x.span.start) == Some(&b'(');
+    match &e.kind {
+        ExprKind::Binary {
+            op: BinOp::Or,
+            lhs,
+            rhs,
+            ..
+        } => {
+            for side in [lhs, rhs] {
+                if let ExprKind::Binary {
+                    op: BinOp::And,
+                    op_span,
+                    ..
+                } = &side.kind
+                    && !parenthesized(side)
+                {
+                    return Some(op_span.start);
+                }
+            }
+            unparenthesized_mix(src, lhs).or_else(|| unparenthesized_mix(src, rhs))
+        }
+        ExprKind::Binary { lhs, rhs, .. } => {
+            unparenthesized_mix(src, lhs).or_else(|| unparenthesized_mix(src, rhs))
+        }
+        ExprKind::Not(x) | ExprKind::Neg(x) => unparenthesized_mix(src, x),
+        ExprKind::In { lhs, rhs, .. } => {
+            unparenthesized_mix(src, lhs).or_else(|| unparenthesized_mix(src, rhs))
+        }
+        ExprKind::Call { args, .. } => args.iter().find_map(|a| unparenthesized_mix(src, a)),
+        _ => None,
+    }
+}
+
 /// Parses one expression.
 pub fn parse(src: &str) -> Result<Expr, ParseError> {
     if src.len() > EXPR_BYTES_MAX {

@@ -151,6 +151,25 @@ fn scores_and_thresholds_are_bounded_and_ordered() {
 }
 
 #[test]
+fn mixing_and_with_or_without_parentheses_and_untested_rules_are_warned() {
+    let pack = compile_pack(
+        &files("[[rule]]\nid = \"r\"\naction = \"review\"\nwhen = \"amount > 5 and kind == 'payment' or hour < 5\"\n\
+                [[rule]]\nid = \"s\"\naction = \"review\"\nwhen = \"(amount > 5 and kind == 'payment') or hour < 5\"\n"),
+        &PackOptions::default(),
+    )
+    .unwrap();
+    let got: Vec<String> = pack.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [
+            "p/pack.toml:8:20: 'and' binds tighter than 'or' here: add parentheses to say which you mean",
+            "p/pack.toml:5:1: rule 'r' has no test case that expects it to fire",
+            "p/pack.toml:9:1: rule 's' has no test case that expects it to fire",
+        ]
+    );
+}
+
+#[test]
 fn one_broken_rule_file_is_one_problem_not_a_cascade() {
     let f = vec![
         SourceFile { path: "p/pack.toml".into(), rel: "pack.toml".into(), text: "[pack]\nname = \"t\"\n".into() },

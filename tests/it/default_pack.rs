@@ -24,6 +24,7 @@ fn the_default_pack_checks_and_every_rule_has_a_test_that_fires_it() {
         "failing pack tests:\n{}",
         failed.join("\n")
     );
+    assert!(pack.warnings.is_empty(), "{:?}", pack.warnings);
     for rule in &pack.program.rules {
         let covered = pack.tests.iter().any(|t| {
             t.expect
