@@ -287,7 +287,7 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
         bar.set_position(done);
     };
     let stats = if a.out.extension().is_some_and(|e| e == "gz") {
-        let mut gz = flate2_writer(file);
+        let mut gz = vigil_engine::replay::gz_writer(file);
         let s = traffic::generate(&cfg, &mut gz, &mut progress)?;
         gz.finish()?.flush()?;
         s
@@ -310,10 +310,6 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
         say(format!("  {name:<20} {n}"));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn flate2_writer(f: std::fs::File) -> vigil_engine::replay::GzWriter {
-    vigil_engine::replay::gz_writer(f)
 }
 
 /// Writes a line to stdout; a closed pipe (`vigil ... | head`) ends the program quietly

@@ -164,11 +164,7 @@ impl State {
         let keyed_bytes = self
             .keyed
             .iter()
-            .flat_map(|m| {
-                m.iter()
-                    .map(|w| wentry + w.heap_bytes())
-                    .collect::<Vec<_>>()
-            })
+            .map(|m| m.iter().map(|w| wentry + w.heap_bytes()).sum::<usize>())
             .sum();
         StateStats {
             accounts: self.accounts.len(),
