@@ -50,6 +50,9 @@ pub struct Decision {
     pub freeze: bool,
     /// The notification an acting rule asked for (the first in pack order).
     pub notify: Option<String>,
+    /// A freeze of the account was requested by an earlier transaction: this one's freeze
+    /// (and a blocked-transfer notice) would repeat what the holder was already told.
+    pub already_frozen: bool,
     /// The pack hash.
     pub rules_version: Arc<str>,
     /// The tx_id was seen before: decided on current state, not counted again.

@@ -140,13 +140,13 @@ impl ActivePack {
 #[derive(Debug)]
 pub struct Engine {
     active: ArcSwap<ActivePack>,
-    state: State,
+    pub(crate) state: State,
     config: EngineConfig,
-    events: AtomicU64,
-    watermark: AtomicI64,
-    late_events: AtomicU64,
-    future_events: AtomicU64,
-    duplicate_events: AtomicU64,
+    pub(crate) events: AtomicU64,
+    pub(crate) watermark: AtomicI64,
+    pub(crate) late_events: AtomicU64,
+    pub(crate) future_events: AtomicU64,
+    pub(crate) duplicate_events: AtomicU64,
 }
 
 /// Rounds kilometres to whole metres, so the last digits of a platform's `sin`/`asin` never
@@ -297,6 +297,20 @@ impl Engine {
             p.home_country = ev.geo.and_then(|g| g.country);
             p.locale = ev.locale.as_deref().map(Box::from);
         }
+    }
+
+    /// The locale an account gave when it opened (`account_opened`), if Vigil saw it.
+    pub fn account_locale(&self, account_id: &str) -> Option<Box<str>> {
+        self.state
+            .accounts
+            .get(&key_hash(0, account_id))
+            .and_then(|a| a.profile.locale.clone())
+    }
+
+    /// The latest event time seen (the watermark), if any.
+    pub fn watermark_ms(&self) -> Option<i64> {
+        let w = self.watermark.load(Ordering::Relaxed);
+        (w != i64::MIN).then_some(w)
     }
 
     /// Decides one transaction and updates state.
@@ -515,6 +529,10 @@ impl Engine {
             });
         }
         let action = out.action;
+        let already_frozen = acc.profile.freeze_requested_ms != NEVER;
+        if freeze && counted && !already_frozen {
+            acc.profile.freeze_requested_ms = ts;
+        }
 
         // What this transaction teaches the profile; an uncounted one teaches nothing.
         if counted {
@@ -577,6 +595,7 @@ impl Engine {
                 .collect(),
             freeze,
             notify,
+            already_frozen,
             rules_version: active.version.clone(),
             duplicate,
             late: counting == Counting::Late,

@@ -16,7 +16,9 @@ pub mod engine;
 pub mod event;
 pub mod packs;
 pub mod replay;
+pub mod snapshot;
 pub mod state;
+pub mod stream;
 #[path = "gen/mod.rs"]
 pub mod traffic;
 

@@ -2,6 +2,7 @@
 //! devices, payees, account events, balance. Every collection has a named limit.
 
 use arrayvec::ArrayVec;
+use serde::{Deserialize, Serialize};
 use vigil_rules::catalog::ACCOUNT_EVENT_KINDS;
 
 /// Locations remembered for "usual location" (cells of [`PLACE_CELL_DEG`] degrees).
@@ -33,7 +34,7 @@ pub fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     2.0 * EARTH_RADIUS_KM * a.sqrt().min(1.0).asin()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Place {
     cell: (i32, i32),
     lat_sum: f64,
@@ -42,7 +43,7 @@ struct Place {
 }
 
 /// A located event.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Fix {
     /// Event time, ms.
     pub ts: i64,
@@ -56,7 +57,7 @@ pub struct Fix {
 pub const NEVER: i64 = i64::MIN;
 
 /// The per-account profile.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profile {
     /// When the account was opened, once an `account_opened` event has been seen.
     pub opened_ms: Option<i64>,
@@ -82,6 +83,14 @@ pub struct Profile {
     pub history_count: u32,
     /// Notification language.
     pub locale: Option<Box<str>>,
+    /// When a freeze of this account was first requested ([`NEVER`] if not): later freezing
+    /// rules do not request (or announce) it again.
+    #[serde(default = "never")]
+    pub freeze_requested_ms: i64,
+}
+
+fn never() -> i64 {
+    NEVER
 }
 
 impl Default for Profile {
@@ -107,6 +116,7 @@ impl Profile {
             balance: 0,
             history_count: 0,
             locale: None,
+            freeze_requested_ms: NEVER,
         }
     }
 
@@ -214,7 +224,7 @@ impl Profile {
 /// A remembered device or payee in 8 bytes, so the lists stay within a few cache lines:
 /// 32 bits of the id's hash (a false match among a handful of entries is about one in a
 /// billion) and the minute of first use (0: established, never new).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Seen {
     id: u32,
     first_min: u32,

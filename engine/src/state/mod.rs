@@ -8,6 +8,7 @@
 pub mod account;
 pub mod window;
 
+use serde::{Deserialize, Serialize};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use dashmap::DashMap;
@@ -55,7 +56,7 @@ impl Default for StateLimits {
 }
 
 /// An account's state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccountState {
     /// Profile: places, devices, payees, events, balance.
     pub profile: Profile,

@@ -13,6 +13,7 @@
 //! [`DISTINCT_VALUES_MAX`] values, oldest replaced first): exact in time, saturating in count.
 //! A window at time `t` covers `(t - W, t]`, so it includes the event being decided.
 
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 /// Longest window answered exactly from individual events.
@@ -110,7 +111,7 @@ impl Agg {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Bucket {
     start: i64,
     count: u32,
@@ -123,7 +124,7 @@ struct Bucket {
 type Buckets = Vec<Bucket>;
 
 /// The bucketed tiers, kept out of line: most keys of most packs never need them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Tiers {
     hours: Buckets,
     days: Buckets,
@@ -193,7 +194,7 @@ impl Tiers {
 
 /// The windows of one key. Small collections live inline, so a typical key is one
 /// contiguous block of memory: reading it costs one or two cache misses, not one per list.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Windows {
     /// Latest event time recorded.
     pub last_ts: i64,

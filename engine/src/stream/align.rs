@@ -1,0 +1,236 @@
+//! Event-time alignment of the two input topics.
+//!
+//! `transactions` and `account-events` are both keyed by account and split the same way (same
+//! partition count, range assignment), so partition `p` of each holds the same accounts. Read
+//! at different speeds — catching up after a restart, a backlog on one topic — a transaction
+//! could be decided before the password reset that preceded it, or after a device change that
+//! came later. So each partition pair is merged by event time: an event goes when the other
+//! side has nothing earlier left to give (its next event is later, it has applied a later one,
+//! or it is read to its end). On a tie the transaction goes first. A wait is bounded: an event
+//! held longer than a limit, or past a count, goes anyway and is counted as unaligned.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use crate::event::Event;
+
+/// The transactions side.
+pub const TX: usize = 0;
+/// The account-events side.
+pub const ACCOUNT: usize = 1;
+
+/// An event waiting for its turn.
+#[derive(Debug)]
+pub struct Item {
+    /// Its source partition's tracker slot.
+    pub slot: u16,
+    /// Its source offset.
+    pub offset: i64,
+    /// Its event time.
+    pub ts: i64,
+    /// The event.
+    pub event: Event,
+    /// When it arrived.
+    pub since: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    last_ts: i64,
+    at_end: bool,
+}
+
+impl Default for Side {
+    fn default() -> Self {
+        Side {
+            last_ts: i64::MIN,
+            at_end: false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Part {
+    queues: [VecDeque<Item>; 2],
+    sides: [Side; 2],
+}
+
+/// The merge state of every partition pair.
+#[derive(Debug, Default)]
+pub struct Align {
+    parts: HashMap<i32, Part>,
+    total: usize,
+}
+
+impl Align {
+    /// An event arrived on `side` of partition `p`.
+    pub fn push(&mut self, side: usize, p: i32, item: Item) {
+        let part = self.parts.entry(p).or_default();
+        part.sides[side].at_end = false;
+        part.queues[side].push_back(item);
+        self.total += 1;
+    }
+
+    /// `side` of partition `p` is read to its end (or is not read by this consumer).
+    pub fn at_end(&mut self, side: usize, p: i32) {
+        self.parts.entry(p).or_default().sides[side].at_end = true;
+    }
+
+    /// Events waiting in all.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Partitions with waiting events: which sides are empty, and the oldest arrival.
+    pub fn waiting(&self) -> Vec<(i32, [bool; 2], Instant)> {
+        self.parts
+            .iter()
+            .filter_map(|(p, part)| {
+                let oldest = part
+                    .queues
+                    .iter()
+                    .filter_map(|q| q.front().map(|i| i.since))
+                    .min()?;
+                Some((
+                    *p,
+                    [part.queues[0].is_empty(), part.queues[1].is_empty()],
+                    oldest,
+                ))
+            })
+            .collect()
+    }
+
+    /// Partitions with waiting events.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.parts
+            .iter()
+            .filter(|(_, part)| part.queues.iter().any(|q| !q.is_empty()))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// The next event of partition `p` whose turn it is; with `force`, the earlier head
+    /// whatever the other side may still bring.
+    pub fn next(&mut self, p: i32, force: bool) -> Option<Item> {
+        let part = self.parts.get_mut(&p)?;
+        let heads = [
+            part.queues[TX].front().map(|i| i.ts),
+            part.queues[ACCOUNT].front().map(|i| i.ts),
+        ];
+        let side = match heads {
+            [Some(t), Some(a)] => {
+                if t <= a {
+                    TX
+                } else {
+                    ACCOUNT
+                }
+            }
+            [Some(t), None] => {
+                let other = part.sides[ACCOUNT];
+                if force || other.at_end || other.last_ts >= t {
+                    TX
+                } else {
+                    return None;
+                }
+            }
+            [None, Some(a)] => {
+                // Strictly later: a transaction at the same time would still go first.
+                let other = part.sides[TX];
+                if force || other.at_end || other.last_ts > a {
+                    ACCOUNT
+                } else {
+                    return None;
+                }
+            }
+            [None, None] => return None,
+        };
+        let item = part.queues[side].pop_front()?;
+        part.sides[side].last_ts = part.sides[side].last_ts.max(item.ts);
+        self.total -= 1;
+        Some(item)
+    }
+
+    /// Forgets partition `p` (revoked): its waiting events are dropped, not decided; their
+    /// offsets were never committed, so the partition's next owner reads them again.
+    pub fn forget(&mut self, p: i32) {
+        if let Some(part) = self.parts.remove(&p) {
+            self.total -= part.queues.iter().map(VecDeque::len).sum::<usize>();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode;
+
+    fn item(ts: i64, n: i64) -> Item {
+        let line = format!(
+            r#"{{"schema":1,"event_id":"e{n}","ts":"2026-01-01T00:00:00Z","kind":"login","account_id":"a"}}"#
+        );
+        Item {
+            slot: 0,
+            offset: n,
+            ts,
+            event: decode(line.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+            since: Instant::now(),
+        }
+    }
+
+    fn drain(a: &mut Align, p: i32) -> Vec<i64> {
+        std::iter::from_fn(|| a.next(p, false).map(|i| i.offset)).collect()
+    }
+
+    #[test]
+    fn merges_by_event_time_with_transactions_first_on_ties() {
+        let mut a = Align::default();
+        // Transactions arrive first, far ahead of the account events.
+        a.push(TX, 0, item(10, 1));
+        a.push(TX, 0, item(30, 2));
+        a.push(TX, 0, item(50, 3));
+        assert_eq!(
+            drain(&mut a, 0),
+            Vec::<i64>::new(),
+            "nothing heard from account events"
+        );
+        a.push(ACCOUNT, 0, item(20, 101));
+        assert_eq!(
+            drain(&mut a, 0),
+            vec![1, 101],
+            "30 may still have an account event before it"
+        );
+        a.push(ACCOUNT, 0, item(30, 102));
+        a.push(ACCOUNT, 0, item(60, 103));
+        assert_eq!(drain(&mut a, 0), vec![2, 102, 3]);
+        assert_eq!(a.total(), 1, "60 waits for the transactions side");
+        a.at_end(TX, 0);
+        assert_eq!(drain(&mut a, 0), vec![103]);
+        assert_eq!(a.total(), 0);
+    }
+
+    #[test]
+    fn account_events_wait_for_earlier_transactions() {
+        let mut a = Align::default();
+        a.push(ACCOUNT, 3, item(100, 1));
+        assert_eq!(drain(&mut a, 3), Vec::<i64>::new());
+        a.push(TX, 3, item(100, 2));
+        a.push(TX, 3, item(90, 3));
+        // Heads: tx 100 vs account 100 → the transaction first (tie); then the late tx 90
+        // (earlier than the account event); the account event waits for a later transaction.
+        assert_eq!(drain(&mut a, 3), vec![2, 3]);
+        a.at_end(TX, 3);
+        assert_eq!(drain(&mut a, 3), vec![1]);
+    }
+
+    #[test]
+    fn forced_and_forgotten() {
+        let mut a = Align::default();
+        a.push(TX, 1, item(5, 1));
+        a.push(TX, 2, item(5, 2));
+        assert_eq!(a.partitions().len(), 2);
+        assert_eq!(a.next(1, true).map(|i| i.offset), Some(1));
+        a.forget(2);
+        assert_eq!(a.total(), 0);
+        assert!(a.waiting().is_empty());
+    }
+}

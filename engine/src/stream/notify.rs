@@ -1,0 +1,147 @@
+//! Notification texts: one template per kind, in English and Chinese, chosen by the account's
+//! locale (`zh`, `zh-CN`, `zh_TW`, … read Chinese; anything else or none, English).
+
+use crate::event::{Transaction, TxKind};
+
+/// The notification kinds a rule may ask for, plus the one a freeze sends.
+pub const KINDS: [&str; 4] = [
+    "blocked_transfer",
+    "held_for_review",
+    "step_up_required",
+    "account_frozen",
+];
+
+/// A language Vigil writes notifications in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// English (the default).
+    En,
+    /// Simplified Chinese.
+    Zh,
+}
+
+impl Lang {
+    /// The language for a locale tag such as `en-GB` or `zh-CN`.
+    pub fn for_locale(locale: Option<&str>) -> Lang {
+        match locale {
+            Some(l) if l.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("zh")) => Lang::Zh,
+            _ => Lang::En,
+        }
+    }
+
+    /// Its tag in notifications.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Zh => "zh",
+        }
+    }
+}
+
+fn kind_word(kind: TxKind, lang: Lang) -> &'static str {
+    match (lang, kind) {
+        (Lang::En, TxKind::Transfer) => "transfer",
+        (Lang::En, TxKind::Payment) => "payment",
+        (Lang::En, TxKind::Withdrawal) => "withdrawal",
+        (Lang::En, TxKind::TopUp) => "top-up",
+        (Lang::En, TxKind::Refund) => "refund",
+        (Lang::Zh, TxKind::Transfer) => "转账",
+        (Lang::Zh, TxKind::Payment) => "付款",
+        (Lang::Zh, TxKind::Withdrawal) => "提现",
+        (Lang::Zh, TxKind::TopUp) => "充值",
+        (Lang::Zh, TxKind::Refund) => "退款",
+    }
+}
+
+/// The text of notification `kind` about `tx`, or `None` for an unknown kind.
+pub fn text(kind: &str, lang: Lang, tx: &Transaction) -> Option<String> {
+    let amount = format!(
+        "{} {}",
+        tx.currency.format(tx.amount_minor),
+        tx.currency.code()
+    );
+    let what = kind_word(tx.kind, lang);
+    let to = tx.counterparty_id.as_deref();
+    let s = match (kind, lang) {
+        ("blocked_transfer", Lang::En) => match to {
+            Some(p) => format!(
+                "We blocked a {what} of {amount} to {p}. If this wasn't you, change your password and contact us now."
+            ),
+            None => format!(
+                "We blocked a {what} of {amount}. If this wasn't you, change your password and contact us now."
+            ),
+        },
+        ("blocked_transfer", Lang::Zh) => match to {
+            Some(p) => format!(
+                "我们已拦截一笔向 {p} 的 {amount} {what}。如果不是您本人操作，请立即修改密码并联系我们。"
+            ),
+            None => format!(
+                "我们已拦截一笔 {amount} 的{what}。如果不是您本人操作，请立即修改密码并联系我们。"
+            ),
+        },
+        ("held_for_review", Lang::En) => match to {
+            Some(p) => format!("We held a {what} of {amount} to {p} for review — was this you?"),
+            None => format!("We held a {what} of {amount} for review — was this you?"),
+        },
+        ("held_for_review", Lang::Zh) => match to {
+            Some(p) => {
+                format!("我们暂时扣留了一笔向 {p} 的 {amount} {what}，正在审核——是您本人操作吗？")
+            }
+            None => format!("我们暂时扣留了一笔 {amount} 的{what}，正在审核——是您本人操作吗？"),
+        },
+        ("step_up_required", Lang::En) => {
+            format!("Please confirm it's you to complete your {what} of {amount}.")
+        }
+        ("step_up_required", Lang::Zh) => {
+            format!("请验证您的身份以完成这笔 {amount} 的{what}。")
+        }
+        ("account_frozen", Lang::En) => format!(
+            "We froze your account to protect your money after a suspicious {what} of {amount}. Contact us to restore access."
+        ),
+        ("account_frozen", Lang::Zh) => format!(
+            "由于一笔可疑的 {amount} {what}，我们已冻结您的账户以保护您的资金。请联系我们恢复使用。"
+        ),
+        _ => return None,
+    };
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, decode};
+
+    fn tx() -> Transaction {
+        let line = br#"{"schema":1,"tx_id":"t1","ts":"2026-11-23T09:41:07Z","kind":"transfer","account_id":"a-1","counterparty_id":"a-9","amount":"900.00","currency":"EUR","channel":"app"}"#;
+        match decode(line) {
+            Ok(Event::Tx(t)) => t,
+            other => panic!("not a transaction: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn locale_picks_language() {
+        assert_eq!(Lang::for_locale(Some("zh-CN")), Lang::Zh);
+        assert_eq!(Lang::for_locale(Some("ZH_tw")), Lang::Zh);
+        assert_eq!(Lang::for_locale(Some("en-GB")), Lang::En);
+        assert_eq!(Lang::for_locale(Some("z")), Lang::En);
+        assert_eq!(Lang::for_locale(None), Lang::En);
+    }
+
+    #[test]
+    fn every_kind_has_both_languages() {
+        let t = tx();
+        for k in KINDS {
+            let en = text(k, Lang::En, &t).expect("english");
+            let zh = text(k, Lang::Zh, &t).expect("chinese");
+            assert!(en.contains("900.00 EUR"), "{en}");
+            assert!(zh.contains("900.00 EUR"), "{zh}");
+            assert_ne!(en, zh);
+        }
+        assert_eq!(
+            text("held_for_review", Lang::En, &t).as_deref(),
+            Some("We held a transfer of 900.00 EUR to a-9 for review — was this you?")
+        );
+        assert_eq!(text("nope", Lang::En, &t), None);
+    }
+}

@@ -1,0 +1,1141 @@
+//! The consume → decide → produce loop, its commits and snapshots.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use vigil_rules::Action;
+
+use super::align::{self, Align, Item};
+use super::track::{Delivery, SLOTS_MAX, Tracker, opaque};
+use super::{Out, Stats, StreamConfig, StreamError, notify};
+use crate::engine::{Engine, Scratch};
+use crate::event::{Event, Transaction, decode, format_ts};
+use crate::state::key_hash;
+
+/// The header naming the effect a record is, e.g. `decision:t-1`; read back after a crash so
+/// no effect is produced twice.
+pub const EFFECT_HEADER: &str = "vigil-effect";
+const SNAPSHOT_FILE: &str = "state.snap";
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Input messages handled.
+    pub consumed: u64,
+    /// Seconds it ran.
+    pub seconds: f64,
+    /// Whether it restored a snapshot.
+    pub restored: bool,
+}
+
+/// Where a snapshot left off: source positions and the output topics' ends.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SnapMeta {
+    /// (topic, partition, next offset to read).
+    sources: Vec<(String, i32, i64)>,
+    /// (topic, partition, end offset when the snapshot was taken).
+    outputs: Vec<(String, i32, i64)>,
+}
+
+/// librdkafka's log lines, through `tracing`.
+pub(crate) fn log_kafka(client: &str, level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!("kafka {client} {fac}: {message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!("kafka {client} {fac}: {message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!("kafka {client} {fac}: {message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!("kafka {client} {fac}: {message}"),
+    }
+}
+
+static LAST_ERROR_LOG_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Wall-clock time for the `requested_at` of freeze requests and for log throttling, never
+/// for a decision.
+#[allow(clippy::disallowed_methods)]
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A client error, at most one line every two seconds (a broker that is down repeats itself).
+pub(crate) fn log_kafka_error(client: &str, error: &KafkaError, reason: &str) {
+    let now = now_ms();
+    let last = LAST_ERROR_LOG_MS.load(Ordering::Relaxed);
+    if now - last >= 2000
+        && LAST_ERROR_LOG_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!("kafka {client}: {error}: {reason} (retrying)");
+    }
+}
+
+/// The client settings every Vigil client shares: brokers and the user's extra properties.
+pub fn client_config(cfg: &StreamConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers);
+    c.set("client.id", "vigil");
+    for (k, v) in &cfg.client {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Creates the topics through the admin API (real brokers), retrying with backoff while the
+/// brokers cannot be reached; topics that exist are left as they are.
+pub fn admin_create_topics(
+    cfg: &StreamConfig,
+    partitions: i32,
+    give_up_after: Duration,
+    stop: &AtomicBool,
+) -> Result<(), StreamError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
+    let topics = cfg.topics.all();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let start = Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match futures_executor::block_on(admin.create_topics(new.iter(), &opts)) {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(t) => tracing::info!("created topic {t} ({partitions} partitions)"),
+                        Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                            tracing::debug!("topic {t} exists")
+                        }
+                        Err((t, e)) => {
+                            return Err(StreamError::Other(format!(
+                                "cannot create topic {t}: {e}"
+                            )));
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            Err(e) if start.elapsed() < give_up_after && !stop.load(Ordering::Relaxed) => {
+                tracing::warn!(
+                    "waiting for brokers at {}: {e}; retrying in {:.1}s",
+                    cfg.brokers,
+                    backoff.as_secs_f64()
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                return Err(StreamError::Other(format!(
+                    "brokers at {} unreachable for {:.0}s: {e}",
+                    cfg.brokers,
+                    start.elapsed().as_secs_f64()
+                )));
+            }
+        }
+    }
+}
+
+fn effect_hash(effect: &str) -> u64 {
+    key_hash(20, effect)
+}
+
+/// Offsets by (output or input topic index, partition).
+pub type Positions = HashMap<(u8, i32), i64>;
+
+/// Reads the output topics from `bases` (or their beginning) to their current end and returns
+/// the effects found there, and the ends reached.
+pub fn read_effects(
+    cfg: &StreamConfig,
+    bases: &Positions,
+    timeout: Duration,
+) -> Result<(HashSet<u64>, Positions), StreamError> {
+    let consumer: BaseConsumer = client_config(cfg)
+        .set("group.id", format!("{}-readback", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let outputs = cfg.topics.outputs();
+    let mut tpl = TopicPartitionList::new();
+    let mut want: HashMap<(String, i32), i64> = HashMap::new();
+    let mut ends = HashMap::new();
+    for (i, topic) in outputs.iter().enumerate() {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (low, high) =
+                    consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                let key = (i as u8, p.id());
+                let start = bases.get(&key).copied().unwrap_or(low).clamp(low, high);
+                ends.insert(key, high);
+                if start < high {
+                    tpl.add_partition_offset(topic, p.id(), Offset::Offset(start))?;
+                    want.insert(((*topic).to_string(), p.id()), high);
+                }
+            }
+        }
+    }
+    let mut effects = HashSet::new();
+    if want.is_empty() {
+        return Ok((effects, ends));
+    }
+    let records: i64 = want.values().sum::<i64>();
+    tracing::info!(
+        "reading back {} output partition(s) written since the snapshot, so no effect repeats",
+        want.len()
+    );
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + timeout;
+    let mut read = 0u64;
+    while !want.is_empty() && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                read += 1;
+                if let Some(h) = m.headers() {
+                    for hd in h.iter() {
+                        if hd.key == EFFECT_HEADER
+                            && let Some(v) = hd.value.and_then(|v| std::str::from_utf8(v).ok())
+                        {
+                            effects.insert(effect_hash(v));
+                        }
+                    }
+                }
+                let key = (m.topic().to_string(), m.partition());
+                if want.get(&key).is_some_and(|&h| m.offset() + 1 >= h) {
+                    want.remove(&key);
+                }
+            }
+            Some(Err(e)) => log_kafka_error("read-back", &e, "reading output topics"),
+            None => {}
+        }
+    }
+    if !want.is_empty() {
+        tracing::warn!(
+            "read-back stopped after {:.0}s with {} partition(s) unread (of ~{records} records); effects there may repeat",
+            timeout.as_secs_f64(),
+            want.len()
+        );
+    }
+    tracing::info!("read back {read} output records, {} effects", effects.len());
+    Ok((effects, ends))
+}
+
+/// Most events held back for alignment before the oldest goes anyway.
+const ALIGN_WAITING_MAX: usize = 100_000;
+/// Longest an event waits for the other input topic.
+const ALIGN_WAIT_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+struct Slots {
+    by_key: HashMap<(u8, i32), u16>,
+    keys: Vec<(u8, i32)>,
+}
+
+/// What the worker and the rebalance callback share.
+struct Shared {
+    engine: Arc<Engine>,
+    cfg: StreamConfig,
+    stats: Arc<Stats>,
+    tracker: Arc<Tracker>,
+    producer: ThreadedProducer<Delivery>,
+    slots: Mutex<Slots>,
+    /// Snapshot positions still to apply when their partition is first assigned.
+    resume: Mutex<HashMap<(u8, i32), i64>>,
+    /// Output ends known from the last snapshot or read-back.
+    out_bases: Mutex<HashMap<(u8, i32), i64>>,
+    /// Positions committed last, per slot.
+    committed: Mutex<HashMap<u16, i64>>,
+    /// Events waiting for their turn (see [`align`]).
+    align: Mutex<Align>,
+    /// Last known end offset of input partitions (side, partition), and when it was read.
+    highs: Mutex<HashMap<(usize, i32), (i64, Instant)>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Rebalancer(Arc<Shared>);
+
+impl ClientContext for Rebalancer {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_kafka("consumer", level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_kafka_error("consumer", &error, reason);
+    }
+}
+
+impl ConsumerContext for Rebalancer {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let s = &self.0;
+        let names: Vec<String> = tpl
+            .elements()
+            .iter()
+            .map(|e| format!("{}/{}", e.topic(), e.partition()))
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut resume = lock(&s.resume);
+                let inputs = s.cfg.topics.inputs();
+                let mut seek = Vec::new();
+                for e in tpl.elements() {
+                    if let Some(t) = inputs.iter().position(|t| *t == e.topic())
+                        && let Some(off) = resume.remove(&(t as u8, e.partition()))
+                    {
+                        seek.push((e.topic().to_string(), e.partition(), off));
+                    }
+                }
+                drop(resume);
+                for (topic, part, off) in seek {
+                    if let Err(e) = tpl.set_partition_offset(&topic, part, Offset::Offset(off)) {
+                        tracing::error!("{topic}/{part}: cannot resume at {off}: {e}");
+                    } else {
+                        tracing::info!("{topic}/{part}: resuming at snapshot offset {off}");
+                    }
+                }
+                tracing::info!("assigned {}", names.join(", "));
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!("cannot take the assignment: {e}");
+                } else {
+                    s.stats
+                        .assigned
+                        .store(tpl.count() as u64, Ordering::Relaxed);
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!("revoked {}; finishing what is in flight", names.join(", "));
+                if let Err(e) = s.checkpoint(consumer, CommitMode::Sync, "rebalance") {
+                    tracing::error!("checkpoint before giving up partitions failed: {e}");
+                }
+                let slots = lock(&s.slots);
+                let inputs = s.cfg.topics.inputs();
+                for e in tpl.elements() {
+                    if let Some(t) = inputs.iter().position(|t| *t == e.topic())
+                        && let Some(&slot) = slots.by_key.get(&(t as u8, e.partition()))
+                    {
+                        s.tracker.reset(slot);
+                        lock(&s.committed).remove(&slot);
+                        lock(&s.align).forget(e.partition());
+                    }
+                }
+                drop(slots);
+                s.stats.assigned.store(0, Ordering::Relaxed);
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!("cannot give up the assignment: {e}");
+                }
+            }
+            other => {
+                tracing::error!("rebalance error: {other:?}");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn slot(&self, topic: u8, partition: i32) -> Option<u16> {
+        let mut s = lock(&self.slots);
+        if let Some(&slot) = s.by_key.get(&(topic, partition)) {
+            return Some(slot);
+        }
+        if s.keys.len() >= SLOTS_MAX {
+            return None;
+        }
+        let slot = s.keys.len() as u16;
+        s.keys.push((topic, partition));
+        s.by_key.insert((topic, partition), slot);
+        Some(slot)
+    }
+
+    /// Source positions whose every output is acknowledged.
+    fn positions(&self) -> Vec<(u16, String, i32, i64)> {
+        let slots = lock(&self.slots);
+        let inputs = self.cfg.topics.inputs();
+        slots
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, &(t, p))| {
+                let slot = slot as u16;
+                self.tracker
+                    .done(slot)
+                    .map(|off| (slot, inputs[usize::from(t)].to_string(), p, off))
+            })
+            .collect()
+    }
+
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Rebalancer>,
+        positions: &[(u16, String, i32, i64)],
+        mode: CommitMode,
+    ) -> Result<(), StreamError> {
+        let mut committed = lock(&self.committed);
+        let mut tpl = TopicPartitionList::new();
+        for (slot, topic, p, off) in positions {
+            if committed.get(slot) != Some(off) {
+                tpl.add_partition_offset(topic, *p, Offset::Offset(*off))?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        consumer.commit(&tpl, mode)?;
+        for (slot, _, _, off) in positions {
+            committed.insert(*slot, *off);
+        }
+        Stats::bump(&self.stats.commits);
+        Ok(())
+    }
+
+    fn snapshot_path(&self) -> Option<PathBuf> {
+        self.cfg.state_dir.as_ref().map(|d| d.join(SNAPSHOT_FILE))
+    }
+
+    /// Flushes outputs, snapshots state (with a state directory) and commits positions.
+    fn checkpoint(
+        &self,
+        consumer: &BaseConsumer<Rebalancer>,
+        mode: CommitMode,
+        why: &str,
+    ) -> Result<(), StreamError> {
+        if let Err(e) = self.producer.flush(self.cfg.shutdown_timeout) {
+            return Err(StreamError::Delivery(format!(
+                "outputs not acknowledged within {:.0}s ({e}); nothing committed",
+                self.cfg.shutdown_timeout.as_secs_f64()
+            )));
+        }
+        if !self.tracker.settle(self.cfg.shutdown_timeout) {
+            return Err(StreamError::Delivery(
+                "delivery reports not handled in time; nothing committed".into(),
+            ));
+        }
+        if let Some(f) = self.tracker.failure() {
+            return Err(StreamError::Delivery(f));
+        }
+        let positions = self.positions();
+        if let Some(path) = self.snapshot_path() {
+            let outputs = self.cfg.topics.outputs();
+            let mut ends = lock(&self.out_bases).clone();
+            for (k, v) in self.tracker.out_ends() {
+                let e = ends.entry(k).or_insert(v);
+                *e = (*e).max(v);
+            }
+            let meta = SnapMeta {
+                sources: positions
+                    .iter()
+                    .map(|(_, t, p, o)| (t.clone(), *p, *o))
+                    .collect(),
+                outputs: ends
+                    .iter()
+                    .map(|(&(t, p), &o)| (outputs[usize::from(t)].to_string(), p, o))
+                    .collect(),
+            };
+            let bytes =
+                postcard::to_stdvec(&meta).map_err(|e| StreamError::Other(e.to_string()))?;
+            let t = Instant::now();
+            let size = self.engine.save_snapshot(&path, &bytes)?;
+            Stats::bump(&self.stats.snapshots);
+            tracing::info!(
+                "snapshot ({why}): {} bytes in {:.0} ms to {}",
+                size,
+                t.elapsed().as_secs_f64() * 1000.0,
+                path.display()
+            );
+        }
+        self.commit(consumer, &positions, mode)
+    }
+
+    /// Produces one output of the message at (`slot`, `offset`).
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        effects: &HashSet<u64>,
+        out: Out,
+        key: &[u8],
+        payload: &[u8],
+        effect: &str,
+        extra: &[(&str, &[u8])],
+        slot: u16,
+        offset: i64,
+    ) -> Result<bool, StreamError> {
+        if !effects.is_empty() && effects.contains(&effect_hash(effect)) {
+            Stats::bump(&self.stats.effects_suppressed);
+            return Ok(false);
+        }
+        let mut headers = OwnedHeaders::new_with_capacity(1 + extra.len()).insert(Header {
+            key: EFFECT_HEADER,
+            value: Some(effect),
+        });
+        for (k, v) in extra {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let topic = self.cfg.topics.outputs()[out as usize];
+        self.tracker.add(slot, offset);
+        let mut rec = BaseRecord::with_opaque_to(topic, opaque(out as u8, slot, offset))
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        let mut waited = Instant::now();
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(true),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    if waited.elapsed() > Duration::from_secs(5) {
+                        tracing::warn!(
+                            "producer queue full for 5s (brokers slow or down); waiting, nothing is dropped"
+                        );
+                        waited = Instant::now();
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    return Err(StreamError::Delivery(format!(
+                        "cannot produce to {topic}: {e}; offsets are not committed past {offset}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn rebalancing(e: &StreamError) -> bool {
+    matches!(
+        e,
+        StreamError::Kafka(KafkaError::ConsumerCommit(
+            RDKafkaErrorCode::RebalanceInProgress | RDKafkaErrorCode::IllegalGeneration
+        ))
+    )
+}
+
+/// The shutdown checkpoint. A group member leaving at the same moment puts the group in a
+/// rebalance, and the broker refuses commits until this member has rejoined or given its
+/// partitions up: serve the rebalance (fetching paused; a message that still arrives is
+/// left uncommitted for the partition's next owner) and retry until the deadline.
+fn final_checkpoint(s: &Shared, consumer: &BaseConsumer<Rebalancer>) -> Result<(), StreamError> {
+    if let Ok(a) = consumer.assignment() {
+        let _ = consumer.pause(&a);
+    }
+    let mut result = s.checkpoint(consumer, CommitMode::Sync, "shutdown");
+    let deadline = Instant::now() + s.cfg.shutdown_timeout;
+    while let Err(e) = &result {
+        if !rebalancing(e) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "offsets not committed at shutdown ({e}): the group kept rebalancing; the next owner reads the last messages again"
+            );
+            return Ok(());
+        }
+        tracing::debug!("commit refused during a rebalance; serving it and retrying");
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100))
+            && let Ok(a) = consumer.assignment()
+        {
+            let _ = consumer.pause(&a);
+        }
+        result = s.commit(consumer, &s.positions(), CommitMode::Sync);
+    }
+    result
+}
+
+/// A running Kafka pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    engine: Arc<Engine>,
+    cfg: StreamConfig,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+}
+
+fn action_index(a: Action) -> usize {
+    match a {
+        Action::Allow => 0,
+        Action::Review => 1,
+        Action::StepUp => 2,
+        Action::Block => 3,
+    }
+}
+
+#[derive(Serialize)]
+struct FreezeRequest<'a> {
+    account_id: &'a str,
+    tx_id: &'a str,
+    rule: &'a str,
+    reason: &'a str,
+    rules: Vec<&'a str>,
+    ts: String,
+    requested_at: String,
+    rules_version: &'a str,
+}
+
+#[derive(Serialize)]
+struct Notification<'a> {
+    kind: &'a str,
+    account_id: &'a str,
+    tx_id: &'a str,
+    locale: &'a str,
+    text: String,
+    ts: String,
+}
+
+impl Pipeline {
+    /// A pipeline for `engine` (shared with any other entry point) with these settings.
+    pub fn new(engine: Arc<Engine>, cfg: StreamConfig) -> Pipeline {
+        Pipeline {
+            engine,
+            cfg,
+            stats: Arc::new(Stats::default()),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Set it to stop the pipeline gracefully.
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Runs until stopped (or a configured message count or idle time is reached), then
+    /// flushes, snapshots and commits.
+    pub fn run(&self) -> Result<Summary, StreamError> {
+        let started = Instant::now();
+        let cfg = &self.cfg;
+        let inputs = cfg.topics.inputs();
+        let outputs = cfg.topics.outputs();
+
+        // 1. State and positions from the last snapshot.
+        let mut resume = HashMap::new();
+        let mut bases = HashMap::new();
+        let mut restored = false;
+        if let Some(dir) = &cfg.state_dir {
+            std::fs::create_dir_all(dir)?;
+            let path = dir.join(SNAPSHOT_FILE);
+            if path.exists() {
+                let r = self.engine.load_snapshot(&path)?;
+                let meta: SnapMeta = postcard::from_bytes(&r.meta).map_err(|e| {
+                    StreamError::Other(format!("{}: bad offsets record: {e}", path.display()))
+                })?;
+                for (t, p, o) in meta.sources {
+                    if let Some(i) = inputs.iter().position(|x| *x == t) {
+                        resume.insert((i as u8, p), o);
+                    }
+                }
+                for (t, p, o) in meta.outputs {
+                    if let Some(i) = outputs.iter().position(|x| *x == t) {
+                        bases.insert((i as u8, p), o);
+                    }
+                }
+                restored = true;
+                tracing::info!(
+                    "restored {} accounts from {} (rules then: {}); resuming {} partition(s) where it left off",
+                    r.accounts,
+                    path.display(),
+                    r.rules_version,
+                    resume.len()
+                );
+            } else {
+                tracing::info!(
+                    "no snapshot in {}: starting with empty state from the group's committed offsets",
+                    dir.display()
+                );
+            }
+        }
+
+        // 2. Effects already produced since then, so they are not produced again.
+        let effects = if cfg.state_dir.is_some() {
+            let (effects, ends) = read_effects(cfg, &bases, Duration::from_secs(60))?;
+            for (k, v) in ends {
+                bases.entry(k).or_insert(v);
+            }
+            effects
+        } else {
+            HashSet::new()
+        };
+
+        // 3. Clients.
+        let tracker = Arc::new(Tracker::default());
+        let producer: ThreadedProducer<Delivery> = client_config(cfg)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "500000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            // Retry until delivered: a broker that is away stalls the pipeline (and its
+            // commits) instead of losing an output.
+            .set("message.timeout.ms", "0")
+            .create_with_context(Delivery {
+                tracker: tracker.clone(),
+                stats: self.stats.clone(),
+            })?;
+        let shared = Arc::new(Shared {
+            engine: self.engine.clone(),
+            cfg: cfg.clone(),
+            stats: self.stats.clone(),
+            tracker: tracker.clone(),
+            producer,
+            slots: Mutex::new(Slots::default()),
+            resume: Mutex::new(resume),
+            out_bases: Mutex::new(bases),
+            committed: Mutex::new(HashMap::new()),
+            align: Mutex::new(Align::default()),
+            highs: Mutex::new(HashMap::new()),
+        });
+        let session_ms = cfg.session_timeout.as_millis().max(1000);
+        let consumer: BaseConsumer<Rebalancer> = client_config(cfg)
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", session_ms.to_string())
+            .set("heartbeat.interval.ms", (session_ms / 3).to_string())
+            .set("fetch.wait.max.ms", "50")
+            // Same partition numbers of both input topics to one consumer (see `Align`).
+            .set("partition.assignment.strategy", "range")
+            .create_with_context(Rebalancer(shared.clone()))?;
+        consumer.subscribe(&inputs)?;
+        tracing::info!(
+            "consuming {} from {} as group '{}'",
+            inputs.join(", "),
+            cfg.brokers,
+            cfg.group_id
+        );
+
+        // 4. The loop.
+        let mut scratch = Scratch::default();
+        let mut last_commit = Instant::now();
+        let mut last_snapshot = Instant::now();
+        let mut last_message = Instant::now();
+        let mut last_align = Instant::now();
+        let mut handled = 0u64;
+        let mut backoff = Duration::from_millis(100);
+        let result = loop {
+            if self.stop.load(Ordering::Relaxed) {
+                tracing::info!("stopping: finishing what is in flight");
+                break Ok(());
+            }
+            if let Some(f) = tracker.failure() {
+                break Err(StreamError::Delivery(f));
+            }
+            let mut idle = false;
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    backoff = Duration::from_millis(100);
+                    last_message = Instant::now();
+                    if let Err(e) = self.handle(&shared, &effects, &m, &mut scratch) {
+                        break Err(e);
+                    }
+                    handled += 1;
+                    if cfg.max_messages.is_some_and(|n| handled >= n) {
+                        tracing::info!("handled {handled} messages: stopping as asked");
+                        break Ok(());
+                    }
+                }
+                Some(Err(e)) => {
+                    log_kafka_error("consumer", &e, "polling");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                None => {
+                    idle = true;
+                    if cfg.idle_exit.is_some_and(|d| last_message.elapsed() >= d) {
+                        tracing::info!("idle: stopping as asked");
+                        break Ok(());
+                    }
+                }
+            }
+            if (idle || last_align.elapsed() >= Duration::from_millis(100))
+                && lock(&shared.align).total() > 0
+            {
+                last_align = Instant::now();
+                if let Err(e) = self.check_alignment(&shared, &consumer, &effects, &mut scratch) {
+                    break Err(e);
+                }
+            }
+            if cfg.state_dir.is_some() {
+                if last_snapshot.elapsed() >= cfg.snapshot_every {
+                    last_snapshot = Instant::now();
+                    if let Err(e) = shared.checkpoint(&consumer, CommitMode::Async, "periodic") {
+                        break Err(e);
+                    }
+                }
+            } else if last_commit.elapsed() >= cfg.commit_every {
+                last_commit = Instant::now();
+                let positions = shared.positions();
+                if let Err(e) = shared.commit(&consumer, &positions, CommitMode::Async) {
+                    log_kafka_error("consumer", &KafkaError::Canceled, &e.to_string());
+                }
+            }
+        };
+        // 5. Graceful end: flush, snapshot, commit — unless an output failed, in which case
+        // nothing past it may be committed.
+        let result = result.and_then(|()| self.release_all(&shared, &effects, &mut scratch));
+        match result {
+            Ok(()) => {
+                final_checkpoint(&shared, &consumer)?;
+                tracing::info!("stopped cleanly after {handled} messages");
+            }
+            Err(e) => {
+                tracing::error!("stopping on error: {e}");
+                let _ = shared.producer.flush(cfg.shutdown_timeout);
+                return Err(e);
+            }
+        }
+        Ok(Summary {
+            consumed: handled,
+            seconds: started.elapsed().as_secs_f64(),
+            restored,
+        })
+    }
+
+    fn handle(
+        &self,
+        s: &Shared,
+        effects: &HashSet<u64>,
+        m: &BorrowedMessage<'_>,
+        scratch: &mut Scratch,
+    ) -> Result<(), StreamError> {
+        let topic = if m.topic() == s.cfg.topics.transactions {
+            0u8
+        } else {
+            1u8
+        };
+        let Some(slot) = s.slot(topic, m.partition()) else {
+            return Err(StreamError::Other(format!(
+                "more than {SLOTS_MAX} source partitions"
+            )));
+        };
+        let offset = m.offset();
+        s.tracker.begin(slot, offset);
+        Stats::bump(&self.stats.consumed);
+        let payload = m.payload().unwrap_or_default();
+        let event = if payload.len() > s.cfg.event_bytes_max {
+            Err(format!(
+                "message is {} bytes, more than the limit of {}; the dead letter keeps the first {}",
+                payload.len(),
+                s.cfg.event_bytes_max,
+                s.cfg.event_bytes_max
+            ))
+        } else {
+            decode(payload).map_err(|e| e.to_string())
+        };
+        match event {
+            Err(reason) => {
+                let keep = &payload[..payload.len().min(s.cfg.event_bytes_max)];
+                let effect = format!("dlq:{}/{}/{offset}", m.topic(), m.partition());
+                let part = m.partition().to_string();
+                let off = offset.to_string();
+                let size = payload.len().to_string();
+                s.send(
+                    effects,
+                    Out::Dlq,
+                    m.key().unwrap_or_default(),
+                    keep,
+                    &effect,
+                    &[
+                        ("error", reason.as_bytes()),
+                        ("source.topic", m.topic().as_bytes()),
+                        ("source.partition", part.as_bytes()),
+                        ("source.offset", off.as_bytes()),
+                        ("source.bytes", size.as_bytes()),
+                    ],
+                    slot,
+                    offset,
+                )?;
+                Stats::bump(&self.stats.dead_lettered);
+                tracing::debug!(
+                    "dead-lettered {}/{}/{offset}: {reason}",
+                    m.topic(),
+                    m.partition()
+                );
+            }
+            Ok(event) => {
+                let p = m.partition();
+                let item = Item {
+                    slot,
+                    offset,
+                    ts: event.ts_ms(),
+                    event,
+                    since: Instant::now(),
+                };
+                let side = if topic == 0 {
+                    align::TX
+                } else {
+                    align::ACCOUNT
+                };
+                let over = {
+                    let mut al = lock(&s.align);
+                    al.push(side, p, item);
+                    al.total() > ALIGN_WAITING_MAX
+                };
+                if over {
+                    Stats::bump(&self.stats.unaligned);
+                    self.step(s, effects, scratch, p, true)?;
+                }
+                return self.step(s, effects, scratch, p, false);
+            }
+        }
+        s.tracker.ack(slot, offset);
+        Ok(())
+    }
+
+    /// Applies the events of partition `p` whose turn it is (with `force`, one more first).
+    fn step(
+        &self,
+        s: &Shared,
+        effects: &HashSet<u64>,
+        scratch: &mut Scratch,
+        p: i32,
+        mut force: bool,
+    ) -> Result<(), StreamError> {
+        loop {
+            let next = lock(&s.align).next(p, force);
+            force = false;
+            let Some(item) = next else {
+                return Ok(());
+            };
+            match &item.event {
+                Event::Tx(tx) => self.decided(s, effects, tx, scratch, item.slot, item.offset)?,
+                Event::Account(a) => {
+                    self.engine.observe(a);
+                    Stats::bump(&self.stats.account_events);
+                }
+            }
+            s.tracker.ack(item.slot, item.offset);
+        }
+    }
+
+    /// Lets events go whose other side has nothing more to give (read to its end, or not
+    /// read by this consumer), and any that waited longer than [`ALIGN_WAIT_MAX`].
+    fn check_alignment(
+        &self,
+        s: &Shared,
+        consumer: &BaseConsumer<Rebalancer>,
+        effects: &HashSet<u64>,
+        scratch: &mut Scratch,
+    ) -> Result<(), StreamError> {
+        let waiting = lock(&s.align).waiting();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let position = consumer.position()?;
+        let inputs = s.cfg.topics.inputs();
+        for (p, empty, oldest) in waiting {
+            for side in [align::TX, align::ACCOUNT] {
+                if !empty[side] {
+                    continue;
+                }
+                let topic = inputs[side];
+                let at_end = match position.find_partition(topic, p) {
+                    None => true,
+                    Some(e) => {
+                        let pos = match e.offset() {
+                            Offset::Offset(n) => Some(n),
+                            _ => None,
+                        };
+                        // Behind the last known end: certainly not at the end, no need to ask.
+                        let known = lock(&s.highs).get(&(side, p)).copied();
+                        if let (Some(n), Some((h, at))) = (pos, known)
+                            && n < h
+                            && at.elapsed() < Duration::from_secs(5)
+                        {
+                            false
+                        } else {
+                            match consumer.fetch_watermarks(topic, p, Duration::from_millis(500)) {
+                                Ok((low, high)) => {
+                                    lock(&s.highs).insert((side, p), (high, Instant::now()));
+                                    pos.map_or(low == high, |n| n >= high)
+                                }
+                                Err(err) => {
+                                    tracing::debug!("{topic}/{p}: cannot read watermarks: {err}");
+                                    false
+                                }
+                            }
+                        }
+                    }
+                };
+                if at_end {
+                    lock(&s.align).at_end(side, p);
+                }
+            }
+            let late = oldest.elapsed() > ALIGN_WAIT_MAX;
+            if late {
+                Stats::bump(&self.stats.unaligned);
+            }
+            self.step(s, effects, scratch, p, late)?;
+        }
+        Ok(())
+    }
+
+    /// Applies every waiting event (the pipeline is stopping).
+    fn release_all(
+        &self,
+        s: &Shared,
+        effects: &HashSet<u64>,
+        scratch: &mut Scratch,
+    ) -> Result<(), StreamError> {
+        let partitions = lock(&s.align).partitions();
+        for p in partitions {
+            while lock(&s.align).total() > 0 {
+                let before = lock(&s.align).total();
+                self.step(s, effects, scratch, p, true)?;
+                if lock(&s.align).total() == before {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn decided(
+        &self,
+        s: &Shared,
+        effects: &HashSet<u64>,
+        tx: &Transaction,
+        scratch: &mut Scratch,
+        slot: u16,
+        offset: i64,
+    ) -> Result<(), StreamError> {
+        let d = self.engine.decide_into(tx, scratch);
+        Stats::bump(&self.stats.decided);
+        Stats::bump(&self.stats.actions[action_index(d.action)]);
+        let json = d.to_json();
+        s.send(
+            effects,
+            Out::Decisions,
+            tx.tx_id.as_bytes(),
+            json.as_bytes(),
+            &format!("decision:{}", tx.tx_id),
+            &[],
+            slot,
+            offset,
+        )?;
+        // A redelivered or retried transaction decides again but acts only once; an account
+        // whose freeze was already requested is not frozen, or told about blocks, again.
+        let freeze = d.freeze && !d.already_frozen;
+        let notice = d
+            .notify
+            .as_deref()
+            .filter(|&n| !(d.already_frozen && n == "blocked_transfer"));
+        if d.duplicate || (!freeze && notice.is_none()) {
+            if d.already_frozen && (d.freeze || d.notify.is_some()) && !d.duplicate {
+                Stats::bump(&self.stats.repeats_skipped);
+            }
+            return Ok(());
+        }
+        let locale = self.engine.account_locale(&tx.account_id);
+        let lang = notify::Lang::for_locale(locale.as_deref());
+        let mut notes: Vec<&str> = Vec::with_capacity(2);
+        if let Some(n) = notice {
+            notes.push(n);
+        }
+        if freeze {
+            let active = self.engine.active();
+            let rules: Vec<&vigil_rules::program::RuleMeta> = d
+                .acting()
+                .filter_map(|r| {
+                    active
+                        .pack
+                        .program
+                        .rules
+                        .iter()
+                        .map(|x| &x.meta)
+                        .find(|m| m.id == r.rule && m.freeze)
+                })
+                .collect();
+            let first = rules.first();
+            let req = FreezeRequest {
+                account_id: &tx.account_id,
+                tx_id: &tx.tx_id,
+                rule: first.map_or("", |m| m.id.as_str()),
+                reason: first.map_or("", |m| m.description.as_str()),
+                rules: rules.iter().map(|m| m.id.as_str()).collect(),
+                ts: format_ts(tx.ts_ms),
+                requested_at: format_ts(now_ms()),
+                rules_version: &d.rules_version,
+            };
+            let body = serde_json::to_vec(&req).map_err(|e| StreamError::Other(e.to_string()))?;
+            if s.send(
+                effects,
+                Out::Freezes,
+                tx.account_id.as_bytes(),
+                &body,
+                &format!("freeze:{}", tx.tx_id),
+                &[],
+                slot,
+                offset,
+            )? {
+                Stats::bump(&self.stats.freezes);
+            }
+            notes.push("account_frozen");
+        }
+        for kind in notes {
+            let Some(text) = notify::text(kind, lang, tx) else {
+                continue;
+            };
+            let n = Notification {
+                kind,
+                account_id: &tx.account_id,
+                tx_id: &tx.tx_id,
+                locale: lang.tag(),
+                text,
+                ts: format_ts(tx.ts_ms),
+            };
+            let body = serde_json::to_vec(&n).map_err(|e| StreamError::Other(e.to_string()))?;
+            if s.send(
+                effects,
+                Out::Notifications,
+                tx.account_id.as_bytes(),
+                &body,
+                &format!("notification:{kind}:{}", tx.tx_id),
+                &[],
+                slot,
+                offset,
+            )? {
+                Stats::bump(&self.stats.notifications);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,288 @@
+//! Which source offsets may be committed: a partition's offset advances only over messages
+//! whose every output the broker has acknowledged, in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+
+use super::Stats;
+
+/// Bits of a delivery opaque: source offset (44), partition slot (16), output topic (4).
+const OFFSET_BITS: u32 = 44;
+const SLOT_BITS: u32 = 16;
+/// Most source partitions one process tracks.
+pub const SLOTS_MAX: usize = 1 << SLOT_BITS;
+
+/// Packs (output topic, source slot, source offset) into a delivery opaque.
+pub fn opaque(out: u8, slot: u16, offset: i64) -> usize {
+    let off = (offset as u64) & ((1 << OFFSET_BITS) - 1);
+    ((u64::from(out) << (OFFSET_BITS + SLOT_BITS)) | (u64::from(slot) << OFFSET_BITS) | off)
+        as usize
+}
+
+fn unpack(o: usize) -> (u8, u16, i64) {
+    let o = o as u64;
+    (
+        (o >> (OFFSET_BITS + SLOT_BITS)) as u8,
+        ((o >> OFFSET_BITS) & ((1 << SLOT_BITS) - 1)) as u16,
+        (o & ((1 << OFFSET_BITS) - 1)) as i64,
+    )
+}
+
+#[derive(Debug, Default)]
+struct Part {
+    /// Offsets begun and not yet complete, with the outputs still awaited (+1 while begun).
+    pending: VecDeque<(i64, u32)>,
+    /// One past the last offset begun.
+    next: i64,
+    /// Every offset below this is complete.
+    done: i64,
+}
+
+/// Offsets in flight per source partition, and the output topics' end offsets.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    parts: Mutex<Vec<Part>>,
+    /// (output topic, partition) → one past the last acknowledged offset.
+    out_ends: Mutex<HashMap<(u8, i32), i64>>,
+    failed: Mutex<Option<String>>,
+    /// Outputs produced whose delivery report has not been handled yet.
+    unreported: AtomicI64,
+}
+
+impl Tracker {
+    /// Starts a message: its outputs are added with [`Tracker::add`], then [`Tracker::ack`] it
+    /// once for the begin itself.
+    pub fn begin(&self, slot: u16, offset: i64) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let i = usize::from(slot);
+        if parts.len() <= i {
+            parts.resize_with(i + 1, Part::default);
+        }
+        let p = &mut parts[i];
+        if p.pending.is_empty() && p.next <= p.done {
+            p.done = offset;
+        }
+        p.pending.push_back((offset, 1));
+        p.next = offset + 1;
+    }
+
+    /// One more output awaited for the message at `offset` (begun, not yet finished).
+    pub fn add(&self, slot: u16, offset: i64) {
+        self.unreported.fetch_add(1, Ordering::SeqCst);
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = parts.get_mut(usize::from(slot)) else {
+            return;
+        };
+        let i = p.pending.partition_point(|(o, _)| *o < offset);
+        if let Some((o, n)) = p.pending.get_mut(i)
+            && *o == offset
+        {
+            *n += 1;
+        }
+    }
+
+    /// One output of `offset` acknowledged (or the begin finished).
+    pub fn ack(&self, slot: u16, offset: i64) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = parts.get_mut(usize::from(slot)) else {
+            return;
+        };
+        let i = p.pending.partition_point(|(o, _)| *o < offset);
+        if let Some((o, n)) = p.pending.get_mut(i)
+            && *o == offset
+        {
+            *n = n.saturating_sub(1);
+        }
+        while let Some(&(o, 0)) = p.pending.front() {
+            p.pending.pop_front();
+            p.done = o + 1;
+        }
+        if p.pending.is_empty() {
+            p.done = p.next;
+        }
+    }
+
+    /// The committable offset of `slot`: every message below it is complete.
+    pub fn done(&self, slot: u16) -> Option<i64> {
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts
+            .get(usize::from(slot))
+            .filter(|p| p.next > 0)
+            .map(|p| p.done)
+    }
+
+    /// Whether `slot` has messages whose outputs are not all acknowledged.
+    #[cfg(test)]
+    pub fn in_flight(&self, slot: u16) -> bool {
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts
+            .get(usize::from(slot))
+            .is_some_and(|p| !p.pending.is_empty())
+    }
+
+    /// Forgets a slot (its partition was revoked).
+    pub fn reset(&self, slot: u16) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = parts.get_mut(usize::from(slot)) {
+            *p = Part::default();
+        }
+    }
+
+    /// End offsets acknowledged so far per (output topic index, partition).
+    pub fn out_ends(&self) -> HashMap<(u8, i32), i64> {
+        self.out_ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until every output's delivery report has been handled (the producer's flush
+    /// returns once reports are queued, not once they are handled); false on timeout.
+    pub fn settle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.unreported.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
+    }
+
+    /// The first delivery failure, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The producer's context: routes acknowledgements to the tracker.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub tracker: Arc<Tracker>,
+    pub stats: Arc<Stats>,
+}
+
+impl ClientContext for Delivery {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        super::pipeline::log_kafka("producer", level, fac, message);
+    }
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::pipeline::log_kafka_error("producer", &error, reason);
+    }
+}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (out, slot, offset) = unpack(opaque);
+        // Counted as handled once the tracker has it (below), whatever the outcome.
+        struct Reported<'a>(&'a AtomicI64);
+        impl Drop for Reported<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _reported = Reported(&self.tracker.unreported);
+        match result {
+            Ok(m) => {
+                self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut ends = self
+                        .tracker
+                        .out_ends
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let e = ends.entry((out, m.partition())).or_insert(0);
+                    *e = (*e).max(m.offset() + 1);
+                }
+                self.tracker.ack(slot, offset);
+            }
+            Err((e, m)) => {
+                let msg = format!(
+                    "output to topic '{}' for source offset {offset} was not delivered: {e}",
+                    m.topic()
+                );
+                tracing::error!("{msg}");
+                let mut f = self
+                    .tracker
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                f.get_or_insert(msg);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_of_a_message_held_back_count_against_it() {
+        // 5 waits for alignment while 6 and 7 are read; then 5 is decided and produces.
+        let t = Tracker::default();
+        for o in 5..8 {
+            t.begin(1, o);
+        }
+        t.ack(1, 6);
+        t.ack(1, 7);
+        t.add(1, 5);
+        t.ack(1, 5);
+        assert_eq!(t.done(1), Some(5), "5's output is not acknowledged");
+        t.ack(1, 5);
+        assert_eq!(t.done(1), Some(8));
+    }
+
+    #[test]
+    fn opaque_round_trips() {
+        for (o, s, off) in [
+            (0u8, 0u16, 0i64),
+            (3, 65535, (1 << 44) - 1),
+            (2, 7, 123_456),
+        ] {
+            assert_eq!(unpack(opaque(o, s, off)), (o, s, off));
+        }
+    }
+
+    #[test]
+    fn commits_only_a_fully_acknowledged_prefix() {
+        let t = Tracker::default();
+        assert_eq!(t.done(0), None);
+        // offset 10: two outputs; 11: none; 12: one.
+        t.begin(0, 10);
+        t.add(0, 10);
+        t.add(0, 10);
+        t.ack(0, 10);
+        t.begin(0, 11);
+        t.ack(0, 11);
+        t.begin(0, 12);
+        t.add(0, 12);
+        t.ack(0, 12);
+        assert_eq!(t.done(0), Some(10), "nothing acknowledged yet");
+        t.ack(0, 12); // 12's output first: out of order
+        assert_eq!(t.done(0), Some(10));
+        t.ack(0, 10);
+        assert_eq!(t.done(0), Some(10), "10 still awaits one output");
+        t.ack(0, 10);
+        assert_eq!(t.done(0), Some(13));
+        assert!(!t.in_flight(0));
+        // Gaps in offsets (compaction, transaction markers) are fine.
+        t.begin(0, 20);
+        t.ack(0, 20);
+        assert_eq!(t.done(0), Some(21));
+        t.reset(0);
+        assert_eq!(t.done(0), None);
+    }
+}
