@@ -11,6 +11,9 @@ use vigil_engine::packs::{self, LoadError};
 use vigil_engine::{Engine, EngineConfig, replay, traffic};
 use vigil_rules::PackOptions;
 
+mod config;
+mod serve;
+
 /// jemalloc, built to back large allocations with transparent huge pages (see
 /// `.cargo/config.toml`): at millions of accounts it takes decide()'s p99 from ~20 µs to ~7 µs
 /// (BENCHMARKS.md).
@@ -41,6 +44,11 @@ enum Command {
     Replay(ReplayArgs),
     /// Generate realistic labeled traffic.
     Gen(GenArgs),
+    /// Decide a Kafka stream: transactions and account events in; decisions, freeze requests,
+    /// notifications and dead letters out. Without --brokers, on an embedded in-memory broker.
+    Serve(serve::ServeArgs),
+    /// Publish recorded traffic to the input topics.
+    Produce(serve::ProduceArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -337,6 +345,8 @@ fn main() -> ExitCode {
         Command::Rules(RulesCommand::Test(a)) => Ok(rules_test(a)),
         Command::Replay(a) => replay_cmd(a),
         Command::Gen(a) => gen_cmd(a),
+        Command::Serve(a) => serve::serve_cmd(a),
+        Command::Produce(a) => serve::produce_cmd(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,265 @@
+//! `vigil serve` / `vigil produce` settings: a TOML file, then `VIGIL_*` environment variables,
+//! then command-line flags, each overriding the one before.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use vigil_engine::stream::{StreamConfig, Topics};
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `host:port[,host:port…]`; absent: the embedded broker.
+    pub brokers: Option<String>,
+    pub group_id: Option<String>,
+    pub rules: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    /// e.g. "30s".
+    pub snapshot_every: Option<String>,
+    /// Partitions of topics Vigil creates.
+    pub partitions: Option<i32>,
+    #[serde(default)]
+    pub topics: TopicNames,
+    /// librdkafka properties, e.g. `"security.protocol" = "SASL_SSL"`.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicNames {
+    pub transactions: Option<String>,
+    pub account_events: Option<String>,
+    pub decisions: Option<String>,
+    pub freezes: Option<String>,
+    pub notifications: Option<String>,
+    pub dlq: Option<String>,
+}
+
+/// Everything resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub stream: StreamConfig,
+    /// Whether brokers were given (else: embedded).
+    pub external: bool,
+    pub rules: PathBuf,
+    pub partitions: i32,
+}
+
+/// Flags that override the file and the environment.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub brokers: Option<String>,
+    pub group_id: Option<String>,
+    pub rules: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub partitions: Option<i32>,
+}
+
+fn duration(s: &str, what: &str) -> Result<Duration> {
+    let ms = vigil_rules::num::parse_duration(s)
+        .with_context(|| format!("{what}: '{s}' is not a duration such as 30s or 5m"))?;
+    Ok(Duration::from_millis(ms.max(0) as u64))
+}
+
+/// Reads `path` (if given), the environment (`env` yields `VIGIL_*` pairs) and the flags.
+pub fn resolve(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: Overrides,
+    default_rules: &str,
+) -> Result<Settings> {
+    let mut file = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config {}", p.display()))?;
+            toml::from_str::<FileConfig>(&text).map_err(|e| {
+                let span = e.span().map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    let col = s.start - text[..s.start].rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("{line}:{col}: ")
+                });
+                anyhow::anyhow!(
+                    "{}:{}{}",
+                    p.display(),
+                    span.unwrap_or_default(),
+                    e.message()
+                )
+            })?
+        }
+        None => FileConfig::default(),
+    };
+    for (k, v) in env {
+        let Some(name) = k.strip_prefix("VIGIL_") else {
+            continue;
+        };
+        match name {
+            "BROKERS" => file.brokers = Some(v),
+            "GROUP_ID" => file.group_id = Some(v),
+            "RULES" => file.rules = Some(v.into()),
+            "STATE_DIR" => file.state_dir = Some(v.into()),
+            "SNAPSHOT_EVERY" => file.snapshot_every = Some(v),
+            "PARTITIONS" => {
+                file.partitions = Some(
+                    v.parse()
+                        .with_context(|| format!("VIGIL_PARTITIONS: '{v}' is not a number"))?,
+                )
+            }
+            "TOPIC_TRANSACTIONS" => file.topics.transactions = Some(v),
+            "TOPIC_ACCOUNT_EVENTS" => file.topics.account_events = Some(v),
+            "TOPIC_DECISIONS" => file.topics.decisions = Some(v),
+            "TOPIC_FREEZES" => file.topics.freezes = Some(v),
+            "TOPIC_NOTIFICATIONS" => file.topics.notifications = Some(v),
+            "TOPIC_DLQ" => file.topics.dlq = Some(v),
+            n if n.starts_with("KAFKA_") => {
+                // VIGIL_KAFKA_SECURITY_PROTOCOL=SASL_SSL → security.protocol
+                let prop = n["KAFKA_".len()..].to_ascii_lowercase().replace('_', ".");
+                file.kafka.insert(prop, v);
+            }
+            _ => {}
+        }
+    }
+    if let Some(b) = flags.brokers {
+        file.brokers = Some(b);
+    }
+    if let Some(g) = flags.group_id {
+        file.group_id = Some(g);
+    }
+    if let Some(r) = flags.rules {
+        file.rules = Some(r);
+    }
+    if let Some(d) = flags.state_dir {
+        file.state_dir = Some(d);
+    }
+    if let Some(p) = flags.partitions {
+        file.partitions = Some(p);
+    }
+    let partitions = file.partitions.unwrap_or(6);
+    if !(1..=1024).contains(&partitions) {
+        bail!("partitions must be between 1 and 1024, not {partitions}");
+    }
+    let d = Topics::default();
+    let t = file.topics;
+    let topics = Topics {
+        transactions: t.transactions.unwrap_or(d.transactions),
+        account_events: t.account_events.unwrap_or(d.account_events),
+        decisions: t.decisions.unwrap_or(d.decisions),
+        freezes: t.freezes.unwrap_or(d.freezes),
+        notifications: t.notifications.unwrap_or(d.notifications),
+        dlq: t.dlq.unwrap_or(d.dlq),
+    };
+    let mut names: Vec<&str> = topics.all();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        bail!("topic '{}' is configured for two purposes", w[0]);
+    }
+    if let Some(b) = file.brokers.as_deref()
+        && b.trim().is_empty()
+    {
+        bail!("brokers is empty; leave it out to use the embedded broker");
+    }
+    let mut stream = StreamConfig {
+        brokers: file.brokers.clone().unwrap_or_default(),
+        group_id: file.group_id.unwrap_or_else(|| "vigil".into()),
+        topics,
+        client: file.kafka,
+        state_dir: file.state_dir,
+        ..StreamConfig::default()
+    };
+    if let Some(s) = file.snapshot_every {
+        stream.snapshot_every = duration(&s, "snapshot_every")?;
+    }
+    Ok(Settings {
+        external: file.brokers.is_some(),
+        stream,
+        rules: file.rules.unwrap_or_else(|| default_rules.into()),
+        partitions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn file_then_env_then_flags() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("vigil-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let p = dir.join("vigil.toml");
+        std::fs::write(
+            &p,
+            "brokers = \"file:9092\"\ngroup_id = \"g-file\"\nsnapshot_every = \"5s\"\n[topics]\ndecisions = \"d-file\"\n[kafka]\n\"security.protocol\" = \"SSL\"\n",
+        )?;
+        let s = resolve(
+            Some(&p),
+            env(&[
+                ("VIGIL_GROUP_ID", "g-env"),
+                ("VIGIL_KAFKA_SASL_MECHANISMS", "PLAIN"),
+                ("VIGIL_TOPIC_DLQ", "dead"),
+                ("HOME", "/x"),
+            ]),
+            Overrides {
+                brokers: Some("flag:9092".into()),
+                ..Overrides::default()
+            },
+            "rules/packs/default",
+        )?;
+        assert_eq!(s.stream.brokers, "flag:9092");
+        assert!(s.external);
+        assert_eq!(s.stream.group_id, "g-env");
+        assert_eq!(s.stream.topics.decisions, "d-file");
+        assert_eq!(s.stream.topics.dlq, "dead");
+        assert_eq!(s.stream.topics.transactions, "transactions");
+        assert_eq!(s.stream.snapshot_every, Duration::from_secs(5));
+        assert_eq!(
+            s.stream.client.get("security.protocol").map(String::as_str),
+            Some("SSL")
+        );
+        assert_eq!(
+            s.stream.client.get("sasl.mechanisms").map(String::as_str),
+            Some("PLAIN")
+        );
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn bad_settings_are_named() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("vigil-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let p = dir.join("vigil.toml");
+        std::fs::write(&p, "brokers = \"b:1\"\ngroupid = \"x\"\n")?;
+        let e = resolve(Some(&p), vec![], Overrides::default(), "r")
+            .map(|_| ())
+            .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("vigil.toml:2:1: unknown field `groupid`"),
+            "{msg}"
+        );
+        let e = resolve(
+            None,
+            env(&[("VIGIL_TOPIC_DLQ", "decisions")]),
+            Overrides::default(),
+            "r",
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(format!("{e}").contains("'decisions' is configured for two purposes"));
+        let s = resolve(None, vec![], Overrides::default(), "r")?;
+        assert!(!s.external, "no brokers: embedded");
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,385 @@
+//! `vigil serve` and `vigil produce`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use vigil_engine::stream::embedded::Embedded;
+use vigil_engine::stream::produce::produce;
+use vigil_engine::stream::{Pipeline, Stats, StreamConfig, admin_create_topics};
+use vigil_engine::{Engine, EngineConfig, replay};
+
+use crate::config::{self, Overrides, Settings};
+use crate::{DEFAULT_PACK, esay, load_pack, progress_bar, say};
+
+/// The sample the demo feeds.
+const DEMO_FILE: &str = "replay-data/sample.jsonl.gz";
+
+#[derive(Args, Debug)]
+pub struct ConnArgs {
+    /// Kafka brokers (host:port,…). Without them `serve` starts an embedded in-memory broker.
+    /// Env: VIGIL_BROKERS.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// A TOML config file (brokers, group_id, rules, state_dir, [topics], [kafka] client
+    /// properties); VIGIL_* environment variables override it, flags override both.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Partitions for the topics Vigil creates.
+    #[arg(long)]
+    partitions: Option<i32>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The rule pack directory. Env: VIGIL_RULES.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Consumer group. Env: VIGIL_GROUP_ID.
+    #[arg(long)]
+    group_id: Option<String>,
+    /// Keep state snapshots (and the offsets they cover) here, so a restart resumes exactly.
+    /// Env: VIGIL_STATE_DIR.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Demo on the embedded broker: feed the shipped sample, show decisions, freezes and
+    /// notifications as they flow, then stop.
+    #[arg(long, conflicts_with = "brokers")]
+    demo: bool,
+    /// The file the demo feeds.
+    #[arg(long, default_value = DEMO_FILE, requires = "demo")]
+    demo_file: PathBuf,
+    /// Events per second the demo feeds (0: as fast as possible).
+    #[arg(long, default_value_t = 20_000, requires = "demo")]
+    demo_rate: u64,
+    /// Stop after this many input messages (tests, benchmarks).
+    #[arg(long, hide = true)]
+    max_messages: Option<u64>,
+    /// Stop after this long without a message, e.g. 10s (tests, benchmarks).
+    #[arg(long, hide = true)]
+    idle_exit: Option<String>,
+    /// Log level: error, warn, info, debug.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ProduceArgs {
+    /// Recorded traffic (.jsonl or .jsonl.gz): transactions go to the transactions topic,
+    /// account events to account-events, keyed by account id.
+    file: PathBuf,
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Messages per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn init_logging(level: &str) -> Result<()> {
+    let level: tracing::Level = level
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--log-level: '{level}' is not error, warn, info or debug"))?;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    Ok(())
+}
+
+fn settings(conn: &ConnArgs, extra: Overrides) -> Result<Settings> {
+    config::resolve(
+        conn.config.as_deref(),
+        std::env::vars(),
+        Overrides {
+            brokers: conn.brokers.clone(),
+            partitions: conn.partitions,
+            ..extra
+        },
+        DEFAULT_PACK,
+    )
+}
+
+/// SIGINT/SIGTERM stop gracefully; a second one stops at once.
+fn on_signals(stop: Arc<AtomicBool>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if stop.swap(true, Ordering::SeqCst) {
+                    esay("second signal: stopping now, without a final snapshot or commit");
+                    std::process::exit(130);
+                }
+                tracing::info!(
+                    "signal {sig}: stopping gracefully (flush, snapshot, commit); again to force"
+                );
+            }
+        })?;
+    Ok(())
+}
+
+pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
+    init_logging(&a.log_level)?;
+    let s = settings(
+        &a.conn,
+        Overrides {
+            group_id: a.group_id.clone(),
+            rules: a.rules.clone(),
+            state_dir: a.state_dir.clone(),
+            ..Overrides::default()
+        },
+    )?;
+    if a.demo && s.external {
+        bail!("--demo runs on the embedded broker; remove the brokers setting (VIGIL_BROKERS?)");
+    }
+    let pack = match load_pack(&s.rules, vigil_engine::state::window::DAY_TIER_MS_MAX) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    tracing::info!("rules: {} from {}", pack.summary(), s.rules.display());
+    let engine = Arc::new(Engine::new(pack, EngineConfig::default()));
+    let mut cfg: StreamConfig = s.stream.clone();
+    cfg.max_messages = a.max_messages;
+    if let Some(d) = &a.idle_exit {
+        let ms = vigil_rules::num::parse_duration(d)
+            .with_context(|| format!("--idle-exit: '{d}' is not a duration"))?;
+        cfg.idle_exit = Some(Duration::from_millis(ms.max(0) as u64));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    on_signals(stop.clone())?;
+
+    let _embedded = if s.external {
+        admin_create_topics(&cfg, s.partitions, Duration::from_secs(300), &stop)?;
+        None
+    } else {
+        let e = Embedded::start(1, &cfg.topics, s.partitions)?;
+        cfg.brokers = e.bootstrap().to_string();
+        // The mock broker holds partitions of a vanished consumer until its session ends.
+        cfg.session_timeout = Duration::from_secs(6);
+        tracing::warn!(
+            "embedded Kafka broker at {} — IN MEMORY: topics and offsets are lost when vigil stops; use --brokers for a real cluster",
+            cfg.brokers
+        );
+        say(format!("bootstrap: {}", cfg.brokers));
+        say(format!(
+            "  watch:   kcat -b {} -C -t {} -f '%k %s\\n'",
+            cfg.brokers, cfg.topics.notifications
+        ));
+        say(format!(
+            "  feed:    vigil produce {DEMO_FILE} --brokers {}",
+            cfg.brokers
+        ));
+        Some(e)
+    };
+
+    let mut feeder = None;
+    let mut watcher = None;
+    if a.demo {
+        let lines = count_lines(&a.demo_file)?;
+        cfg.max_messages = Some(lines);
+        let (c, file, rate, st) = (cfg.clone(), a.demo_file.clone(), a.demo_rate, stop.clone());
+        feeder = Some(std::thread::spawn(move || -> Result<()> {
+            let input =
+                replay::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+            let p = produce(&c, input, Some(rate), &st, |_| {})?;
+            tracing::info!(
+                "demo feed done: {} transactions, {} account events",
+                p.transactions,
+                p.account_events
+            );
+            Ok(())
+        }));
+        let (c, st) = (cfg.clone(), stop.clone());
+        watcher = Some(std::thread::spawn(move || watch(&c, &st)));
+        say(format!(
+            "demo: feeding {lines} events from {} at {}/s",
+            a.demo_file.display(),
+            a.demo_rate
+        ));
+    }
+
+    let pipeline = Pipeline::new(engine.clone(), cfg);
+    let stats = pipeline.stats();
+    let result = pipeline.run();
+    stop.store(true, Ordering::SeqCst);
+    if let Some(f) = feeder
+        && let Ok(Err(e)) = f.join()
+    {
+        esay(format!("demo feed: {e:#}"));
+    }
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    let summary = result?;
+    report(&stats, summary.consumed, summary.seconds);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn count_lines(path: &std::path::Path) -> Result<u64> {
+    use std::io::BufRead;
+    let r = replay::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut n = 0;
+    for line in r.split(b'\n') {
+        if !line?.trim_ascii().is_empty() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn report(stats: &Stats, consumed: u64, seconds: f64) {
+    let g = Stats::get;
+    say(format!(
+        "handled {consumed} messages in {seconds:.1}s ({:.0}/s)",
+        consumed as f64 / seconds.max(1e-9)
+    ));
+    say(format!(
+        "  decided {}: allow {}, review {}, step_up {}, block {}",
+        g(&stats.decided),
+        g(&stats.actions[0]),
+        g(&stats.actions[1]),
+        g(&stats.actions[2]),
+        g(&stats.actions[3])
+    ));
+    say(format!(
+        "  account events {}, dead-lettered {}, freeze requests {}, notifications {}",
+        g(&stats.account_events),
+        g(&stats.dead_lettered),
+        g(&stats.freezes),
+        g(&stats.notifications),
+    ));
+    say(format!(
+        "  not repeated for accounts already frozen {}, not repeated after a restart {}, decided before their account events were confirmed {}",
+        g(&stats.repeats_skipped),
+        g(&stats.effects_suppressed),
+        g(&stats.unaligned)
+    ));
+}
+
+/// Prints freezes, notifications and dead letters as they arrive (the first few of each).
+fn watch(cfg: &StreamConfig, stop: &AtomicBool) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = match vigil_engine::stream::client_config(cfg)
+        .set("group.id", "vigil-demo-watch")
+        .set("enable.auto.commit", "false")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => return esay(format!("demo watch: {e}")),
+    };
+    let topics = [
+        cfg.topics.freezes.as_str(),
+        cfg.topics.notifications.as_str(),
+        cfg.topics.dlq.as_str(),
+    ];
+    // Every partition from the start, without joining a group (no rebalance to wait for).
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in topics {
+        match consumer.fetch_metadata(Some(t), Duration::from_secs(5)) {
+            Ok(md) => {
+                for p in md.topics().iter().flat_map(|t| t.partitions()) {
+                    let _ = tpl.add_partition_offset(t, p.id(), rdkafka::Offset::Beginning);
+                }
+            }
+            Err(e) => return esay(format!("demo watch: {e}")),
+        }
+    }
+    if let Err(e) = consumer.assign(&tpl) {
+        return esay(format!("demo watch: {e}"));
+    }
+    let mut shown = [0u32; 3];
+    const SHOW: u32 = 6;
+    let mut drain_until = None;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            // Show what the pipeline produced last, then stop.
+            let until = *drain_until
+                .get_or_insert_with(|| std::time::Instant::now() + Duration::from_secs(1));
+            if std::time::Instant::now() >= until {
+                break;
+            }
+        }
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let Some(i) = topics.iter().position(|t| *t == m.topic()) else {
+            continue;
+        };
+        shown[i] += 1;
+        if shown[i] > SHOW {
+            if shown[i] == SHOW + 1 {
+                say(format!("[{}] … (more in the summary)", topics[i]));
+            }
+            continue;
+        }
+        let body = String::from_utf8_lossy(m.payload().unwrap_or_default());
+        let line = if i == 2 {
+            let err = m
+                .headers()
+                .and_then(|h| h.iter().find(|x| x.key == "error"))
+                .and_then(|x| x.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            format!("[{}] {err}", topics[i])
+        } else {
+            format!("[{}] {body}", topics[i])
+        };
+        say(line);
+    }
+}
+
+pub fn produce_cmd(a: &ProduceArgs) -> Result<std::process::ExitCode> {
+    init_logging("warn")?;
+    let s = settings(&a.conn, Overrides::default())?;
+    if !s.external {
+        bail!(
+            "no brokers: give --brokers host:port (the address `vigil serve` prints), VIGIL_BROKERS or a config file"
+        );
+    }
+    let input =
+        replay::open(&a.file).with_context(|| format!("cannot open {}", a.file.display()))?;
+    let bar = progress_bar(a.quiet, "producing");
+    let stop = Arc::new(AtomicBool::new(false));
+    on_signals(stop.clone())?;
+    let p = produce(&s.stream, input, Some(a.rate), &stop, |n| {
+        bar.set_position(n)
+    })?;
+    bar.finish_and_clear();
+    say(format!(
+        "produced {} transactions and {} account events to {}; {} acknowledged{}{}",
+        p.transactions,
+        p.account_events,
+        s.stream.brokers,
+        p.acked,
+        if p.failed > 0 {
+            format!(", {} FAILED", p.failed)
+        } else {
+            String::new()
+        },
+        if p.unkeyed > 0 {
+            format!(
+                " ({} lines without an account id went unkeyed: Vigil will dead-letter them)",
+                p.unkeyed
+            )
+        } else {
+            String::new()
+        }
+    ));
+    Ok(if p.failed > 0 {
+        std::process::ExitCode::from(1)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
