@@ -6,3 +6,4 @@
 mod default_pack;
 mod engine;
 mod golden;
+mod kafka;
