@@ -16,6 +16,8 @@ pub struct FileConfig {
     /// `host:port[,host:port…]`; absent: the embedded broker.
     pub brokers: Option<String>,
     pub group_id: Option<String>,
+    /// Static group membership (`group.instance.id`): a stable name per process.
+    pub instance_id: Option<String>,
     pub rules: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     /// e.g. "30s".
@@ -55,6 +57,7 @@ pub struct Settings {
 pub struct Overrides {
     pub brokers: Option<String>,
     pub group_id: Option<String>,
+    pub instance_id: Option<String>,
     pub rules: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub partitions: Option<i32>,
@@ -100,6 +103,7 @@ pub fn resolve(
         match name {
             "BROKERS" => file.brokers = Some(v),
             "GROUP_ID" => file.group_id = Some(v),
+            "INSTANCE_ID" => file.instance_id = Some(v),
             "RULES" => file.rules = Some(v.into()),
             "STATE_DIR" => file.state_dir = Some(v.into()),
             "SNAPSHOT_EVERY" => file.snapshot_every = Some(v),
@@ -128,6 +132,9 @@ pub fn resolve(
     }
     if let Some(g) = flags.group_id {
         file.group_id = Some(g);
+    }
+    if let Some(i) = flags.instance_id {
+        file.instance_id = Some(i);
     }
     if let Some(r) = flags.rules {
         file.rules = Some(r);
@@ -167,6 +174,7 @@ pub fn resolve(
         group_id: file.group_id.unwrap_or_else(|| "vigil".into()),
         topics,
         client: file.kafka,
+        instance_id: file.instance_id.filter(|i| !i.trim().is_empty()),
         state_dir: file.state_dir,
         ..StreamConfig::default()
     };

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Consumer group. Env: VIGIL_GROUP_ID.
     #[arg(long)]
     group_id: Option<String>,
+    /// A stable name for this process in the group (static membership), e.g. the host or
+    /// pod name: a restart takes its partitions back at once. Env: VIGIL_INSTANCE_ID.
+    #[arg(long)]
+    instance_id: Option<String>,
     /// Keep state snapshots (and the offsets they cover) here, so a restart resumes exactly.
     /// Env: VIGIL_STATE_DIR.
     #[arg(long)]
@@ -135,6 +139,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
         &a.conn,
         Overrides {
             group_id: a.group_id.clone(),
+            instance_id: a.instance_id.clone(),
             rules: a.rules.clone(),
             state_dir: a.state_dir.clone(),
             ..Overrides::default()

@@ -133,6 +133,14 @@ impl Decision {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
+    /// Appends [`Decision::to_json`]'s line to `out` (a buffer reused across decisions).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        if let Err(e) = serde_json::to_writer(&mut *out, self) {
+            out.truncate(start);
+            out.extend_from_slice(format!("{{\"error\":\"{e}\"}}").as_bytes());
+        }
+    }
     /// The fired rules that act (not shadow).
     pub fn acting(&self) -> impl Iterator<Item = &Reason> {
         self.reasons.iter().filter(|r| !r.shadow)

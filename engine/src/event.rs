@@ -347,7 +347,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, EventError> {
         });
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let raw: RawEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    // Fast path without path tracking; a bad event is parsed again with it, for the message.
+    let raw = match RawEvent::deserialize(&mut de).and_then(|raw| de.end().map(|()| raw)) {
+        Ok(raw) => raw,
+        Err(_) => decode_tracked(bytes)?,
+    };
+    validate(raw)
+}
+
+/// Parses [`RawEvent`] tracking the path, so an error names the field that failed.
+#[cold]
+fn decode_tracked(bytes: &[u8]) -> Result<RawEvent<'_>, EventError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -373,7 +385,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, EventError> {
         field: None,
         message: format!("invalid JSON: {e}"),
     })?;
-    validate(raw)
+    Ok(raw)
 }
 
 /// Decodes an event given as a JSON value (used by rule tests).
@@ -423,6 +435,33 @@ pub fn parse_ts(s: &str) -> Result<i64, EventError> {
 
 /// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.
 pub fn format_ts(ms: i64) -> String {
+    // Fast path for 1970-01-01 up to the end of year 9999 (every decision formats one): the
+    // same text as below, without the formatting machinery.
+    if (0..253_402_300_800_000).contains(&ms) {
+        let (days, in_day) = (ms / 86_400_000, ms % 86_400_000);
+        let (y, mo, d) = civil_from_days(days);
+        let digits = |out: &mut String, v: i64, width: u32| {
+            for i in (0..width).rev() {
+                out.push(char::from(b'0' + ((v / 10i64.pow(i)) % 10) as u8));
+            }
+        };
+        let mut out = String::with_capacity(24);
+        digits(&mut out, y, 4);
+        out.push('-');
+        digits(&mut out, mo, 2);
+        out.push('-');
+        digits(&mut out, d, 2);
+        out.push('T');
+        digits(&mut out, in_day / 3_600_000, 2);
+        out.push(':');
+        digits(&mut out, in_day / 60_000 % 60, 2);
+        out.push(':');
+        digits(&mut out, in_day / 1000 % 60, 2);
+        out.push('.');
+        digits(&mut out, in_day % 1000, 3);
+        out.push('Z');
+        return out;
+    }
     match OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
         Ok(t) => {
             let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
@@ -436,6 +475,20 @@ pub fn format_ts(ms: i64) -> String {
         }
         Err(_) => ms.to_string(),
     }
+}
+
+/// (year, month, day) of a day count since 1970-01-01, for days ≥ 0 (H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn geo(raw: Option<RawGeo<'_>>) -> Result<Option<Geo>, EventError> {
@@ -621,6 +674,46 @@ mod tests {
 
     fn err_of(json: &str) -> String {
         decode(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn format_ts_fast_path_matches_the_calendar() {
+        let slow = |ms: i64| {
+            let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .unwrap_or_else(|e| panic!("{e}"));
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
+        };
+        let end = 253_402_300_800_000i64;
+        let mut ms = 0i64;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for i in 0..200_000 {
+            let v = match i % 4 {
+                0 => ms,
+                1 => end - 1 - ms,
+                _ => {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % end as u64) as i64
+                }
+            };
+            assert_eq!(format_ts(v), slow(v), "{v}");
+            ms += 86_399_999 / 7;
+        }
+        for v in [0, 951_782_400_000, 4_107_542_400_000, end - 1] {
+            assert_eq!(format_ts(v), slow(v), "{v}");
+        }
+        assert_eq!(format_ts(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(format_ts(end), end.to_string(), "past the calendar's range");
     }
 
     #[test]

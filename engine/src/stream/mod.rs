@@ -114,8 +114,12 @@ pub struct StreamConfig {
     pub session_timeout: Duration,
     /// Stop once this many input messages have been handled (demos, benchmarks, tests).
     pub max_messages: Option<u64>,
-    /// Stop after being idle (no message) this long (demos, benchmarks, tests).
+    /// Stop after being idle (no message) this long once partitions are assigned (demos,
+    /// benchmarks, tests).
     pub idle_exit: Option<Duration>,
+    /// Static group membership (`group.instance.id`), one stable name per process: a restart
+    /// gets its partitions (and its snapshot's state) back at once, without a rebalance.
+    pub instance_id: Option<String>,
 }
 
 impl Default for StreamConfig {
@@ -133,6 +137,7 @@ impl Default for StreamConfig {
             session_timeout: Duration::from_secs(10),
             max_messages: None,
             idle_exit: None,
+            instance_id: None,
         }
     }
 }

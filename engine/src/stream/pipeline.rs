@@ -108,8 +108,16 @@ pub fn admin_create_topics(
 ) -> Result<(), StreamError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
     let topics = cfg.topics.all();
+    // Topics that exist are left alone, and a broker without the admin API (such as another
+    // Vigil's embedded one) is fine when they all do.
+    if let Ok(missing) = missing_topics(cfg, &topics)
+        && missing.is_empty()
+    {
+        tracing::info!("topics exist: {}", topics.join(", "));
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
@@ -155,9 +163,29 @@ pub fn admin_create_topics(
     }
 }
 
+/// Which of `topics` the cluster does not have.
+fn missing_topics<'a>(cfg: &StreamConfig, topics: &[&'a str]) -> Result<Vec<&'a str>, StreamError> {
+    let c: BaseConsumer = client_config(cfg).create()?;
+    let md = c.fetch_metadata(None, Duration::from_secs(5))?;
+    let have: HashSet<&str> = md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.name())
+        .collect();
+    Ok(topics
+        .iter()
+        .copied()
+        .filter(|t| !have.contains(t))
+        .collect())
+}
+
 fn effect_hash(effect: &str) -> u64 {
     key_hash(20, effect)
 }
+
+/// How long the read-back goes on without a record once past the reported ends.
+const READ_BACK_QUIET: Duration = Duration::from_millis(500);
 
 /// Offsets by (output or input topic index, partition).
 pub type Positions = HashMap<(u8, i32), i64>;
@@ -178,6 +206,7 @@ pub fn read_effects(
     let mut tpl = TopicPartitionList::new();
     let mut want: HashMap<(String, i32), i64> = HashMap::new();
     let mut ends = HashMap::new();
+    let mut records = 0i64;
     for (i, topic) in outputs.iter().enumerate() {
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
         for t in md.topics() {
@@ -185,20 +214,21 @@ pub fn read_effects(
                 let (low, high) =
                     consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
                 let key = (i as u8, p.id());
-                let start = bases.get(&key).copied().unwrap_or(low).clamp(low, high);
+                let start = bases.get(&key).copied().unwrap_or(low).max(low);
                 ends.insert(key, high);
+                // Every partition, even one that looks read: the reported end may be short.
+                tpl.add_partition_offset(topic, p.id(), Offset::Offset(start))?;
                 if start < high {
-                    tpl.add_partition_offset(topic, p.id(), Offset::Offset(start))?;
                     want.insert(((*topic).to_string(), p.id()), high);
+                    records += high - start;
                 }
             }
         }
     }
     let mut effects = HashSet::new();
-    if want.is_empty() {
+    if tpl.count() == 0 {
         return Ok((effects, ends));
     }
-    let records: i64 = want.values().sum::<i64>();
     tracing::info!(
         "reading back {} output partition(s) written since the snapshot, so no effect repeats",
         want.len()
@@ -206,10 +236,14 @@ pub fn read_effects(
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
     let mut read = 0u64;
-    while !want.is_empty() && Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
+    // Past the reported ends, read on until quiet: some brokers (tansu's memory storage)
+    // report a high watermark short of the last batch.
+    let mut last = Instant::now();
+    while (!want.is_empty() || last.elapsed() < READ_BACK_QUIET) && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 read += 1;
+                last = Instant::now();
                 if let Some(h) = m.headers() {
                     for hd in h.iter() {
                         if hd.key == EFFECT_HEADER
@@ -218,6 +252,10 @@ pub fn read_effects(
                             effects.insert(effect_hash(v));
                         }
                     }
+                }
+                if let Some(i) = outputs.iter().position(|t| *t == m.topic()) {
+                    let end = ends.entry((i as u8, m.partition())).or_insert(0);
+                    *end = (*end).max(m.offset() + 1);
                 }
                 let key = (m.topic().to_string(), m.partition());
                 if want.get(&key).is_some_and(|&h| m.offset() + 1 >= h) {
@@ -239,6 +277,9 @@ pub fn read_effects(
     Ok((effects, ends))
 }
 
+/// The consumer's `fetch.queue.backoff.ms` (see where it is set).
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
 /// Most events held back for alignment before the oldest goes anyway.
 const ALIGN_WAITING_MAX: usize = 100_000;
 /// Longest an event waits for the other input topic.
@@ -248,6 +289,19 @@ const ALIGN_WAIT_MAX: Duration = Duration::from_secs(2);
 struct Slots {
     by_key: HashMap<(u8, i32), u16>,
     keys: Vec<(u8, i32)>,
+}
+
+/// A partition's (low, high) offsets, and when they were read.
+type Watermarks = (i64, i64, Instant);
+
+/// What the loop reuses from one message to the next.
+#[derive(Debug, Default)]
+struct Work {
+    scratch: Scratch,
+    /// A decision's JSON.
+    json: Vec<u8>,
+    /// An effect header's value.
+    effect: String,
 }
 
 /// What the worker and the rebalance callback share.
@@ -266,8 +320,8 @@ struct Shared {
     committed: Mutex<HashMap<u16, i64>>,
     /// Events waiting for their turn (see [`align`]).
     align: Mutex<Align>,
-    /// Last known end offset of input partitions (side, partition), and when it was read.
-    highs: Mutex<HashMap<(usize, i32), (i64, Instant)>>,
+    /// Last known offsets of input partitions, by (side, partition).
+    highs: Mutex<HashMap<(usize, i32), Watermarks>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -306,12 +360,14 @@ impl ConsumerContext for Rebalancer {
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut resume = lock(&s.resume);
+                // Where the restored state left off (kept until the partition's first message
+                // is read, so an assignment taken back before that still starts there).
+                let resume = lock(&s.resume);
                 let inputs = s.cfg.topics.inputs();
                 let mut seek = Vec::new();
                 for e in tpl.elements() {
                     if let Some(t) = inputs.iter().position(|t| *t == e.topic())
-                        && let Some(off) = resume.remove(&(t as u8, e.partition()))
+                        && let Some(&off) = resume.get(&(t as u8, e.partition()))
                     {
                         seek.push((e.topic().to_string(), e.partition(), off));
                     }
@@ -348,6 +404,10 @@ impl ConsumerContext for Rebalancer {
                         lock(&s.committed).remove(&slot);
                         lock(&s.align).forget(e.partition());
                     }
+                    if let Some(t) = inputs.iter().position(|t| *t == e.topic()) {
+                        // Committed above: the group has it now.
+                        lock(&s.resume).remove(&(t as u8, e.partition()));
+                    }
                 }
                 drop(slots);
                 s.stats.assigned.store(0, Ordering::Relaxed);
@@ -378,21 +438,36 @@ impl Shared {
         Some(slot)
     }
 
-    /// Source positions whose every output is acknowledged.
+    /// Source positions whose every output is acknowledged, and the restored positions of
+    /// partitions not read since.
     fn positions(&self) -> Vec<(u16, String, i32, i64)> {
-        let slots = lock(&self.slots);
         let inputs = self.cfg.topics.inputs();
-        slots
-            .keys
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, &(t, p))| {
-                let slot = slot as u16;
-                self.tracker
-                    .done(slot)
-                    .map(|off| (slot, inputs[usize::from(t)].to_string(), p, off))
-            })
-            .collect()
+        let mut out: Vec<(u16, String, i32, i64)> = {
+            let slots = lock(&self.slots);
+            slots
+                .keys
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, &(t, p))| {
+                    let slot = slot as u16;
+                    self.tracker
+                        .done(slot)
+                        .map(|off| (slot, inputs[usize::from(t)].to_string(), p, off))
+                })
+                .collect()
+        };
+        let resume: Vec<((u8, i32), i64)> =
+            lock(&self.resume).iter().map(|(&k, &v)| (k, v)).collect();
+        for ((t, p), off) in resume {
+            let topic = inputs[usize::from(t)];
+            if out.iter().any(|(_, x, q, _)| x == topic && *q == p) {
+                continue;
+            }
+            if let Some(slot) = self.slot(t, p) {
+                out.push((slot, topic.to_string(), p, off));
+            }
+        }
+        out
     }
 
     fn commit(
@@ -430,7 +505,7 @@ impl Shared {
         mode: CommitMode,
         why: &str,
     ) -> Result<(), StreamError> {
-        if let Err(e) = self.producer.flush(self.cfg.shutdown_timeout) {
+        if let Err(e) = flush(&self.producer, self.cfg.shutdown_timeout) {
             return Err(StreamError::Delivery(format!(
                 "outputs not acknowledged within {:.0}s ({e}); nothing committed",
                 self.cfg.shutdown_timeout.as_secs_f64()
@@ -467,12 +542,18 @@ impl Shared {
             let t = Instant::now();
             let size = self.engine.save_snapshot(&path, &bytes)?;
             Stats::bump(&self.stats.snapshots);
-            tracing::info!(
+            let level_info = why != "periodic";
+            let line = format!(
                 "snapshot ({why}): {} bytes in {:.0} ms to {}",
                 size,
                 t.elapsed().as_secs_f64() * 1000.0,
                 path.display()
             );
+            if level_info {
+                tracing::info!("{line}");
+            } else {
+                tracing::debug!("{line}");
+            }
         }
         self.commit(consumer, &positions, mode)
     }
@@ -510,17 +591,18 @@ impl Shared {
             .key(key)
             .payload(payload)
             .headers(headers);
-        let mut waited = Instant::now();
+        let mut waited: Option<Instant> = None;
         loop {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(true),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     rec = r;
+                    let waited = waited.get_or_insert_with(Instant::now);
                     if waited.elapsed() > Duration::from_secs(5) {
                         tracing::warn!(
                             "producer queue full for 5s (brokers slow or down); waiting, nothing is dropped"
                         );
-                        waited = Instant::now();
+                        *waited = Instant::now();
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -530,6 +612,23 @@ impl Shared {
                     )));
                 }
             }
+        }
+    }
+}
+
+/// `Producer::flush`, polled every millisecond: rust-rdkafka's flush waits in steps of up to
+/// 100 ms (the background thread takes the events it waits for), which made every checkpoint
+/// a tenth of a second or more longer than the broker needed.
+fn flush(producer: &ThreadedProducer<Delivery>, timeout: Duration) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match producer.flush(Duration::ZERO) {
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                if Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            r => return r,
         }
     }
 }
@@ -698,7 +797,7 @@ impl Pipeline {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
-            .set("linger.ms", "5")
+            .set("linger.ms", "10")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "500000")
             .set("queue.buffering.max.kbytes", "1048576")
@@ -723,7 +822,11 @@ impl Pipeline {
             highs: Mutex::new(HashMap::new()),
         });
         let session_ms = cfg.session_timeout.as_millis().max(1000);
-        let consumer: BaseConsumer<Rebalancer> = client_config(cfg)
+        let mut consumer_config = client_config(cfg);
+        if let Some(id) = &cfg.instance_id {
+            consumer_config.set("group.instance.id", id);
+        }
+        let consumer: BaseConsumer<Rebalancer> = consumer_config
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -731,6 +834,10 @@ impl Pipeline {
             .set("session.timeout.ms", session_ms.to_string())
             .set("heartbeat.interval.ms", (session_ms / 3).to_string())
             .set("fetch.wait.max.ms", "50")
+            // Once queued.min.messages are prefetched (counted over the whole consumer
+            // queue), librdkafka stops fetching for this long (1 s by default): with a backlog
+            // the pipeline would drain the queue and then sit idle for most of a second.
+            .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
             // Same partition numbers of both input topics to one consumer (see `Align`).
             .set("partition.assignment.strategy", "range")
             .create_with_context(Rebalancer(shared.clone()))?;
@@ -743,12 +850,13 @@ impl Pipeline {
         );
 
         // 4. The loop.
-        let mut scratch = Scratch::default();
+        let mut scratch = Work::default();
         let mut last_commit = Instant::now();
         let mut last_snapshot = Instant::now();
         let mut last_message = Instant::now();
         let mut last_align = Instant::now();
         let mut handled = 0u64;
+        let mut handled_at_snapshot = 0u64;
         let mut backoff = Duration::from_millis(100);
         let result = loop {
             if self.stop.load(Ordering::Relaxed) {
@@ -759,11 +867,15 @@ impl Pipeline {
                 break Err(StreamError::Delivery(f));
             }
             let mut idle = false;
-            match consumer.poll(Duration::from_millis(100)) {
+            let polled = consumer.poll(Duration::from_millis(100));
+            // One clock read per turn serves every timer below (it is a measurable share of a
+            // message's cost).
+            let now = Instant::now();
+            match polled {
                 Some(Ok(m)) => {
                     backoff = Duration::from_millis(100);
-                    last_message = Instant::now();
-                    if let Err(e) = self.handle(&shared, &effects, &m, &mut scratch) {
+                    last_message = now;
+                    if let Err(e) = self.handle(&shared, &effects, &m, &mut scratch, now) {
                         break Err(e);
                     }
                     handled += 1;
@@ -779,29 +891,41 @@ impl Pipeline {
                 }
                 None => {
                     idle = true;
-                    if cfg.idle_exit.is_some_and(|d| last_message.elapsed() >= d) {
+                    // Idle counts from the assignment: a group join can take a session
+                    // timeout when a member vanished.
+                    if self.stats.assigned.load(Ordering::Relaxed) == 0 {
+                        last_message = now;
+                    }
+                    if cfg
+                        .idle_exit
+                        .is_some_and(|d| now.duration_since(last_message) >= d)
+                    {
                         tracing::info!("idle: stopping as asked");
                         break Ok(());
                     }
                 }
             }
-            if (idle || last_align.elapsed() >= Duration::from_millis(100))
+            if (idle || now.duration_since(last_align) >= Duration::from_millis(100))
                 && lock(&shared.align).total() > 0
             {
-                last_align = Instant::now();
+                last_align = now;
                 if let Err(e) = self.check_alignment(&shared, &consumer, &effects, &mut scratch) {
                     break Err(e);
                 }
             }
             if cfg.state_dir.is_some() {
-                if last_snapshot.elapsed() >= cfg.snapshot_every {
-                    last_snapshot = Instant::now();
+                // Nothing new, nothing to snapshot.
+                if now.duration_since(last_snapshot) >= cfg.snapshot_every
+                    && handled != handled_at_snapshot
+                {
+                    last_snapshot = now;
+                    handled_at_snapshot = handled;
                     if let Err(e) = shared.checkpoint(&consumer, CommitMode::Async, "periodic") {
                         break Err(e);
                     }
                 }
-            } else if last_commit.elapsed() >= cfg.commit_every {
-                last_commit = Instant::now();
+            } else if now.duration_since(last_commit) >= cfg.commit_every {
+                last_commit = now;
                 let positions = shared.positions();
                 if let Err(e) = shared.commit(&consumer, &positions, CommitMode::Async) {
                     log_kafka_error("consumer", &KafkaError::Canceled, &e.to_string());
@@ -834,7 +958,8 @@ impl Pipeline {
         s: &Shared,
         effects: &HashSet<u64>,
         m: &BorrowedMessage<'_>,
-        scratch: &mut Scratch,
+        scratch: &mut Work,
+        now: Instant,
     ) -> Result<(), StreamError> {
         let topic = if m.topic() == s.cfg.topics.transactions {
             0u8
@@ -847,7 +972,10 @@ impl Pipeline {
             )));
         };
         let offset = m.offset();
-        s.tracker.begin(slot, offset);
+        if s.tracker.begin(slot, offset) {
+            // Read from here on: the tracker has the position now.
+            lock(&s.resume).remove(&(topic, m.partition()));
+        }
         Stats::bump(&self.stats.consumed);
         let payload = m.payload().unwrap_or_default();
         let event = if payload.len() > s.cfg.event_bytes_max {
@@ -897,7 +1025,7 @@ impl Pipeline {
                     offset,
                     ts: event.ts_ms(),
                     event,
-                    since: Instant::now(),
+                    since: now,
                 };
                 let side = if topic == 0 {
                     align::TX
@@ -925,7 +1053,7 @@ impl Pipeline {
         &self,
         s: &Shared,
         effects: &HashSet<u64>,
-        scratch: &mut Scratch,
+        scratch: &mut Work,
         p: i32,
         mut force: bool,
     ) -> Result<(), StreamError> {
@@ -953,7 +1081,7 @@ impl Pipeline {
         s: &Shared,
         consumer: &BaseConsumer<Rebalancer>,
         effects: &HashSet<u64>,
-        scratch: &mut Scratch,
+        scratch: &mut Work,
     ) -> Result<(), StreamError> {
         let waiting = lock(&s.align).waiting();
         if waiting.is_empty() {
@@ -974,17 +1102,21 @@ impl Pipeline {
                             Offset::Offset(n) => Some(n),
                             _ => None,
                         };
-                        // Behind the last known end: certainly not at the end, no need to ask.
+                        // Behind the last known end, or nothing read yet from a partition
+                        // known to hold messages: certainly not at the end, no need to ask.
+                        // (Asking waits behind the consumer's fetch, up to fetch.wait.max.ms:
+                        // asked on every check, with a backlog the checks took all the time and
+                        // the pipeline handled ten messages a second.)
                         let known = lock(&s.highs).get(&(side, p)).copied();
-                        if let (Some(n), Some((h, at))) = (pos, known)
-                            && n < h
+                        if let Some((low, high, at)) = known
+                            && pos.map_or(low < high, |n| n < high)
                             && at.elapsed() < Duration::from_secs(5)
                         {
                             false
                         } else {
                             match consumer.fetch_watermarks(topic, p, Duration::from_millis(500)) {
                                 Ok((low, high)) => {
-                                    lock(&s.highs).insert((side, p), (high, Instant::now()));
+                                    lock(&s.highs).insert((side, p), (low, high, Instant::now()));
                                     pos.map_or(low == high, |n| n >= high)
                                 }
                                 Err(err) => {
@@ -1013,7 +1145,7 @@ impl Pipeline {
         &self,
         s: &Shared,
         effects: &HashSet<u64>,
-        scratch: &mut Scratch,
+        scratch: &mut Work,
     ) -> Result<(), StreamError> {
         let partitions = lock(&s.align).partitions();
         for p in partitions {
@@ -1033,20 +1165,24 @@ impl Pipeline {
         s: &Shared,
         effects: &HashSet<u64>,
         tx: &Transaction,
-        scratch: &mut Scratch,
+        scratch: &mut Work,
         slot: u16,
         offset: i64,
     ) -> Result<(), StreamError> {
-        let d = self.engine.decide_into(tx, scratch);
+        let d = self.engine.decide_into(tx, &mut scratch.scratch);
         Stats::bump(&self.stats.decided);
         Stats::bump(&self.stats.actions[action_index(d.action)]);
-        let json = d.to_json();
+        scratch.json.clear();
+        d.write_json(&mut scratch.json);
+        scratch.effect.clear();
+        scratch.effect.push_str("decision:");
+        scratch.effect.push_str(&tx.tx_id);
         s.send(
             effects,
             Out::Decisions,
             tx.tx_id.as_bytes(),
-            json.as_bytes(),
-            &format!("decision:{}", tx.tx_id),
+            &scratch.json,
+            &scratch.effect,
             &[],
             slot,
             offset,

@@ -59,18 +59,21 @@ pub struct Tracker {
 impl Tracker {
     /// Starts a message: its outputs are added with [`Tracker::add`], then [`Tracker::ack`] it
     /// once for the begin itself.
-    pub fn begin(&self, slot: u16, offset: i64) {
+    /// Returns whether it is the first message of the slot (since a reset).
+    pub fn begin(&self, slot: u16, offset: i64) -> bool {
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
         let i = usize::from(slot);
         if parts.len() <= i {
             parts.resize_with(i + 1, Part::default);
         }
         let p = &mut parts[i];
+        let first = p.pending.is_empty() && p.next == 0;
         if p.pending.is_empty() && p.next <= p.done {
             p.done = offset;
         }
         p.pending.push_back((offset, 1));
         p.next = offset + 1;
+        first
     }
 
     /// One more output awaited for the message at `offset` (begun, not yet finished).
