@@ -47,3 +47,5 @@ pub fn assert_golden(path: &Path, got: &[u8]) {
         );
     }
 }
+
+pub mod kafka;

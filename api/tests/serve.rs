@@ -1,0 +1,233 @@
+//! `vigil serve` as a process: killed with SIGKILL in the middle of the stream and restarted,
+//! it loses no decision, repeats no effect and counts no event twice.
+//!
+//! The broker is the in-process mock cluster of this test, or with `VIGIL_TEST_BROKERS` an
+//! external one (CI runs this against tansu).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use vigil_engine::stream::StreamConfig;
+use vigil_engine::stream::produce::produce;
+use vigil_tests::kafka::{broker, expected_effects, lines, read_all, replay_decisions, sample};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// `vigil serve` on the test's broker and topics, logging to `log`.
+fn serve(cfg: &StreamConfig, state: &Path, log: &Path, extra: &[&str]) -> Child {
+    let t = &cfg.topics;
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "serve",
+            "--brokers",
+            &cfg.brokers,
+            "--group-id",
+            &cfg.group_id,
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .args(extra)
+        // The restart is the same member: it gets its partitions back without waiting for
+        // the killed one's session to time out (which tansu never does).
+        .args(["--instance-id", "vigil-kill9"])
+        .env("VIGIL_SNAPSHOT_EVERY", "200ms")
+        .env("VIGIL_TOPIC_TRANSACTIONS", &t.transactions)
+        .env("VIGIL_TOPIC_ACCOUNT_EVENTS", &t.account_events)
+        .env("VIGIL_TOPIC_DECISIONS", &t.decisions)
+        .env("VIGIL_TOPIC_FREEZES", &t.freezes)
+        .env("VIGIL_TOPIC_NOTIFICATIONS", &t.notifications)
+        .env("VIGIL_TOPIC_DLQ", &t.dlq)
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Messages on `topic` now (sum of high watermarks).
+fn count(c: &BaseConsumer, topic: &str) -> i64 {
+    let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) else {
+        return 0;
+    };
+    md.topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .filter_map(|p| {
+            c.fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                .ok()
+        })
+        .map(|(_, high)| high)
+        .sum()
+}
+
+fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn kill_9_and_restart_loses_nothing_and_repeats_nothing() {
+    let b = broker(1);
+    let cfg = b.cfg.clone();
+    let dir = Dir(std::env::temp_dir().join(format!("vigil-kill9-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let state = dir.0.join("state");
+    let input = sample();
+    let txs = lines(&input)
+        .iter()
+        .filter(|l| l.windows(7).any(|w| w == b"\"tx_id\""))
+        .count() as i64;
+
+    let log1 = dir.0.join("first.log");
+    let mut first = serve(&cfg, &state, &log1, &["--log-level", "debug"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !log_of(&log1).contains("INFO assigned") {
+        if let Some(status) = first.try_wait().unwrap() {
+            panic!("vigil serve exited ({status}):\n{}", log_of(&log1));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never assigned:\n{}",
+            log_of(&log1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Feed at a bounded rate while the first process runs, so it is killed mid-stream.
+    let feeder = {
+        let (cfg, input) = (cfg.clone(), input.clone());
+        std::thread::spawn(move || {
+            produce(
+                &cfg,
+                &input[..],
+                Some(8_000),
+                &AtomicBool::new(false),
+                |_| {},
+            )
+            .unwrap()
+        })
+    };
+    let snapshot = state.join("state.snap");
+    let watch: BaseConsumer = vigil_engine::stream::client_config(&cfg).create().unwrap();
+    loop {
+        let decided = count(&watch, &cfg.topics.decisions);
+        // A snapshot with some state in it (an empty one is a few hundred bytes).
+        let snapshot_bytes = std::fs::metadata(&snapshot).map_or(0, |m| m.len());
+        if snapshot_bytes > 100_000 && decided > txs / 4 {
+            assert!(
+                decided < txs,
+                "the feed outran the test: nothing left to kill"
+            );
+            break;
+        }
+        if let Some(status) = first.try_wait().unwrap() {
+            panic!("vigil serve exited ({status}):\n{}", log_of(&log1));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no progress ({decided} decided):\n{}",
+            log_of(&log1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    eprintln!("--- first vigil serve, killed:\n{}", log_of(&log1));
+
+    let produced = feeder.join().unwrap();
+    assert_eq!(produced.failed, 0);
+    let log2 = dir.0.join("second.log");
+    let mut second = serve(&cfg, &state, &log2, &["--idle-exit", "4s"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!(
+                "the restarted vigil serve did not finish:\n{}",
+                log_of(&log2)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = log_of(&log2);
+    eprintln!("--- restarted vigil serve:\n{log}");
+    assert!(status.success(), "restart failed ({status}):\n{log}");
+    assert!(
+        log.contains("restored"),
+        "the restart restored no snapshot:\n{log}"
+    );
+
+    // Every transaction decided exactly once, and exactly as one uninterrupted replay decides
+    // it: an event counted twice in a window (or lost) would change later decisions.
+    let decisions = read_all(&cfg, &cfg.topics.decisions);
+    let handled: u64 = log
+        .split("stopped cleanly after ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(handled > 0, "the restart handled nothing:\n{log}");
+    let mut got = BTreeMap::new();
+    let mut at = BTreeMap::new();
+    for r in &decisions {
+        if let Some(before) = at.insert(r.key.clone(), r.at) {
+            panic!(
+                "{} decided twice: at {before:?} and {:?}\n{}",
+                r.key,
+                r.at,
+                log_of(&log2)
+            );
+        }
+        got.insert(r.key.clone(), r.value.clone());
+    }
+    let want = replay_decisions(&input);
+    assert_eq!(got.len(), want.len(), "decisions lost");
+    for (k, v) in &want {
+        assert_eq!(
+            got.get(k),
+            Some(v),
+            "{k} decided differently after the restart"
+        );
+    }
+
+    // Freeze requests and notifications: each once, the same as an uninterrupted run.
+    let (want_freezes, want_notes) = expected_effects(&input);
+    let mut freezes: Vec<String> = read_all(&cfg, &cfg.topics.freezes)
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(&r.value).unwrap()["tx_id"].to_string())
+        .map(|s| s.trim_matches('"').to_string())
+        .collect();
+    freezes.sort();
+    assert_eq!(freezes, want_freezes);
+    let mut notes: Vec<(String, String)> = Vec::new();
+    let mut seen = HashSet::new();
+    for r in read_all(&cfg, &cfg.topics.notifications) {
+        let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+        let k = (
+            v["kind"].as_str().unwrap().to_string(),
+            v["tx_id"].as_str().unwrap().to_string(),
+        );
+        assert!(seen.insert(k.clone()), "notification repeated: {k:?}");
+        notes.push(k);
+    }
+    notes.sort();
+    assert_eq!(notes, want_notes);
+}
