@@ -45,6 +45,17 @@ struct Part {
     done: i64,
 }
 
+impl Part {
+    /// The count of outputs still awaited by the pending message at `offset`.
+    fn awaited(&mut self, offset: i64) -> Option<&mut u32> {
+        let i = self.pending.partition_point(|(o, _)| *o < offset);
+        self.pending
+            .get_mut(i)
+            .filter(|(o, _)| *o == offset)
+            .map(|(_, n)| n)
+    }
+}
+
 /// Offsets in flight per source partition, and the output topics' end offsets.
 #[derive(Debug, Default)]
 pub struct Tracker {
@@ -80,12 +91,9 @@ impl Tracker {
     pub fn add(&self, slot: u16, offset: i64) {
         self.unreported.fetch_add(1, Ordering::SeqCst);
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(p) = parts.get_mut(usize::from(slot)) else {
-            return;
-        };
-        let i = p.pending.partition_point(|(o, _)| *o < offset);
-        if let Some((o, n)) = p.pending.get_mut(i)
-            && *o == offset
+        if let Some(n) = parts
+            .get_mut(usize::from(slot))
+            .and_then(|p| p.awaited(offset))
         {
             *n += 1;
         }
@@ -97,10 +105,7 @@ impl Tracker {
         let Some(p) = parts.get_mut(usize::from(slot)) else {
             return;
         };
-        let i = p.pending.partition_point(|(o, _)| *o < offset);
-        if let Some((o, n)) = p.pending.get_mut(i)
-            && *o == offset
-        {
+        if let Some(n) = p.awaited(offset) {
             *n = n.saturating_sub(1);
         }
         while let Some(&(o, 0)) = p.pending.front() {
