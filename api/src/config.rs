@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+use vigil_api::http::{Limits, Role, Token};
 use vigil_engine::stream::{StreamConfig, Topics};
 
 /// The config file.
@@ -29,6 +30,34 @@ pub struct FileConfig {
     /// librdkafka properties, e.g. `"security.protocol" = "SASL_SSL"`.
     #[serde(default)]
     pub kafka: BTreeMap<String, String>,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `[api]`: the HTTP API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `host:port`, or `off`. Default 127.0.0.1:8080.
+    pub listen: Option<String>,
+    /// The ledger journal; default `<state_dir>/ledger.journal`, in memory without a state_dir.
+    pub journal: Option<PathBuf>,
+    /// Largest request body, bytes.
+    pub body_limit_bytes: Option<usize>,
+    /// e.g. "10s".
+    pub request_timeout: Option<String>,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// `[[api.tokens]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    /// payment_service, analyst or admin.
+    pub role: String,
+    pub token: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +69,7 @@ pub struct TopicNames {
     pub freezes: Option<String>,
     pub notifications: Option<String>,
     pub dlq: Option<String>,
+    pub settlements: Option<String>,
 }
 
 /// Everything resolved.
@@ -50,6 +80,12 @@ pub struct Settings {
     pub external: bool,
     pub rules: PathBuf,
     pub partitions: i32,
+    /// Where the API listens; `None`: off.
+    pub listen: Option<String>,
+    /// The ledger journal; `None`: in memory.
+    pub journal: Option<PathBuf>,
+    pub tokens: Vec<Token>,
+    pub limits: Limits,
 }
 
 /// Flags that override the file and the environment.
@@ -61,6 +97,8 @@ pub struct Overrides {
     pub rules: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub partitions: Option<i32>,
+    pub listen: Option<String>,
+    pub journal: Option<PathBuf>,
 }
 
 fn duration(s: &str, what: &str) -> Result<Duration> {
@@ -119,6 +157,27 @@ pub fn resolve(
             "TOPIC_FREEZES" => file.topics.freezes = Some(v),
             "TOPIC_NOTIFICATIONS" => file.topics.notifications = Some(v),
             "TOPIC_DLQ" => file.topics.dlq = Some(v),
+            "TOPIC_SETTLEMENTS" => file.topics.settlements = Some(v),
+            "HTTP" => file.api.listen = Some(v),
+            "JOURNAL" => file.api.journal = Some(v.into()),
+            "API_TOKENS" => {
+                // name:role:token, comma-separated
+                file.api.tokens = v
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| {
+                        let mut it = s.trim().splitn(3, ':');
+                        match (it.next(), it.next(), it.next()) {
+                            (Some(n), Some(r), Some(t)) => Ok(TokenConfig {
+                                name: n.into(),
+                                role: r.into(),
+                                token: t.into(),
+                            }),
+                            _ => bail!("VIGIL_API_TOKENS: '{s}' is not name:role:token"),
+                        }
+                    })
+                    .collect::<Result<_>>()?;
+            }
             n if n.starts_with("KAFKA_") => {
                 // VIGIL_KAFKA_SECURITY_PROTOCOL=SASL_SSL → security.protocol
                 let prop = n["KAFKA_".len()..].to_ascii_lowercase().replace('_', ".");
@@ -158,6 +217,7 @@ pub fn resolve(
         freezes: t.freezes.unwrap_or(d.freezes),
         notifications: t.notifications.unwrap_or(d.notifications),
         dlq: t.dlq.unwrap_or(d.dlq),
+        settlements: t.settlements.unwrap_or(d.settlements),
     };
     let mut names: Vec<&str> = topics.all();
     names.sort_unstable();
@@ -181,7 +241,57 @@ pub fn resolve(
     if let Some(s) = file.snapshot_every {
         stream.snapshot_every = duration(&s, "snapshot_every")?;
     }
+    if let Some(l) = flags.listen {
+        file.api.listen = Some(l);
+    }
+    if let Some(j) = flags.journal {
+        file.api.journal = Some(j);
+    }
+    let listen = match file.api.listen.as_deref().map(str::trim) {
+        Some("off") => None,
+        Some("") => bail!("api.listen is empty; use off to serve no API"),
+        Some(l) => Some(l.to_string()),
+        None => Some("127.0.0.1:8080".to_string()),
+    };
+    let mut tokens = Vec::new();
+    for t in &file.api.tokens {
+        let role = Role::parse(&t.role).with_context(|| {
+            format!(
+                "API token {}: role '{}' is not payment_service, analyst or admin",
+                t.name, t.role
+            )
+        })?;
+        if t.token.len() < 8 {
+            bail!("API token {}: a token needs at least 8 characters", t.name);
+        }
+        if t.name.trim().is_empty() {
+            bail!("API token with role {}: the name is empty", t.role);
+        }
+        tokens.push(Token {
+            name: t.name.clone(),
+            role,
+            token: t.token.clone(),
+        });
+    }
+    let mut limits = Limits::default();
+    if let Some(b) = file.api.body_limit_bytes {
+        if b < 1024 {
+            bail!("api.body_limit_bytes: at least 1024");
+        }
+        limits.body_bytes = b;
+    }
+    if let Some(t) = &file.api.request_timeout {
+        limits.timeout = duration(t, "api.request_timeout")?;
+    }
+    let journal = file
+        .api
+        .journal
+        .or_else(|| stream.state_dir.as_ref().map(|d| d.join("ledger.journal")));
     Ok(Settings {
+        listen,
+        journal,
+        tokens,
+        limits,
         external: file.brokers.is_some(),
         stream,
         rules: file.rules.unwrap_or_else(|| default_rules.into()),

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use vigil_api::http::{AppState, Role, Token, router};
+use vigil_engine::ledger::{BookConfig, Ledger};
 use vigil_engine::stream::embedded::Embedded;
 use vigil_engine::stream::produce::produce;
 use vigil_engine::stream::{Pipeline, Stats, StreamConfig, admin_create_topics};
@@ -70,6 +72,14 @@ pub struct ServeArgs {
     /// Log level: error, warn, info, debug.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Where the HTTP API listens (host:port), or `off`. Default 127.0.0.1:8080.
+    /// Env: VIGIL_HTTP.
+    #[arg(long)]
+    http: Option<String>,
+    /// The ledger journal. Default: <state-dir>/ledger.journal; in memory without a state dir.
+    /// Env: VIGIL_JOURNAL.
+    #[arg(long)]
+    journal: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -142,6 +152,8 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
             instance_id: a.instance_id.clone(),
             rules: a.rules.clone(),
             state_dir: a.state_dir.clone(),
+            listen: a.http.clone(),
+            journal: a.journal.clone(),
             ..Overrides::default()
         },
     )?;
@@ -214,10 +226,25 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
         ));
     }
 
-    let pipeline = Pipeline::new(engine.clone(), cfg);
+    let ledger = open_ledger(&s)?;
+    let api = match &s.listen {
+        Some(addr) => Some(start_api(
+            addr,
+            &s,
+            engine.clone(),
+            ledger.clone(),
+            stop.clone(),
+        )?),
+        None => None,
+    };
+    let pipeline = Pipeline::new(engine.clone(), cfg).with_ledger(ledger.clone());
     let stats = pipeline.stats();
     let result = pipeline.run();
     stop.store(true, Ordering::SeqCst);
+    if let Some(api) = api {
+        api.stop();
+    }
+    ledger.close();
     if let Some(f) = feeder
         && let Ok(Err(e)) = f.join()
     {
@@ -228,7 +255,139 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     }
     let summary = result?;
     report(&stats, summary.consumed, summary.seconds);
+    let g = Stats::get;
+    say(format!(
+        "  ledger: settled {}, held {}, declined {}, refused {}",
+        g(&stats.settlements[0]),
+        g(&stats.settlements[1]),
+        g(&stats.settlements[2]),
+        g(&stats.settlements[3])
+    ));
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn open_ledger(s: &Settings) -> Result<Ledger> {
+    let Some(path) = &s.journal else {
+        tracing::warn!(
+            "ledger IN MEMORY: balances and transfers are lost when vigil stops; give --state-dir or --journal to keep them"
+        );
+        return Ok(Ledger::in_memory(BookConfig::default()));
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let (ledger, rec) = Ledger::open(path, BookConfig::default())
+        .with_context(|| format!("cannot open the ledger journal {}", path.display()))?;
+    let (accounts, transfers, open_cases) = ledger.read(|b| b.counts());
+    tracing::info!(
+        "ledger: {} records replayed from {} ({accounts} accounts, {transfers} transfers, {open_cases} open cases)",
+        rec.records,
+        path.display()
+    );
+    if rec.torn_bytes > 0 {
+        tracing::warn!(
+            "ledger: dropped a torn last record ({} bytes): it was never acknowledged",
+            rec.torn_bytes
+        );
+    }
+    Ok(ledger)
+}
+
+/// The API server on its own runtime.
+struct Api {
+    runtime: tokio::runtime::Runtime,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Api {
+    fn stop(self) {
+        let _ = self.shutdown.send(());
+        let server = self.server;
+        let _ = self
+            .runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), server).await });
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+fn start_api(
+    addr: &str,
+    s: &Settings,
+    engine: Arc<Engine>,
+    ledger: Ledger,
+    stop: Arc<AtomicBool>,
+) -> Result<Api> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vigil-http")
+        .enable_all()
+        .build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("cannot listen on {addr} for the API"))?;
+    let local = listener.local_addr()?;
+    let mut tokens = s.tokens.clone();
+    if tokens.is_empty() {
+        // Nobody configured tokens: make one per role for this run, so the API is never open.
+        for role in [Role::PaymentService, Role::Analyst, Role::Admin] {
+            let token = random_token()?;
+            say(format!("  API token ({}): {token}", role.name()));
+            tokens.push(Token {
+                name: role.name().to_string(),
+                role,
+                token,
+            });
+        }
+        tracing::warn!(
+            "no API tokens configured ([[api.tokens]] or VIGIL_API_TOKENS=name:role:token,…): made one per role for this run"
+        );
+    }
+    let state = AppState::new(engine, ledger.clone(), tokens, s.limits);
+    let app = router(state);
+    say(format!(
+        "API: http://{local}  (OpenAPI: http://{local}/openapi.json)"
+    ));
+    tracing::info!("API listening on http://{local}");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!("API server: {e}");
+        }
+    });
+    // Held transfers lapse: release them every second.
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let (voided, _) = ledger.expire_due(vigil_engine::ledger::now_ms());
+            for t in voided {
+                tracing::info!("hold on {} lapsed: released", t.tx_id);
+            }
+        }
+    });
+    Ok(Api {
+        runtime,
+        shutdown: tx,
+        server,
+    })
+}
+
+fn random_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for an API token; configure tokens instead")?;
+    Ok(bytes.iter().fold(String::from("vgl_"), |mut s, b| {
+        s.push_str(&format!("{b:02x}"));
+        s
+    }))
 }
 
 fn count_lines(path: &std::path::Path) -> Result<u64> {

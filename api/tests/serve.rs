@@ -49,6 +49,8 @@ fn serve(cfg: &StreamConfig, state: &Path, log: &Path, extra: &[&str]) -> Child 
         .env("VIGIL_TOPIC_FREEZES", &t.freezes)
         .env("VIGIL_TOPIC_NOTIFICATIONS", &t.notifications)
         .env("VIGIL_TOPIC_DLQ", &t.dlq)
+        .env("VIGIL_TOPIC_SETTLEMENTS", &t.settlements)
+        .args(["--http", "off"])
         .current_dir(root())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())

@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use vigil_rules::catalog::{ACCOUNT_EVENT_KINDS, AccountEventKind, TX_KINDS};
@@ -119,7 +119,8 @@ impl Currency {
 }
 
 /// Transaction kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TxKind {
     /// Wallet to wallet.
     Transfer,
@@ -138,7 +139,8 @@ impl TxKind {
     pub fn name(self) -> &'static str {
         TX_KINDS[self as usize]
     }
-    fn from_name(s: &str) -> Option<TxKind> {
+    /// The kind named `s` on the wire.
+    pub fn from_name(s: &str) -> Option<TxKind> {
         [
             TxKind::Transfer,
             TxKind::Payment,
@@ -523,6 +525,12 @@ fn geo(raw: Option<RawGeo<'_>>) -> Result<Option<Geo>, EventError> {
         lon: g.lon,
         country,
     }))
+}
+
+/// Parses a decimal amount string of `currency` to minor units: positive, at most the
+/// currency's decimals, within the event limit.
+pub fn parse_amount(s: &str, currency: Currency) -> Result<i64, EventError> {
+    amount(Some(Cow::Borrowed(s)), currency)
 }
 
 fn amount(raw: Option<Cow<'_, str>>, currency: Currency) -> Result<i64, EventError> {

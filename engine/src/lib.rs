@@ -14,6 +14,7 @@
 pub mod decision;
 pub mod engine;
 pub mod event;
+pub mod ledger;
 pub mod packs;
 pub mod replay;
 pub mod snapshot;

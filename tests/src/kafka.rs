@@ -45,6 +45,7 @@ pub fn broker(partitions: i32) -> Broker {
         freezes: format!("{}-{tag}", d.freezes),
         notifications: format!("{}-{tag}", d.notifications),
         dlq: format!("{}-{tag}", d.dlq),
+        settlements: format!("{}-{tag}", d.settlements),
     };
     let mut cfg = StreamConfig {
         group_id: format!("vigil-test-{tag}"),

@@ -37,6 +37,8 @@ pub struct Topics {
     pub notifications: String,
     /// Dead letters out (key: the original key).
     pub dlq: String,
+    /// Ledger outcomes out (key: tx id): settled, held or declined with the code.
+    pub settlements: String,
 }
 
 impl Default for Topics {
@@ -48,6 +50,7 @@ impl Default for Topics {
             freezes: "freeze-requests".into(),
             notifications: "notifications".into(),
             dlq: "transactions.dlq".into(),
+            settlements: "settlements".into(),
         }
     }
 }
@@ -58,12 +61,13 @@ impl Topics {
         [&self.transactions, &self.account_events]
     }
     /// The topics Vigil writes, indexed like [`Out`].
-    pub fn outputs(&self) -> [&str; 4] {
+    pub fn outputs(&self) -> [&str; 5] {
         [
             &self.decisions,
             &self.freezes,
             &self.notifications,
             &self.dlq,
+            &self.settlements,
         ]
     }
     /// Every topic.
@@ -85,6 +89,8 @@ pub enum Out {
     Notifications = 2,
     /// Dead letters.
     Dlq = 3,
+    /// Settlements.
+    Settlements = 4,
 }
 
 /// How the pipeline runs.
@@ -157,6 +163,8 @@ pub struct Stats {
     pub freezes: AtomicU64,
     /// Notifications produced.
     pub notifications: AtomicU64,
+    /// Ledger outcomes of decided transactions: settled, held, declined, refused.
+    pub settlements: [AtomicU64; 4],
     /// Decisions by action: allow, review, step_up, block.
     pub actions: [AtomicU64; 4],
     /// Effects not produced again because they were already on the output topics.

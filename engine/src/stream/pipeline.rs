@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use super::track::{Delivery, SLOTS_MAX, Tracker, opaque};
 use super::{Out, Stats, StreamConfig, StreamError, notify};
 use crate::engine::{Engine, Scratch};
 use crate::event::{Event, Transaction, decode, format_ts};
+use crate::ledger::{Ledger, LedgerError, Outcome, Status as LedgerStatus};
 use crate::state::key_hash;
 
 /// The header naming the effect a record is, e.g. `decision:t-1`; read back after a crash so
@@ -322,6 +323,10 @@ struct Shared {
     align: Mutex<Align>,
     /// Last known offsets of input partitions, by (side, partition).
     highs: Mutex<HashMap<(usize, i32), Watermarks>>,
+    /// The ledger that settles decided transactions, if any.
+    ledger: Option<Ledger>,
+    /// The highest ledger ticket handed out: durable before any commit.
+    ledger_ticket: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -485,6 +490,11 @@ impl Shared {
         }
         if tpl.count() == 0 {
             return Ok(());
+        }
+        // The ledger's records for these messages are durable before their offsets move.
+        if let Some(l) = &self.ledger {
+            l.wait(self.ledger_ticket.load(Ordering::SeqCst))
+                .map_err(|e| StreamError::Other(format!("ledger: {e}")))?;
         }
         consumer.commit(&tpl, mode)?;
         for (slot, _, _, off) in positions {
@@ -677,6 +687,7 @@ fn final_checkpoint(s: &Shared, consumer: &BaseConsumer<Rebalancer>) -> Result<(
 #[derive(Debug)]
 pub struct Pipeline {
     engine: Arc<Engine>,
+    ledger: Option<Ledger>,
     cfg: StreamConfig,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
@@ -718,10 +729,18 @@ impl Pipeline {
     pub fn new(engine: Arc<Engine>, cfg: StreamConfig) -> Pipeline {
         Pipeline {
             engine,
+            ledger: None,
             cfg,
             stats: Arc::new(Stats::default()),
             stop: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Settles decided transactions through `ledger` (and freezes accounts in it), producing a
+    /// settlements record per transaction.
+    pub fn with_ledger(mut self, ledger: Ledger) -> Pipeline {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Its counters.
@@ -820,6 +839,8 @@ impl Pipeline {
             committed: Mutex::new(HashMap::new()),
             align: Mutex::new(Align::default()),
             highs: Mutex::new(HashMap::new()),
+            ledger: self.ledger.clone(),
+            ledger_ticket: AtomicU64::new(0),
         });
         let session_ms = cfg.session_timeout.as_millis().max(1000);
         let mut consumer_config = client_config(cfg);
@@ -1160,6 +1181,76 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Settles (or holds, or declines) a decided transaction in the ledger and produces its
+    /// settlements record.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        s: &Shared,
+        ledger: &Ledger,
+        effects: &HashSet<u64>,
+        tx: &Transaction,
+        d: &crate::Decision,
+        slot: u16,
+        offset: i64,
+    ) -> Result<(), StreamError> {
+        let body = match ledger.settle_decided(tx, d) {
+            Ok((applied, ticket)) => {
+                s.ledger_ticket.fetch_max(ticket, Ordering::SeqCst);
+                if applied.replayed && d.duplicate {
+                    return Ok(()); // its record went out the first time
+                }
+                let Outcome::Transfer(t) = &applied.outcome else {
+                    return Ok(());
+                };
+                let i = match t.status {
+                    LedgerStatus::Settled => 0,
+                    LedgerStatus::Pending => 1,
+                    _ => 2,
+                };
+                Stats::bump(&self.stats.settlements[i]);
+                serde_json::json!({
+                    "tx_id": t.tx_id,
+                    "account_id": tx.account_id,
+                    "status": crate::ledger::book::status_name(t.status),
+                    "decline_code": t.decline.map(|c| c.code()),
+                    "from": t.from.name(),
+                    "to": t.to.name(),
+                    "amount": t.currency.format(t.amount),
+                    "currency": t.currency.code(),
+                    "risk": t.risk.name(),
+                    "hold_expires_at": t.expires_ms.map(format_ts),
+                    "at": format_ts(t.created_ms),
+                })
+            }
+            Err(LedgerError::Journal(e)) => {
+                return Err(StreamError::Other(format!("ledger: {e}")));
+            }
+            Err(e) => {
+                Stats::bump(&self.stats.settlements[3]);
+                serde_json::json!({
+                    "tx_id": tx.tx_id,
+                    "account_id": tx.account_id,
+                    "status": "refused",
+                    "error": e.code(),
+                    "message": e.to_string(),
+                })
+            }
+        };
+        let bytes = serde_json::to_vec(&body).map_err(|e| StreamError::Other(e.to_string()))?;
+        s.send(
+            effects,
+            Out::Settlements,
+            tx.tx_id.as_bytes(),
+            &bytes,
+            &format!("settlement:{}", tx.tx_id),
+            &[],
+            slot,
+            offset,
+        )?;
+        Ok(())
+    }
+
     fn decided(
         &self,
         s: &Shared,
@@ -1187,6 +1278,9 @@ impl Pipeline {
             slot,
             offset,
         )?;
+        if let Some(ledger) = &s.ledger {
+            self.settle(s, ledger, effects, tx, &d, slot, offset)?;
+        }
         // A redelivered or retried transaction decides again but acts only once; an account
         // whose freeze was already requested is not frozen, or told about blocks, again.
         let freeze = d.freeze && !d.already_frozen;

@@ -1,0 +1,885 @@
+//! Route handlers.
+
+use axum::Extension;
+use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use vigil_engine::event::{Currency, Event, Transaction, format_ts, parse_ts};
+use vigil_engine::ledger::{
+    Applied, Command, Decline, LedgerError, Outcome, PostBy, Risk, Verdict, VoidReason,
+};
+use vigil_engine::stream::notify;
+use vigil_engine::{Decision, decode};
+
+use super::{ApiError, AppState, Body, Caller, Shared, body_bytes, json, json_bytes, views};
+
+/// Query parameters decoded with a clear error.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let RawQuery(q) = RawQuery::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad("invalid_query", e.to_string()))?;
+        serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+            .map(Params)
+            .map_err(|e| ApiError::bad("invalid_query", e.to_string()))
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see /openapi.json",
+    )
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see /openapi.json",
+    )
+}
+
+pub async fn healthz() -> Response {
+    json(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    let ledger = s.0.ledger.healthy();
+    let ready = s.0.ready.load(std::sync::atomic::Ordering::Relaxed);
+    let status = if ledger && ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        &json!({
+            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+            "ledger": if ledger { "ok" } else { "journal unavailable" },
+            "pipeline": if ready { "ok" } else { "starting" },
+            "rules_version": &*s.0.engine.active().pack.hash,
+        }),
+    )
+}
+
+// ---------- transactions: authorize and transfers ----------
+
+/// Decodes a transaction event; `schema` and `ts` may be left out (1, now), and `kind` too
+/// when `default_kind` is given.
+fn transaction(bytes: &[u8], default_kind: Option<&str>) -> Result<Transaction, ApiError> {
+    let event = match decode(bytes) {
+        Ok(e) => e,
+        Err(e)
+            if e.field
+                .as_deref()
+                .is_some_and(|f| ["schema", "ts", "kind"].contains(&f))
+                && e.message == "is required" =>
+        {
+            let mut v: serde_json::Map<String, Value> = super::decode_body(bytes)?;
+            v.entry("schema").or_insert(json!(1));
+            v.entry("ts")
+                .or_insert_with(|| json!(format_ts(vigil_engine::ledger::now_ms())));
+            if let Some(k) = default_kind {
+                v.entry("kind").or_insert(json!(k));
+            }
+            vigil_engine::event::decode_value(&Value::Object(v))?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match event {
+        Event::Tx(t) => Ok(t),
+        Event::Account(_) => Err(ApiError::bad(
+            "invalid_field",
+            "an account event is not a transaction: send it to the account-events topic",
+        )
+        .field("kind")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeQuery {
+    #[serde(default)]
+    settle: bool,
+}
+
+/// A decision with its consequences, as one JSON body.
+struct Decided {
+    decision: Option<Decision>,
+    decline: Option<&'static str>,
+    transfer: Option<Value>,
+    replayed: bool,
+    notification: Option<Value>,
+}
+
+fn decline_code(risk: Risk, ledger: Option<Decline>) -> Option<&'static str> {
+    match (ledger, risk) {
+        (Some(d), _) => Some(d.code()),
+        (None, Risk::Block) => Some("risk_blocked"),
+        (None, Risk::StepUp) => Some("step_up_required"),
+        _ => None,
+    }
+}
+
+fn notification(s: &Shared, tx: &Transaction, d: &Decision) -> Option<Value> {
+    let kind = d
+        .notify
+        .as_deref()
+        .filter(|&n| !d.duplicate && (!d.already_frozen || n != "blocked_transfer"))?;
+    let locale = s
+        .engine
+        .account_locale(&tx.account_id)
+        .map(|l| l.to_string())
+        .or_else(|| {
+            s.ledger
+                .read(|b| b.get_account(&tx.account_id).and_then(|a| a.locale))
+        });
+    let lang = notify::Lang::for_locale(locale.as_deref());
+    let text = notify::text(kind, lang, tx)?;
+    Some(json!({"kind": kind, "locale": lang.tag(), "text": text}))
+}
+
+async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, ApiError> {
+    if settle && let Some(a) = s.ledger.repeated(tx)? {
+        s.ledger.durable(a.ticket).await?;
+        let Outcome::Transfer(t) = &a.outcome else {
+            return Err(LedgerError::Conflict(tx.tx_id.clone()).into());
+        };
+        let pending_step_up =
+            t.status == vigil_engine::ledger::Status::Pending && t.risk == Risk::StepUp;
+        return Ok(Decided {
+            decision: None,
+            decline: decline_code(
+                if pending_step_up {
+                    Risk::StepUp
+                } else {
+                    Risk::Allow
+                },
+                t.decline,
+            )
+            .or(if t.risk == Risk::Block {
+                Some("risk_blocked")
+            } else {
+                None
+            }),
+            transfer: Some(views::transfer(t)),
+            replayed: true,
+            notification: None,
+        });
+    }
+    let d = s.engine.decide(tx);
+    let risk = Risk::from_action(d.action);
+    let notification = notification(s, tx, &d);
+    if settle {
+        let (a, ticket) = s.ledger.settle_decided(tx, &d)?;
+        s.ledger.durable(ticket).await?;
+        let Outcome::Transfer(t) = &a.outcome else {
+            return Err(LedgerError::Conflict(tx.tx_id.clone()).into());
+        };
+        return Ok(Decided {
+            decline: decline_code(risk, t.decline),
+            transfer: Some(views::transfer(t)),
+            replayed: a.replayed,
+            decision: Some(d),
+            notification,
+        });
+    }
+    // Decision only: the ledger's view (frozen, funds) when the payer is in the ledger.
+    let cmd = s.ledger.transfer_cmd(tx, Some(&d));
+    let ledger_decline = s
+        .ledger
+        .read(|b| {
+            b.has_account(&tx.account_id)
+                .then(|| b.precheck(&cmd))
+                .flatten()
+        })
+        .filter(|d| *d != Decline::UnknownAccount && *d != Decline::RiskBlocked);
+    if let Some(t) = s.ledger.freeze_decided(tx, &d)? {
+        s.ledger.durable(t).await?;
+    }
+    Ok(Decided {
+        decline: decline_code(risk, ledger_decline),
+        transfer: None,
+        replayed: false,
+        decision: Some(d),
+        notification,
+    })
+}
+
+fn decided_body(d: &Decided) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(b"{\"decision\":");
+    match &d.decision {
+        Some(dec) => dec.write_json(&mut out),
+        None => out.extend_from_slice(b"null"),
+    }
+    let rest = json!({
+        "decline_code": d.decline,
+        "replayed": d.replayed,
+    });
+    if let Some(t) = &d.transfer {
+        out.extend_from_slice(b",\"transfer\":");
+        out.extend_from_slice(t.to_string().as_bytes());
+    }
+    if let Some(n) = &d.notification {
+        out.extend_from_slice(b",\"notification\":");
+        out.extend_from_slice(n.to_string().as_bytes());
+    }
+    if let Value::Object(m) = rest {
+        for (k, v) in m {
+            out.extend_from_slice(format!(",\"{k}\":{v}").as_bytes());
+        }
+    }
+    out.push(b'}');
+    out
+}
+
+pub async fn authorize(
+    State(s): State<AppState>,
+    Params(q): Params<AuthorizeQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let bytes = body_bytes(req, &()).await?;
+    let tx = transaction(&bytes, None)?;
+    let d = decide(&s.0, &tx, q.settle).await?;
+    Ok(json_bytes(StatusCode::OK, decided_body(&d)))
+}
+
+pub async fn create_transfer(
+    State(s): State<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let bytes = body_bytes(req, &()).await?;
+    let tx = transaction(&bytes, Some("transfer"))?;
+    let d = decide(&s.0, &tx, true).await?;
+    let status = if d.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json_bytes(status, decided_body(&d)))
+}
+
+/// Feeds an event to the engine as the Kafka path would (account events: logins, password
+/// resets, new devices, payees; transactions are decided and the decision is dropped).
+fn feed(s: &Shared, json: Value) -> Result<(), ApiError> {
+    let ev = vigil_engine::event::decode_value(&json)?;
+    s.engine.apply(&ev);
+    Ok(())
+}
+
+pub async fn account_event(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let bytes = body_bytes(req, &()).await?;
+    let ev = match decode(&bytes) {
+        Ok(e) => e,
+        Err(e)
+            if e.field
+                .as_deref()
+                .is_some_and(|f| ["schema", "ts"].contains(&f))
+                && e.message == "is required" =>
+        {
+            let mut v: serde_json::Map<String, Value> = super::decode_body(&bytes)?;
+            v.entry("schema").or_insert(json!(1));
+            v.entry("ts")
+                .or_insert_with(|| json!(format_ts(vigil_engine::ledger::now_ms())));
+            vigil_engine::event::decode_value(&Value::Object(v))?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Event::Account(a) = &ev else {
+        return Err(ApiError::bad(
+            "invalid_field",
+            "a transaction is decided at /v1/authorize or /v1/transfers, not here",
+        )
+        .field("kind"));
+    };
+    s.0.engine.observe(a);
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &json!({"event_id": a.event_id, "kind": a.kind.name(), "account_id": a.account_id}),
+    ))
+}
+
+// ---------- accounts ----------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAccount {
+    id: String,
+    currency: String,
+    #[serde(default)]
+    locale: Option<String>,
+}
+
+async fn run(s: &Shared, cmd: Command) -> Result<Applied, ApiError> {
+    let a = s.ledger.execute(cmd)?;
+    s.ledger.durable(a.ticket).await?;
+    Ok(a)
+}
+
+fn created(a: &Applied) -> StatusCode {
+    if a.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    }
+}
+
+fn outcome_json(o: &Outcome, s: &Shared) -> Value {
+    match o {
+        Outcome::Account(a) => views::account(a),
+        Outcome::Transfer(t) => views::transfer(t),
+        Outcome::Refund(r) => views::refund(r),
+        Outcome::Case(c) => views::case(c, case_currency(s, &c.tx_id)),
+    }
+}
+
+fn case_currency(s: &Shared, tx_id: &str) -> Option<Currency> {
+    s.ledger.read(|b| b.get_transfer(tx_id).map(|t| t.currency))
+}
+
+fn check_id(field: &str, v: &str) -> Result<(), ApiError> {
+    if v.is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "invalid_field",
+            "must be 1 to 128 characters without control characters",
+        )
+        .field(field));
+    }
+    Ok(())
+}
+
+pub async fn open_account(
+    State(s): State<AppState>,
+    Body(b): Body<OpenAccount>,
+) -> Result<Response, ApiError> {
+    check_id("id", &b.id)?;
+    if Currency::from_code(&b.currency).is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_currency",
+            format!("unknown currency {}", b.currency),
+        )
+        .field("currency"));
+    }
+    let a = run(
+        &s.0,
+        Command::Open {
+            account: b.id.clone(),
+            currency: b.currency,
+            locale: b.locale.clone(),
+        },
+    )
+    .await?;
+    if !a.replayed {
+        // The engine learns the opening (account age, a balance it can follow, the locale).
+        let mut ev = json!({"schema": 1, "event_id": format!("open-{}", b.id), "kind": "account_opened",
+            "account_id": b.id, "ts": format_ts(vigil_engine::ledger::now_ms())});
+        if let Some(l) = b.locale {
+            ev["locale"] = json!(l);
+        }
+        feed(&s.0, ev)?;
+    }
+    Ok(json(created(&a), &outcome_json(&a.outcome, &s.0)))
+}
+
+pub async fn get_account(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let a =
+        s.0.ledger
+            .read(|b| b.get_account(&id))
+            .ok_or_else(|| ApiError::from(LedgerError::UnknownAccount(id)))?;
+    Ok(json(StatusCode::OK, &views::account(&a)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Movement {
+    op_id: String,
+    amount: String,
+}
+
+fn minor(s: &Shared, account: &str, amount: &str) -> Result<i64, ApiError> {
+    let c = s
+        .ledger
+        .read(|b| b.get_account(account).map(|a| a.currency))
+        .ok_or_else(|| ApiError::from(LedgerError::UnknownAccount(account.to_string())))?;
+    vigil_engine::event::parse_amount(amount, c).map_err(ApiError::from)
+}
+
+/// The engine follows balances and usual amounts from the money that moves: a deposit or a
+/// withdrawal is shown to it as the transaction it is (its decision is not used).
+fn feed_movement(s: &Shared, b: &Movement, account: &str, kind: &str) -> Result<(), ApiError> {
+    let currency = s
+        .ledger
+        .read(|l| {
+            l.get_account(account)
+                .map(|a| a.currency.code().to_string())
+        })
+        .unwrap_or_default();
+    feed(
+        s,
+        json!({"schema": 1, "tx_id": format!("{kind}:{}", b.op_id), "kind": kind, "account_id": account,
+            "amount": b.amount, "currency": currency, "channel": "ledger",
+            "ts": format_ts(vigil_engine::ledger::now_ms())}),
+    )
+}
+
+pub async fn deposit(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Body(b): Body<Movement>,
+) -> Result<Response, ApiError> {
+    check_id("op_id", &b.op_id)?;
+    let amount = minor(&s.0, &id, &b.amount)?;
+    let a = run(
+        &s.0,
+        Command::Deposit {
+            op_id: b.op_id.clone(),
+            account: id.clone(),
+            amount,
+        },
+    )
+    .await?;
+    if !a.replayed {
+        feed_movement(&s.0, &b, &id, "top_up")?;
+    }
+    Ok(json(created(&a), &outcome_json(&a.outcome, &s.0)))
+}
+
+pub async fn withdraw(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Body(b): Body<Movement>,
+) -> Result<Response, ApiError> {
+    check_id("op_id", &b.op_id)?;
+    let amount = minor(&s.0, &id, &b.amount)?;
+    let a = run(
+        &s.0,
+        Command::Withdraw {
+            op_id: b.op_id.clone(),
+            account: id.clone(),
+            amount,
+        },
+    )
+    .await?;
+    if !a.replayed {
+        feed_movement(&s.0, &b, &id, "withdrawal")?;
+    }
+    Ok(json(created(&a), &outcome_json(&a.outcome, &s.0)))
+}
+
+// ---------- history ----------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    from: Option<String>,
+    to: Option<String>,
+    kind: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+const ENTRY_KINDS: &[&str] = &[
+    "deposit",
+    "withdrawal",
+    "transfer_out",
+    "transfer_in",
+    "payment",
+    "payment_in",
+    "top_up",
+    "top_up_out",
+    "refund_out",
+    "refund_in",
+    "hold",
+    "hold_released",
+    "hold_posted",
+];
+
+struct Filter {
+    from: i64,
+    to: i64,
+    kinds: Vec<String>,
+    start: usize,
+    limit: usize,
+}
+
+fn filter(q: &HistoryQuery, paged: bool) -> Result<Filter, ApiError> {
+    let time = |field: &str, v: &Option<String>, default: i64| -> Result<i64, ApiError> {
+        v.as_deref().map_or(Ok(default), |s| {
+            parse_ts(s).map_err(|e| ApiError::bad("invalid_query", e.message).field(field))
+        })
+    };
+    let kinds: Vec<String> = q
+        .kind
+        .as_deref()
+        .map(|k| k.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_default();
+    if let Some(k) = kinds.iter().find(|k| !ENTRY_KINDS.contains(&k.as_str())) {
+        return Err(ApiError::bad(
+            "invalid_query",
+            format!("unknown kind '{k}'; one of {}", ENTRY_KINDS.join(", ")),
+        )
+        .field("kind"));
+    }
+    let start = match q.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(c) => c.parse().map_err(|_| {
+            ApiError::bad("invalid_query", "not a cursor from a previous page").field("cursor")
+        })?,
+    };
+    let limit = q.limit.unwrap_or(100);
+    if paged && !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad("invalid_query", "limit is 1 to 1000").field("limit"));
+    }
+    Ok(Filter {
+        from: time("from", &q.from, i64::MIN)?,
+        to: time("to", &q.to, i64::MAX)?,
+        kinds,
+        start,
+        limit: if paged { limit } else { usize::MAX },
+    })
+}
+
+type Page = (Vec<vigil_engine::ledger::Entry>, Option<usize>, Currency);
+
+fn page(s: &Shared, id: &str, f: &Filter) -> Result<Page, ApiError> {
+    s.ledger
+        .read(|b| {
+            let a = b.get_account(id)?;
+            let entries = b.entries(id)?;
+            let mut out = Vec::new();
+            let mut next = None;
+            for (i, e) in entries.iter().enumerate().skip(f.start) {
+                if e.ts_ms < f.from
+                    || e.ts_ms >= f.to
+                    || (!f.kinds.is_empty() && !f.kinds.iter().any(|k| k == e.kind))
+                {
+                    continue;
+                }
+                if out.len() == f.limit {
+                    next = Some(i);
+                    break;
+                }
+                out.push(e.clone());
+            }
+            Some((out, next, a.currency))
+        })
+        .ok_or_else(|| LedgerError::UnknownAccount(id.to_string()).into())
+}
+
+pub async fn history(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Params(q): Params<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    let f = filter(&q, true)?;
+    let (entries, next, c) = page(&s.0, &id, &f)?;
+    let items: Vec<Value> = entries.iter().map(|e| views::entry(e, c)).collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({"account_id": id, "entries": items, "next_cursor": next.map(|n| n.to_string())}),
+    ))
+}
+
+pub async fn history_csv(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Params(q): Params<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    let f = filter(&q, false)?;
+    let (entries, _, c) = page(&s.0, &id, &f)?;
+    let mut w = csv::Writer::from_writer(Vec::with_capacity(entries.len() * 96 + 128));
+    let header = [
+        "seq",
+        "at",
+        "kind",
+        "ref",
+        "counterparty",
+        "amount",
+        "held_change",
+        "available_after",
+        "held_after",
+        "currency",
+    ];
+    let csv_err =
+        |e: csv::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+    w.write_record(header).map_err(csv_err)?;
+    for e in &entries {
+        w.write_record([
+            e.seq.to_string(),
+            format_ts(e.ts_ms),
+            e.kind.to_string(),
+            e.ref_id.clone(),
+            e.counterparty.clone(),
+            c.format(e.available_delta),
+            c.format(e.held_delta),
+            c.format(e.available_after),
+            c.format(e.held_after),
+            c.code().to_string(),
+        ])
+        .map_err(csv_err)?;
+    }
+    let body = w
+        .into_inner()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    let disposition = format!(
+        "attachment; filename=\"{}-transactions.csv\"",
+        id.replace(['"', '\\', '\r', '\n'], "_")
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
+}
+
+// ---------- freezes ----------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    reason: String,
+}
+
+pub async fn freeze(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(b): Body<Reason>,
+) -> Result<Response, ApiError> {
+    let a = run(
+        &s.0,
+        Command::Freeze {
+            account: id,
+            reason: b.reason,
+            by: caller.name,
+            tx_id: None,
+        },
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &outcome_json(&a.outcome, &s.0)))
+}
+
+pub async fn unfreeze(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(b): Body<Reason>,
+) -> Result<Response, ApiError> {
+    let a = run(
+        &s.0,
+        Command::Unfreeze {
+            account: id,
+            reason: b.reason,
+            by: caller.name,
+        },
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &outcome_json(&a.outcome, &s.0)))
+}
+
+pub async fn freezes(State(s): State<AppState>) -> Response {
+    let list: Vec<Value> =
+        s.0.ledger
+            .read(|b| b.freezes())
+            .iter()
+            .map(|(a, f)| views::freeze(a, f))
+            .collect();
+    json(StatusCode::OK, &json!({ "freezes": list }))
+}
+
+// ---------- transfers after the fact ----------
+
+pub async fn get_transfer(
+    State(s): State<AppState>,
+    Path(tx_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let t =
+        s.0.ledger
+            .read(|b| b.get_transfer(&tx_id).map(views::transfer))
+            .ok_or_else(|| ApiError::from(LedgerError::UnknownTransfer(tx_id)))?;
+    Ok(json(StatusCode::OK, &t))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    refund_id: String,
+    #[serde(default)]
+    amount: Option<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+pub async fn refund(
+    State(s): State<AppState>,
+    Path(tx_id): Path<String>,
+    Body(b): Body<RefundRequest>,
+) -> Result<Response, ApiError> {
+    check_id("refund_id", &b.refund_id)?;
+    let c =
+        s.0.ledger
+            .read(|l| l.get_transfer(&tx_id).map(|t| t.currency))
+            .ok_or_else(|| ApiError::from(LedgerError::UnknownTransfer(tx_id.clone())))?;
+    let amount = b
+        .amount
+        .as_deref()
+        .map(|a| vigil_engine::event::parse_amount(a, c))
+        .transpose()?;
+    let a = run(
+        &s.0,
+        Command::Refund {
+            refund_id: b.refund_id,
+            tx_id,
+            amount,
+            reason: b.reason,
+        },
+    )
+    .await?;
+    Ok(json(created(&a), &outcome_json(&a.outcome, &s.0)))
+}
+
+pub async fn cancel(
+    State(s): State<AppState>,
+    Path(tx_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let a = run(
+        &s.0,
+        Command::Void {
+            tx_id,
+            why: VoidReason::Cancelled,
+        },
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &outcome_json(&a.outcome, &s.0)))
+}
+
+pub async fn confirm(
+    State(s): State<AppState>,
+    Path(tx_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let a = run(
+        &s.0,
+        Command::Post {
+            tx_id,
+            by: PostBy::Confirmed,
+        },
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &outcome_json(&a.outcome, &s.0)))
+}
+
+// ---------- disputes and cases ----------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisputeRequest {
+    dispute_id: String,
+    tx_id: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub async fn dispute(
+    State(s): State<AppState>,
+    Body(b): Body<DisputeRequest>,
+) -> Result<Response, ApiError> {
+    check_id("dispute_id", &b.dispute_id)?;
+    let a = run(
+        &s.0,
+        Command::Dispute {
+            case_id: b.dispute_id,
+            tx_id: b.tx_id,
+            reason: b.reason,
+        },
+    )
+    .await?;
+    Ok(json(created(&a), &outcome_json(&a.outcome, &s.0)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CasesQuery {
+    status: Option<String>,
+}
+
+pub async fn cases(
+    State(s): State<AppState>,
+    Params(q): Params<CasesQuery>,
+) -> Result<Response, ApiError> {
+    let open_only = match q.status.as_deref() {
+        None | Some("open") => true,
+        Some("all") => false,
+        Some(o) => {
+            return Err(ApiError::bad(
+                "invalid_query",
+                format!("status is open or all, not '{o}'"),
+            )
+            .field("status"));
+        }
+    };
+    let list: Vec<Value> = s.0.ledger.read(|b| {
+        b.cases(open_only)
+            .map(|c| views::case(c, b.get_transfer(&c.tx_id).map(|t| t.currency)))
+            .collect()
+    });
+    Ok(json(StatusCode::OK, &json!({ "cases": list })))
+}
+
+pub async fn get_case(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let c =
+        s.0.ledger
+            .read(|b| {
+                b.get_case(&id)
+                    .map(|c| views::case(c, b.get_transfer(&c.tx_id).map(|t| t.currency)))
+            })
+            .ok_or_else(|| ApiError::from(LedgerError::UnknownCase(id)))?;
+    Ok(json(StatusCode::OK, &c))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resolution {
+    verdict: Verdict,
+    #[serde(default)]
+    note: String,
+}
+
+pub async fn resolve_case(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Body(b): Body<Resolution>,
+) -> Result<Response, ApiError> {
+    let a = run(
+        &s.0,
+        Command::Resolve {
+            case_id: id,
+            verdict: b.verdict,
+            by: caller.name,
+            note: b.note,
+        },
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &outcome_json(&a.outcome, &s.0)))
+}

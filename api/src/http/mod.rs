@@ -1,0 +1,656 @@
+//! The HTTP API: `router(AppState) -> Router`, testable without a socket.
+//!
+//! Every route is declared once in [`routes`] with its method, path, the roles allowed on it
+//! and its documentation; the router, the role checks and `/openapi.json` are all built from
+//! that table. Every error is a JSON body `{code, message, field?}` with a stable code.
+
+mod handlers;
+mod openapi;
+mod views;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use vigil_engine::Engine;
+use vigil_engine::ledger::{Ledger, LedgerError};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The payment service: authorize, accounts, transfers, history, disputes.
+    PaymentService,
+    /// Fraud analysts: freezes, cases, disputes, reads.
+    Analyst,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// Wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::PaymentService => "payment_service",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+        }
+    }
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::PaymentService, Role::Analyst, Role::Admin]
+            .into_iter()
+            .find(|r| r.name() == s)
+    }
+}
+
+/// A bearer token and who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The holder's name, recorded on what they do (freezes, verdicts).
+    pub name: String,
+    /// The role.
+    pub role: Role,
+    /// The secret.
+    pub token: String,
+}
+
+/// Limits on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body, bytes.
+    pub body_bytes: usize,
+    /// Longest a request may take.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes: 64 * 1024,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The same engine the Kafka pipeline decides with.
+    pub engine: Arc<Engine>,
+    /// The ledger.
+    pub ledger: Ledger,
+    tokens: Vec<Token>,
+    /// Ready to take traffic (the pipeline, when there is one, has its partitions).
+    pub ready: AtomicBool,
+    limits: Limits,
+}
+
+/// The router's state. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+impl AppState {
+    /// State over an engine and a ledger, with these tokens.
+    pub fn new(engine: Arc<Engine>, ledger: Ledger, tokens: Vec<Token>, limits: Limits) -> Self {
+        AppState(Arc::new(Shared {
+            engine,
+            ledger,
+            tokens,
+            ready: AtomicBool::new(true),
+            limits,
+        }))
+    }
+}
+
+/// An error answer: `{code, message, field?}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    /// Stable machine code.
+    pub code: &'static str,
+    /// For people.
+    pub message: String,
+    /// The request field at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+    fn field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
+    fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        let status = match &e {
+            LedgerError::UnknownAccount(_)
+            | LedgerError::UnknownTransfer(_)
+            | LedgerError::UnknownCase(_) => StatusCode::NOT_FOUND,
+            LedgerError::AccountExists(_)
+            | LedgerError::Conflict(_)
+            | LedgerError::InvalidState { .. }
+            | LedgerError::CaseClosed(_) => StatusCode::CONFLICT,
+            LedgerError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let field = match &e {
+            LedgerError::InvalidAmount
+            | LedgerError::LimitExceeded(_)
+            | LedgerError::RefundExceeds { .. } => Some("amount"),
+            LedgerError::UnknownCurrency(_) | LedgerError::CurrencyMismatch { .. } => {
+                Some("currency")
+            }
+            _ => None,
+        };
+        ApiError {
+            status,
+            code: e.code(),
+            message: e.to_string(),
+            field: field.map(str::to_string),
+        }
+    }
+}
+
+impl From<vigil_engine::EventError> for ApiError {
+    fn from(e: vigil_engine::EventError) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_field",
+            field: e.field.map(|f| f.trim_start_matches('.').to_string()),
+            message: e.message,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        json_bytes(self.status, body)
+    }
+}
+
+/// A JSON response from bytes.
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A JSON response.
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(b) => json_bytes(status, b),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("encoding the answer failed: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// A JSON body decoded with the failing field named, unknown fields refused.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        decode_body(&bytes).map(Body)
+    }
+}
+
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than the limit",
+            )
+        } else {
+            ApiError::bad("invalid_body", format!("cannot read the body: {r}"))
+        }
+    })
+}
+
+fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad(
+            "invalid_json",
+            "the request needs a JSON body",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::bad("invalid_json", format!("invalid JSON: {inner}"));
+        }
+        let msg = inner.to_string();
+        let msg = msg
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let err = ApiError::bad("invalid_field", msg);
+        if path == "." { err } else { err.field(path) }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad("invalid_json", format!("invalid JSON: {e}")))?;
+    Ok(v)
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Token holder's name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+#[derive(Clone)]
+struct Guard {
+    state: AppState,
+    roles: &'static [Role],
+}
+
+async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return unauthorized("missing bearer token: send Authorization: Bearer <token>");
+    };
+    let found = g
+        .state
+        .0
+        .tokens
+        .iter()
+        .find(|t| constant_time_eq(t.token.as_bytes(), presented.as_bytes()));
+    let Some(t) = found else {
+        return unauthorized("unknown token");
+    };
+    if t.role != Role::Admin && !g.roles.contains(&t.role) {
+        let allowed: Vec<&str> = g.roles.iter().map(|r| r.name()).collect();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "role {} may not call this; allowed: {}",
+                t.role.name(),
+                if allowed.is_empty() {
+                    "admin".to_string()
+                } else {
+                    allowed.join(", ") + ", admin"
+                }
+            ),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(Caller {
+        name: t.name.clone(),
+        role: t.role,
+    });
+    next.run(req).await
+}
+
+fn unauthorized(msg: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn time_limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(s.0.limits.timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than {} ms",
+                s.0.limits.timeout.as_millis()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// One route: everything the router, the guard and the OpenAPI document need.
+pub(crate) struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    /// Roles allowed besides admin; empty: public.
+    pub roles: &'static [Role],
+    pub summary: &'static str,
+    /// Request body schema name in the OpenAPI components.
+    pub body: Option<&'static str>,
+    /// Query parameters: (name, description).
+    pub query: &'static [(&'static str, &'static str)],
+    /// Success status and response schema name.
+    pub ok: (u16, &'static str),
+    pub handler: MethodRouter<AppState>,
+}
+
+const PAY: &[Role] = &[Role::PaymentService];
+const ANALYST: &[Role] = &[Role::Analyst];
+const BOTH: &[Role] = &[Role::PaymentService, Role::Analyst];
+const PUBLIC: &[Role] = &[];
+
+pub(crate) fn routes() -> Vec<Route> {
+    use axum::routing::{get, post};
+    use handlers as h;
+    const HISTORY_QUERY: &[(&str, &str)] = &[
+        ("from", "RFC 3339 time, inclusive"),
+        ("to", "RFC 3339 time, exclusive"),
+        (
+            "kind",
+            "entry kinds, comma-separated (deposit, transfer_out, hold, …)",
+        ),
+        ("cursor", "from a previous page's next_cursor"),
+        ("limit", "entries per page, 1–1000 (default 100)"),
+    ];
+    let r = |method, path, roles, summary, body, ok, handler| Route {
+        method,
+        path,
+        roles,
+        summary,
+        body,
+        query: &[],
+        ok,
+        handler,
+    };
+    vec![
+        r(
+            "get",
+            "/healthz",
+            PUBLIC,
+            "Liveness.",
+            None,
+            (200, "Health"),
+            get(h::healthz),
+        ),
+        r(
+            "get",
+            "/readyz",
+            PUBLIC,
+            "Readiness: the ledger takes writes and the pipeline has its partitions.",
+            None,
+            (200, "Health"),
+            get(h::readyz),
+        ),
+        r(
+            "get",
+            "/openapi.json",
+            PUBLIC,
+            "This document.",
+            None,
+            (200, "Object"),
+            get(openapi::serve),
+        ),
+        Route {
+            query: &[(
+                "settle",
+                "true: settle through the ledger as POST /v1/transfers does",
+            )],
+            ..r(
+                "post",
+                "/v1/authorize",
+                PAY,
+                "Decide a transaction inline: allow, review, step_up or block, with the reasons and a decline code.",
+                Some("TransactionEvent"),
+                (200, "Authorization"),
+                post(h::authorize),
+            )
+        },
+        r(
+            "post",
+            "/v1/events",
+            PAY,
+            "Report an account event (login, new_device, password_reset, email_changed, phone_changed, payee_added): the takeover signals rules read.",
+            Some("AccountEvent"),
+            (202, "Object"),
+            post(h::account_event),
+        ),
+        r(
+            "post",
+            "/v1/accounts",
+            PAY,
+            "Open an account (idempotent by id).",
+            Some("OpenAccount"),
+            (201, "Account"),
+            post(h::open_account),
+        ),
+        r(
+            "get",
+            "/v1/accounts/{id}",
+            BOTH,
+            "An account: balances, frozen, locale.",
+            None,
+            (200, "Account"),
+            get(h::get_account),
+        ),
+        r(
+            "post",
+            "/v1/accounts/{id}/deposits",
+            PAY,
+            "Money in from outside the wallet (idempotent by op_id).",
+            Some("Movement"),
+            (201, "Account"),
+            post(h::deposit),
+        ),
+        r(
+            "post",
+            "/v1/accounts/{id}/withdrawals",
+            PAY,
+            "Money out of the wallet (idempotent by op_id).",
+            Some("Movement"),
+            (201, "Account"),
+            post(h::withdraw),
+        ),
+        Route {
+            query: HISTORY_QUERY,
+            ..r(
+                "get",
+                "/v1/accounts/{id}/transactions",
+                BOTH,
+                "History, filtered and paginated.",
+                None,
+                (200, "History"),
+                get(h::history),
+            )
+        },
+        Route {
+            query: HISTORY_QUERY,
+            ..r(
+                "get",
+                "/v1/accounts/{id}/transactions.csv",
+                BOTH,
+                "History as CSV (same filter, every page).",
+                None,
+                (200, "Csv"),
+                get(h::history_csv),
+            )
+        },
+        r(
+            "post",
+            "/v1/accounts/{id}/freeze",
+            ANALYST,
+            "Freeze an account.",
+            Some("Reason"),
+            (200, "Account"),
+            post(h::freeze),
+        ),
+        r(
+            "post",
+            "/v1/accounts/{id}/unfreeze",
+            ANALYST,
+            "Unfreeze an account.",
+            Some("Reason"),
+            (200, "Account"),
+            post(h::unfreeze),
+        ),
+        r(
+            "get",
+            "/v1/freezes",
+            ANALYST,
+            "Frozen accounts with the latest reason.",
+            None,
+            (200, "Freezes"),
+            get(h::freezes),
+        ),
+        r(
+            "post",
+            "/v1/transfers",
+            PAY,
+            "Decide, then settle (allow), hold (review, step_up) or decline; idempotent by tx_id.",
+            Some("TransactionEvent"),
+            (201, "TransferResult"),
+            post(h::create_transfer),
+        ),
+        r(
+            "get",
+            "/v1/transfers/{tx_id}",
+            BOTH,
+            "A transfer and where it stands.",
+            None,
+            (200, "Transfer"),
+            get(h::get_transfer),
+        ),
+        r(
+            "post",
+            "/v1/transfers/{tx_id}/refunds",
+            BOTH,
+            "Refund a settled transfer, fully or partly (idempotent by refund_id).",
+            Some("RefundRequest"),
+            (201, "Refund"),
+            post(h::refund),
+        ),
+        r(
+            "post",
+            "/v1/transfers/{tx_id}/cancel",
+            PAY,
+            "Cancel a pending transfer: its hold is released.",
+            None,
+            (200, "Transfer"),
+            post(h::cancel),
+        ),
+        r(
+            "post",
+            "/v1/transfers/{tx_id}/confirm",
+            PAY,
+            "The holder passed step-up: post the pending transfer.",
+            None,
+            (200, "Transfer"),
+            post(h::confirm),
+        ),
+        r(
+            "post",
+            "/v1/disputes",
+            BOTH,
+            "The holder reports a transfer as unauthorized: the account is frozen and a case opens.",
+            Some("DisputeRequest"),
+            (201, "Case"),
+            post(h::dispute),
+        ),
+        Route {
+            query: &[("status", "open (default) or all")],
+            ..r(
+                "get",
+                "/v1/cases",
+                ANALYST,
+                "Review and dispute cases.",
+                None,
+                (200, "Cases"),
+                get(h::cases),
+            )
+        },
+        r(
+            "get",
+            "/v1/cases/{id}",
+            ANALYST,
+            "A case.",
+            None,
+            (200, "Case"),
+            get(h::get_case),
+        ),
+        r(
+            "post",
+            "/v1/cases/{id}/resolve",
+            ANALYST,
+            "Resolve a case: fraud (void the hold, or recover and refund) or legit (post the hold, or unfreeze).",
+            Some("Resolution"),
+            (200, "Case"),
+            post(h::resolve_case),
+        ),
+    ]
+}
+
+/// The API router over `state`.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for route in routes() {
+        let handler = if route.roles.is_empty() {
+            route.handler
+        } else {
+            route.handler.route_layer(middleware::from_fn_with_state(
+                Guard {
+                    state: state.clone(),
+                    roles: route.roles,
+                },
+                guard,
+            ))
+        };
+        router = router.route(route.path, handler);
+    }
+    let limits = state.0.limits;
+    router
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
+        .with_state(state)
+}
+
+/// Marks the service ready or not (`/readyz`).
+pub fn set_ready(state: &AppState, ready: bool) {
+    state.0.ready.store(ready, Ordering::Relaxed);
+}

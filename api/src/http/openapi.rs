@@ -1,0 +1,175 @@
+//! `/openapi.json`, built from the route table: every route, its roles, parameters, body and
+//! answers, so the document cannot drift from the router.
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Map, Value, json};
+
+use super::{Role, json as respond, routes};
+
+fn money(desc: &str) -> Value {
+    json!({"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$", "description": desc, "example": "250.00"})
+}
+
+fn schemas() -> Value {
+    let s = |v: &str| json!({"type": "string", "description": v});
+    json!({
+        "Error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": s("stable machine code, e.g. insufficient_funds, unauthorized, invalid_field"),
+            "message": s("for people"),
+            "field": s("the request field at fault")}},
+        "Health": {"type": "object"},
+        "Object": {"type": "object"},
+        "Csv": {"type": "string", "description": "text/csv: seq,at,kind,ref,counterparty,amount,held_change,available_after,held_after,currency"},
+        "TransactionEvent": {"type": "object", "required": ["tx_id", "account_id", "amount", "currency"], "properties": {
+            "schema": {"type": "integer", "enum": [1], "description": "default 1"},
+            "tx_id": s("idempotency key"),
+            "ts": s("RFC 3339 event time; default now"),
+            "kind": {"type": "string", "enum": ["transfer", "payment", "withdrawal", "top_up", "refund"], "description": "required on /v1/authorize; default transfer on /v1/transfers"},
+            "account_id": s("the paying account (receiving, for top_up and refund)"),
+            "counterparty_id": s("payee account, merchant or source"),
+            "amount": money("decimal string, at most the currency's decimals"),
+            "currency": s("ISO 4217"),
+            "channel": s("app, web, …"), "device_id": s(""), "ip": s(""),
+            "geo": {"type": "object", "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}, "country": s("ISO 3166 alpha-2")}},
+            "memo": s("")}},
+        "Authorization": {"type": "object", "properties": {
+            "decision": {"type": "object", "description": "action, score, reasons (rule, values), rules_version"},
+            "decline_code": {"type": ["string", "null"], "enum": ["risk_blocked", "step_up_required", "insufficient_funds", "account_frozen", "currency_mismatch", "limit_exceeded", "unknown_account", null]},
+            "transfer": {"$ref": "#/components/schemas/Transfer"},
+            "notification": {"type": "object", "properties": {"kind": s(""), "locale": s(""), "text": s("")}},
+            "replayed": {"type": "boolean"}}},
+        "AccountEvent": {"type": "object", "required": ["event_id", "kind", "account_id"], "properties": {
+            "schema": {"type": "integer", "enum": [1]}, "event_id": s(""), "ts": s("RFC 3339; default now"),
+            "kind": {"type": "string", "enum": ["account_opened", "login", "new_device", "password_reset", "email_changed", "phone_changed", "payee_added"]},
+            "account_id": s(""), "device_id": s(""), "ip": s(""), "counterparty_id": s("the payee, for payee_added"),
+            "geo": {"type": "object"}, "locale": s("account_opened only")}},
+        "TransferResult": {"$ref": "#/components/schemas/Authorization"},
+        "OpenAccount": {"type": "object", "required": ["id", "currency"], "additionalProperties": false, "properties": {
+            "id": s("account id"), "currency": s("ISO 4217"), "locale": s("notification language, e.g. en, zh-CN")}},
+        "Account": {"type": "object", "properties": {
+            "id": s(""), "currency": s(""), "available": money("spendable"), "held": money("held for pending transfers"),
+            "frozen": {"type": "boolean"}, "locale": s(""), "opened_at": s("")}},
+        "Movement": {"type": "object", "required": ["op_id", "amount"], "additionalProperties": false, "properties": {
+            "op_id": s("idempotency key"), "amount": money("")}},
+        "History": {"type": "object", "properties": {
+            "account_id": s(""), "next_cursor": s("pass as cursor for the next page; null at the end"),
+            "entries": {"type": "array", "items": {"type": "object", "properties": {
+                "seq": {"type": "integer"}, "at": s(""), "kind": s(""), "ref": s("transfer or operation id"),
+                "counterparty": s(""), "amount": money("change to available"), "held_change": money(""),
+                "available_after": money(""), "held_after": money(""), "currency": s("")}}}}},
+        "Reason": {"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {"reason": s("")}},
+        "Freezes": {"type": "object", "properties": {"freezes": {"type": "array", "items": {"type": "object", "properties": {
+            "account_id": s(""), "reason": s(""), "by": s(""), "tx_id": s(""), "since": s("")}}}}},
+        "Transfer": {"type": "object", "properties": {
+            "tx_id": s(""), "kind": s(""), "from": s("account id or world"), "to": s("account id or world"),
+            "amount": money(""), "currency": s(""),
+            "status": {"type": "string", "enum": ["settled", "pending", "voided", "declined"]},
+            "decline_code": s(""), "void_reason": {"type": "string", "enum": ["cancelled", "rejected", "expired"]},
+            "posted_by": {"type": "string", "enum": ["confirmed", "approved"]},
+            "risk": {"type": "string", "enum": ["allow", "review", "step_up", "block"]},
+            "rules": {"type": "array", "items": s("")}, "score": {"type": "integer"},
+            "refunded": money(""), "label": {"type": "string", "enum": ["fraud", "legit"]},
+            "created_at": s(""), "updated_at": s(""), "hold_expires_at": s("")}},
+        "RefundRequest": {"type": "object", "required": ["refund_id"], "additionalProperties": false, "properties": {
+            "refund_id": s("idempotency key"), "amount": money("default: all that is left"), "reason": s("")}},
+        "Refund": {"type": "object", "properties": {
+            "refund_id": s(""), "tx_id": s(""), "amount": money(""), "currency": s(""),
+            "refunded_total": money(""), "reason": s(""), "created_at": s("")}},
+        "DisputeRequest": {"type": "object", "required": ["dispute_id", "tx_id"], "additionalProperties": false, "properties": {
+            "dispute_id": s("idempotency key and case id"), "tx_id": s(""), "reason": s("the holder's words")}},
+        "Case": {"type": "object", "properties": {
+            "id": s(""), "kind": {"type": "string", "enum": ["review", "dispute"]},
+            "status": {"type": "string", "enum": ["open", "resolved"]}, "tx_id": s(""), "account_id": s(""),
+            "reason": s(""), "rules": {"type": "array", "items": s("")}, "opened_at": s(""),
+            "verdict": {"type": "string", "enum": ["fraud", "legit"]}, "resolved_by": s(""), "note": s(""),
+            "resolved_at": s(""), "recovered": money("refunded from the payee on a fraud verdict")}},
+        "Cases": {"type": "object", "properties": {"cases": {"type": "array", "items": {"$ref": "#/components/schemas/Case"}}}},
+        "Resolution": {"type": "object", "required": ["verdict"], "additionalProperties": false, "properties": {
+            "verdict": {"type": "string", "enum": ["fraud", "legit"]}, "note": s("")}},
+    })
+}
+
+/// The OpenAPI 3.1 document.
+pub fn document() -> Value {
+    let mut paths: Map<String, Value> = Map::new();
+    let error = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    for r in routes() {
+        let mut op = Map::new();
+        op.insert("summary".into(), json!(r.summary));
+        op.insert(
+            "operationId".into(),
+            json!(format!("{} {}", r.method, r.path)),
+        );
+        let mut params: Vec<Value> = r
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        params.extend(r.query.iter().map(|(name, d)| {
+            json!({"name": name, "in": "query", "required": false, "description": d, "schema": {"type": "string"}})
+        }));
+        if !params.is_empty() {
+            op.insert("parameters".into(), Value::Array(params));
+        }
+        if let Some(b) = r.body {
+            op.insert(
+                "requestBody".into(),
+                json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{b}")}}}}),
+            );
+        }
+        let media = if r.ok.1 == "Csv" {
+            "text/csv"
+        } else {
+            "application/json"
+        };
+        let mut responses = Map::new();
+        responses.insert(
+            r.ok.0.to_string(),
+            json!({"description": "success", "content": {media: {"schema": {"$ref": format!("#/components/schemas/{}", r.ok.1)}}}}),
+        );
+        if !r.roles.is_empty() {
+            let mut roles: Vec<&str> = r.roles.iter().map(|r| r.name()).collect();
+            roles.push(Role::Admin.name());
+            op.insert("security".into(), json!([{"bearer": []}]));
+            op.insert("x-roles".into(), json!(roles));
+            responses.insert("401".into(), error("no or unknown bearer token"));
+            responses.insert("403".into(), error("the token's role may not call this"));
+        }
+        if r.body.is_some() {
+            responses.insert("400".into(), error("invalid JSON or field"));
+            responses.insert("413".into(), error("body too large"));
+        }
+        if r.path.contains('{') {
+            responses.insert("404".into(), error("not found"));
+        }
+        if r.method == "post" && r.path.starts_with("/v1/") {
+            responses.insert("409".into(), error("idempotency conflict or wrong state"));
+            responses.insert(
+                "422".into(),
+                error("refused by the ledger (funds, frozen, currency, limit)"),
+            );
+            responses.insert("503".into(), error("journal unavailable or timed out"));
+        }
+        op.insert("responses".into(), Value::Object(responses));
+        let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
+        if let Value::Object(m) = entry {
+            m.insert(r.method.to_string(), Value::Object(op));
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Vigil", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Inline fraud decisions and the ledger that settles allowed payments. Money is a decimal string; every error is {code, message, field?}."},
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    })
+}
+
+pub async fn serve() -> Response {
+    respond(StatusCode::OK, &document())
+}

@@ -1,0 +1,553 @@
+//! The HTTP API through `router(state).oneshot(request)`: auth, limits, errors, and the wallet
+//! story from the README (accounts, transfers, a blocked takeover, a dispute and its refund,
+//! the CSV export) against the default pack and the real ledger.
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use vigil_api::http::{AppState, Limits, Role, Token, router};
+use vigil_engine::ledger::{Book, BookConfig, Ledger};
+use vigil_engine::{Engine, EngineConfig, packs};
+use vigil_rules::PackOptions;
+use vigil_tests::root;
+
+const PAY: &str = "pay-token-123";
+const ANA: &str = "ana-token-123";
+const ADMIN: &str = "admin-token-123";
+
+fn app() -> (axum::Router, Ledger) {
+    let pack = packs::load(&root().join("rules/packs/default"), &PackOptions::default())
+        .expect("default pack");
+    let engine = Arc::new(Engine::new(pack, EngineConfig::default()));
+    let ledger = Ledger::in_memory(BookConfig::default());
+    let tokens = vec![
+        Token {
+            name: "wallet".into(),
+            role: Role::PaymentService,
+            token: PAY.into(),
+        },
+        Token {
+            name: "ana".into(),
+            role: Role::Analyst,
+            token: ANA.into(),
+        },
+        Token {
+            name: "root".into(),
+            role: Role::Admin,
+            token: ADMIN.into(),
+        },
+    ];
+    let limits = Limits {
+        body_bytes: 4096,
+        ..Limits::default()
+    };
+    (
+        router(AppState::new(engine, ledger.clone(), tokens, limits)),
+        ledger,
+    )
+}
+
+struct Answer {
+    status: StatusCode,
+    content_type: String,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> Answer {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.map_or_else(Body::empty, Body::from))
+        .expect("request");
+    let res = app.clone().oneshot(req).await.expect("infallible");
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let bytes = to_bytes(res.into_body(), 1 << 24).await.expect("body");
+    Answer {
+        status,
+        content_type,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+async fn post(app: &axum::Router, uri: &str, token: &str, body: Value) -> Answer {
+    call(app, "POST", uri, Some(token), Some(body.to_string())).await
+}
+
+async fn get(app: &axum::Router, uri: &str, token: &str) -> Answer {
+    call(app, "GET", uri, Some(token), None).await
+}
+
+/// An error answer with this status and code.
+fn assert_error(a: &Answer, status: StatusCode, code: &str) -> Value {
+    assert_eq!(a.status, status, "{}", a.text);
+    assert_eq!(a.content_type, "application/json", "{}", a.text);
+    let v = a.json();
+    assert_eq!(v["code"], code, "{}", a.text);
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        a.text
+    );
+    v
+}
+
+#[tokio::test]
+async fn tokens_and_roles_are_checked() {
+    let (app, _) = app();
+    let a = call(&app, "GET", "/v1/accounts/x", None, None).await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+    let a = get(&app, "/v1/accounts/x", "not-a-token").await;
+    assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+    // An analyst cannot move money; the payment service cannot freeze.
+    let a = post(&app, "/v1/transfers", ANA, json!({})).await;
+    assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
+    let a = post(&app, "/v1/accounts/x/freeze", PAY, json!({"reason": "r"})).await;
+    assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
+    // Admin may do anything; health needs no token.
+    let a = get(&app, "/v1/freezes", ADMIN).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let a = call(&app, "GET", "/healthz", None, None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let a = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(a.json()["status"], "ready");
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_with_stable_codes() {
+    let (app, _) = app();
+    let a = call(
+        &app,
+        "POST",
+        "/v1/accounts",
+        Some(PAY),
+        Some("{\"id\":".into()),
+    )
+    .await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "invalid_json");
+    let a = post(
+        &app,
+        "/v1/accounts",
+        PAY,
+        json!({"id": "a", "currency": "EUR", "colour": 1}),
+    )
+    .await;
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["field"], "colour");
+    let a = post(
+        &app,
+        "/v1/accounts",
+        PAY,
+        json!({"id": "a", "currency": "XYZ"}),
+    )
+    .await;
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "unknown_currency");
+    let big = json!({"id": "a", "currency": "EUR", "locale": "x".repeat(5000)});
+    let a = post(&app, "/v1/accounts", PAY, big).await;
+    assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    let a = post(
+        &app,
+        "/v1/accounts",
+        PAY,
+        json!({"id": "a", "currency": "EUR"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let a = post(
+        &app,
+        "/v1/accounts/a/deposits",
+        PAY,
+        json!({"op_id": "d1", "amount": "1.001"}),
+    )
+    .await;
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["field"], "amount");
+    let a = post(
+        &app,
+        "/v1/accounts/a/withdrawals",
+        PAY,
+        json!({"op_id": "w1", "amount": "5.00"}),
+    )
+    .await;
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds");
+    let a = post(&app, "/v1/authorize", PAY, json!({"tx_id": "t", "account_id": "a", "amount": "-1", "currency": "EUR", "kind": "payment"})).await;
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["field"], "amount");
+    let a = get(&app, "/v1/transfers/nope", PAY).await;
+    assert_error(&a, StatusCode::NOT_FOUND, "unknown_transfer");
+    let a = get(&app, "/v1/nothing", PAY).await;
+    assert_error(&a, StatusCode::NOT_FOUND, "not_found");
+    let a = call(&app, "DELETE", "/v1/accounts", Some(PAY), None).await;
+    assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let a = get(&app, "/v1/accounts/a/transactions?limit=0", PAY).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+    let a = get(&app, "/v1/accounts/a/transactions?kind=salary", PAY).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+}
+
+fn tx(id: &str, from: &str, to: &str, amount: &str, device: &str) -> Value {
+    json!({"tx_id": id, "account_id": from, "counterparty_id": to, "amount": amount,
+           "currency": "EUR", "device_id": device, "ip": "198.51.100.7",
+           "geo": {"lat": 48.8566, "lon": 2.3522, "country": "FR"}})
+}
+
+async fn balance(app: &axum::Router, id: &str) -> (String, String, bool) {
+    let v = get(app, &format!("/v1/accounts/{id}"), PAY).await.json();
+    (
+        v["available"].as_str().unwrap_or_default().to_string(),
+        v["held"].as_str().unwrap_or_default().to_string(),
+        v["frozen"].as_bool().unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn the_wallet_story() {
+    let (app, ledger) = app();
+    for (id, locale) in [("alice", "zh-CN"), ("bob", "en"), ("mallory", "en")] {
+        let a = post(
+            &app,
+            "/v1/accounts",
+            PAY,
+            json!({"id": id, "currency": "EUR", "locale": locale}),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    }
+    let a = post(
+        &app,
+        "/v1/accounts/alice/deposits",
+        PAY,
+        json!({"op_id": "dep-1", "amount": "1000.00"}),
+    )
+    .await;
+    assert_eq!(a.json()["available"], "1000.00");
+
+    // An everyday transfer from her phone settles.
+    let a = post(
+        &app,
+        "/v1/transfers",
+        PAY,
+        tx("t-1", "alice", "bob", "25.00", "d-phone"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let v = a.json();
+    assert_eq!(v["decision"]["action"], "allow");
+    assert_eq!(v["transfer"]["status"], "settled");
+    // The retry returns the same transfer, and moves nothing again.
+    let again = post(
+        &app,
+        "/v1/transfers",
+        PAY,
+        tx("t-1", "alice", "bob", "25.00", "d-phone"),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json()["transfer"], v["transfer"]);
+    assert_eq!(again.json()["replayed"], true);
+    let a = post(
+        &app,
+        "/v1/transfers",
+        PAY,
+        tx("t-1", "alice", "bob", "26.00", "d-phone"),
+    )
+    .await;
+    assert_error(&a, StatusCode::CONFLICT, "idempotency_conflict");
+    assert_eq!(
+        balance(&app, "alice").await,
+        ("975.00".into(), "0.00".into(), false)
+    );
+
+    // Takeover: a password reset, then a new device pays a new payee a little, then most of it.
+    let a = post(&app, "/v1/events", PAY, json!({"event_id": "e-1", "kind": "password_reset", "account_id": "alice", "device_id": "d-evil"})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let a = post(
+        &app,
+        "/v1/transfers",
+        PAY,
+        tx("t-2", "alice", "mallory", "60.00", "d-evil"),
+    )
+    .await;
+    let v = a.json();
+    assert_eq!(v["transfer"]["status"], "settled", "{v}");
+    let a = post(
+        &app,
+        "/v1/transfers",
+        PAY,
+        tx("t-3", "alice", "mallory", "900.00", "d-evil"),
+    )
+    .await;
+    let v = a.json();
+    assert_eq!(v["decision"]["action"], "block", "{v}");
+    assert_eq!(v["decline_code"], "risk_blocked");
+    assert_eq!(v["transfer"]["status"], "declined");
+    assert!(
+        v["transfer"]["rules"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r == "ato.drain_after_credential_change")),
+        "{v}"
+    );
+    assert_eq!(v["notification"]["kind"], "blocked_transfer");
+    assert_eq!(v["notification"]["locale"], "zh");
+    assert!(
+        v["notification"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("900.00")),
+        "{v}"
+    );
+    // The rule froze her account in the ledger.
+    assert_eq!(
+        balance(&app, "alice").await,
+        ("915.00".into(), "0.00".into(), true)
+    );
+    let f = get(&app, "/v1/freezes", ANA).await.json();
+    assert_eq!(f["freezes"][0]["account_id"], "alice");
+    assert_eq!(
+        f["freezes"][0]["by"],
+        "rule:ato.drain_after_credential_change"
+    );
+
+    // She disputes the 60 that got through; the analyst finds fraud: mallory still has it.
+    let a = post(
+        &app,
+        "/v1/disputes",
+        PAY,
+        json!({"dispute_id": "dsp-1", "tx_id": "t-2", "reason": "not me"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let cases = get(&app, "/v1/cases", ANA).await.json();
+    assert_eq!(cases["cases"].as_array().map(Vec::len), Some(1), "{cases}");
+    let a = post(
+        &app,
+        "/v1/cases/dsp-1/resolve",
+        ANA,
+        json!({"verdict": "fraud", "note": "ATO"}),
+    )
+    .await;
+    let v = a.json();
+    assert_eq!(v["status"], "resolved", "{v}");
+    assert_eq!(v["recovered"], "60.00");
+    assert_eq!(v["resolved_by"], "ana");
+    assert_eq!(
+        balance(&app, "alice").await,
+        ("975.00".into(), "0.00".into(), true)
+    );
+    assert_eq!(
+        balance(&app, "mallory").await,
+        ("0.00".into(), "0.00".into(), false)
+    );
+    assert_eq!(
+        get(&app, "/v1/transfers/t-2", PAY).await.json()["label"],
+        "fraud"
+    );
+    // The analyst unfreezes her after the password is reset again.
+    let a = post(
+        &app,
+        "/v1/accounts/alice/unfreeze",
+        ANA,
+        json!({"reason": "credentials reset with the holder"}),
+    )
+    .await;
+    assert_eq!(a.json()["frozen"], false);
+
+    // The CSV export: every movement on her account, in order.
+    let a = get(&app, "/v1/accounts/alice/transactions.csv", PAY).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.content_type.starts_with("text/csv"));
+    let rows: Vec<Vec<String>> = a
+        .text
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    assert_eq!(
+        rows[0].join(","),
+        "seq,at,kind,ref,counterparty,amount,held_change,available_after,held_after,currency"
+    );
+    let got: Vec<String> = rows[1..]
+        .iter()
+        .map(|r| format!("{} {} {} {} {}", r[2], r[3], r[4], r[5], r[7]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "deposit dep-1 world 1000.00 1000.00",
+            "transfer_out t-1 bob -25.00 975.00",
+            "transfer_out t-2 mallory -60.00 915.00",
+            "refund_in dsp-1:recovery mallory 60.00 975.00",
+        ]
+    );
+    // The same through the paginated JSON, one entry a page.
+    let mut cursor = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let v = get(
+            &app,
+            &format!("/v1/accounts/alice/transactions?limit=1&cursor={cursor}"),
+            PAY,
+        )
+        .await
+        .json();
+        for e in v["entries"].as_array().into_iter().flatten() {
+            seen.push(e["ref"].as_str().unwrap_or_default().to_string());
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["dep-1", "t-1", "t-2", "dsp-1:recovery"]);
+    let v = get(&app, "/v1/accounts/alice/transactions?kind=refund_in", PAY)
+        .await
+        .json();
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(1));
+    assert!(ledger.read(Book::check).is_empty());
+}
+
+#[tokio::test]
+async fn holds_step_up_review_and_refunds() {
+    let (app, ledger) = app();
+    for id in ["a", "b"] {
+        post(
+            &app,
+            "/v1/accounts",
+            PAY,
+            json!({"id": id, "currency": "EUR"}),
+        )
+        .await;
+    }
+    post(
+        &app,
+        "/v1/accounts/a/deposits",
+        PAY,
+        json!({"op_id": "d", "amount": "500.00"}),
+    )
+    .await;
+    // Confirming or cancelling needs a pending transfer.
+    let a = post(
+        &app,
+        "/v1/transfers",
+        PAY,
+        tx("p-1", "a", "b", "100.00", "d1"),
+    )
+    .await;
+    assert_eq!(a.json()["transfer"]["status"], "settled", "{}", a.text);
+    let a = post(&app, "/v1/transfers/p-1/confirm", PAY, json!({})).await;
+    assert_error(&a, StatusCode::CONFLICT, "invalid_state");
+    let a = post(&app, "/v1/transfers/p-1/cancel", PAY, json!({})).await;
+    assert_error(&a, StatusCode::CONFLICT, "invalid_state");
+    // Refunds: partial, then too much, then the rest.
+    let a = post(
+        &app,
+        "/v1/transfers/p-1/refunds",
+        PAY,
+        json!({"refund_id": "r1", "amount": "30.00"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.json()["refunded_total"], "30.00");
+    let a = post(
+        &app,
+        "/v1/transfers/p-1/refunds",
+        PAY,
+        json!({"refund_id": "r2", "amount": "70.01"}),
+    )
+    .await;
+    assert_error(
+        &a,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "refund_exceeds_settled",
+    );
+    let a = post(
+        &app,
+        "/v1/transfers/p-1/refunds",
+        PAY,
+        json!({"refund_id": "r3"}),
+    )
+    .await;
+    assert_eq!(a.json()["amount"], "70.00", "{}", a.text);
+    let a = post(
+        &app,
+        "/v1/transfers/p-1/refunds",
+        PAY,
+        json!({"refund_id": "r3"}),
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "a repeated refund is the same refund: {}",
+        a.text
+    );
+    assert_eq!(balance(&app, "a").await.0, "500.00");
+
+    // A sanctioned country blocks; an authorize-only call moves nothing.
+    let mut t = tx("p-2", "a", "b", "10.00", "d1");
+    t["geo"]["country"] = json!("KP");
+    t["kind"] = json!("transfer");
+    let a = post(&app, "/v1/authorize", PAY, t).await;
+    let v = a.json();
+    assert_eq!(v["decision"]["action"], "block", "{v}");
+    assert_eq!(v["decline_code"], "risk_blocked");
+    assert!(v.get("transfer").is_none());
+    assert_eq!(balance(&app, "a").await.0, "500.00");
+    assert!(ledger.read(Book::check).is_empty());
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route_with_its_roles() {
+    let (app, _) = app();
+    let a = call(&app, "GET", "/openapi.json", None, None).await;
+    let doc = a.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/v1/authorize", "post"),
+        ("/v1/transfers/{tx_id}/refunds", "post"),
+        ("/v1/accounts/{id}/transactions.csv", "get"),
+        ("/v1/cases/{id}/resolve", "post"),
+    ] {
+        let op = &paths[path][method];
+        assert!(op.is_object(), "{path} {method} missing");
+        assert!(op["responses"]["401"].is_object(), "{path}");
+        assert!(
+            op["x-roles"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r == "admin"))
+        );
+    }
+    assert_eq!(
+        paths["/v1/freezes"]["get"]["x-roles"],
+        json!(["analyst", "admin"])
+    );
+    // Every $ref resolves.
+    let text = a.text;
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    for r in text.split("#/components/schemas/").skip(1) {
+        let name: String = r.chars().take_while(|c| c.is_alphanumeric()).collect();
+        assert!(schemas.contains_key(&name), "unresolved $ref {name}");
+    }
+}

@@ -1,0 +1,554 @@
+//! The ledger that settles allowed payments: double-entry in integer minor units, idempotent by
+//! operation id, durable before it answers.
+//!
+//! [`Book`] is the state machine (balances, transfers, holds, freezes, cases). [`Ledger`] puts
+//! it behind one lock and a journal: a command is checked and applied in memory, its record is
+//! appended to the journal's buffer in the same critical section (so journal order is apply
+//! order), and the caller gets a ticket. A flusher thread writes everything buffered and calls
+//! `fdatasync` once for all of it (group commit), then marks those tickets durable. Callers
+//! answer only after their ticket is durable ([`Ledger::wait`] or [`Ledger::durable`]).
+//!
+//! Journal layout: `VIGILJNL`, format (u32 LE), then records: length (u32 LE), CRC-32 of the
+//! body (u32 LE), body (postcard: sequence, time, command). On start the journal is replayed
+//! into a new book; a torn last record (short, or failing its checksum at the very end of the
+//! file) is cut off; damage anywhere else stops the start.
+//!
+//! A reader may see a change whose record is not yet durable (read-uncommitted). Nothing that
+//! is acknowledged depends on one: records are durable in order.
+
+pub mod book;
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decision::Decision;
+use crate::event::Transaction;
+
+pub use book::{
+    Account, Book, BookConfig, Case, CaseKind, Command, Decline, Entry, FreezeRecord, LedgerError,
+    Outcome, Party, PostBy, Refund, Risk, Status, Transfer, TransferCmd, Verdict, VoidReason,
+};
+
+const MAGIC: &[u8; 8] = b"VIGILJNL";
+const FORMAT: u32 = 1;
+const HEADER_LEN: u64 = 12;
+/// A record larger than this is damage, not data.
+const RECORD_MAX: u32 = 1 << 20;
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    seq: u64,
+    ts_ms: i64,
+    cmd: Command,
+}
+
+/// Why the journal could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The journal is damaged, or the state it rebuilds breaks an invariant.
+    #[error("{path}: {message}")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What opening a journal found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Records replayed.
+    pub records: u64,
+    /// Bytes of a torn last record cut off.
+    pub torn_bytes: u64,
+}
+
+/// A command's result and the ticket to wait on before answering.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The result.
+    pub outcome: Outcome,
+    /// Journal sequence; durable once [`Ledger::wait`] returns for it.
+    pub ticket: u64,
+    /// The command repeated an earlier one: the stored result.
+    pub replayed: bool,
+}
+
+struct Inner {
+    book: Book,
+    buf: Vec<u8>,
+    next_seq: u64,
+    closed: bool,
+    failed: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Durable {
+    seq: u64,
+    failed: bool,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    wake: Condvar,
+    durable: Mutex<Durable>,
+    durable_cv: Condvar,
+    watch: tokio::sync::watch::Sender<Durable>,
+    path: Option<PathBuf>,
+}
+
+/// The ledger: a [`Book`] behind a journal with group commit. Cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    shared: Arc<Shared>,
+    flusher: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Wall-clock Unix milliseconds: the ledger books operations when they happen (a booking
+/// time, not an event time), and holds lapse on the wall clock.
+#[allow(clippy::disallowed_methods)]
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// One framed record: length, checksum, body.
+fn encode(rec: &Record) -> Result<Vec<u8>, LedgerError> {
+    let mut out = vec![0; 8];
+    out = postcard::to_extend(rec, out)
+        .map_err(|e| LedgerError::Journal(format!("encoding a record: {e}")))?;
+    let len = u32::try_from(out.len() - 8)
+        .ok()
+        .filter(|l| *l <= RECORD_MAX)
+        .ok_or_else(|| LedgerError::Unsupported("the request is too large to journal".into()))?;
+    let crc = crc32fast::hash(&out[8..]);
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+impl Ledger {
+    /// A ledger that keeps nothing on disk (demos, tests): every ticket is durable at once.
+    pub fn in_memory(config: BookConfig) -> Ledger {
+        Self::start(Book::new(config), None, None, 0)
+    }
+
+    /// Opens (or creates) the journal at `path`, rebuilds the book from it and starts the
+    /// flusher.
+    pub fn open(path: &Path, config: BookConfig) -> Result<(Ledger, Recovery), JournalError> {
+        let io_err = |source| JournalError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let damaged = |message: String| JournalError::Damaged {
+            path: path.display().to_string(),
+            message,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(io_err)?;
+        let mut book = Book::new(config);
+        let mut recovery = Recovery::default();
+        let mut last_seq = 0;
+        if data.len() < HEADER_LEN as usize {
+            // New, or torn while writing the header: start over.
+            recovery.torn_bytes = data.len() as u64;
+            file.set_len(0).map_err(io_err)?;
+            file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+            let mut header = MAGIC.to_vec();
+            header.extend_from_slice(&FORMAT.to_le_bytes());
+            file.write_all(&header).map_err(io_err)?;
+            file.sync_all().map_err(io_err)?;
+        } else {
+            if &data[..8] != MAGIC {
+                return Err(damaged("not a Vigil journal (bad magic)".into()));
+            }
+            let format = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);
+            if format != FORMAT {
+                return Err(damaged(format!(
+                    "journal format {format}; this build reads {FORMAT}"
+                )));
+            }
+            let mut pos = HEADER_LEN as usize;
+            while pos < data.len() {
+                let rest = &data[pos..];
+                if rest.len() < 8 {
+                    break;
+                }
+                let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+                if len > RECORD_MAX {
+                    return Err(damaged(format!(
+                        "record at byte {pos} claims {len} bytes: damaged"
+                    )));
+                }
+                let end = 8 + len as usize;
+                if rest.len() < end {
+                    break;
+                }
+                let body = &rest[8..end];
+                if crc32fast::hash(body) != crc {
+                    if pos + end == data.len() {
+                        break; // the last record, torn
+                    }
+                    return Err(damaged(format!(
+                        "record at byte {pos} fails its checksum and is not the last: damaged"
+                    )));
+                }
+                let rec: Record = postcard::from_bytes(body)
+                    .map_err(|e| damaged(format!("record at byte {pos} does not decode: {e}")))?;
+                if rec.seq != last_seq + 1 {
+                    return Err(damaged(format!(
+                        "record at byte {pos} has sequence {}, expected {}",
+                        rec.seq,
+                        last_seq + 1
+                    )));
+                }
+                book.apply(&rec.cmd, rec.ts_ms, rec.seq).map_err(|e| {
+                    damaged(format!(
+                        "record {} is refused on replay ({e}); was it written by another version?",
+                        rec.seq
+                    ))
+                })?;
+                last_seq = rec.seq;
+                recovery.records += 1;
+                pos += end;
+            }
+            if pos < data.len() {
+                recovery.torn_bytes = (data.len() - pos) as u64;
+                file.set_len(pos as u64).map_err(io_err)?;
+                file.sync_all().map_err(io_err)?;
+            }
+        }
+        let broken = book.check();
+        if !broken.is_empty() {
+            return Err(damaged(format!(
+                "the rebuilt ledger breaks its invariants: {}",
+                broken.join("; ")
+            )));
+        }
+        file.seek(SeekFrom::End(0)).map_err(io_err)?;
+        Ok((
+            Self::start(book, Some(file), Some(path.to_path_buf()), last_seq),
+            recovery,
+        ))
+    }
+
+    fn start(book: Book, file: Option<File>, path: Option<PathBuf>, last_seq: u64) -> Ledger {
+        let durable = Durable {
+            seq: last_seq,
+            failed: false,
+        };
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                book,
+                buf: Vec::with_capacity(1 << 16),
+                next_seq: last_seq + 1,
+                closed: false,
+                failed: None,
+            }),
+            wake: Condvar::new(),
+            durable: Mutex::new(durable),
+            durable_cv: Condvar::new(),
+            watch: tokio::sync::watch::Sender::new(durable),
+            path,
+        });
+        let s = Arc::clone(&shared);
+        let flusher = std::thread::Builder::new()
+            .name("vigil-journal".into())
+            .spawn(move || flush_loop(&s, file))
+            .ok();
+        if flusher.is_none() {
+            lock(&shared.inner).failed = Some("cannot start the journal thread".into());
+        }
+        Ledger {
+            shared,
+            flusher: Arc::new(Mutex::new(flusher)),
+        }
+    }
+
+    /// Applies `cmd` now. Wait on the ticket before telling anyone.
+    pub fn execute(&self, cmd: Command) -> Result<Applied, LedgerError> {
+        self.execute_at(cmd, now_ms())
+    }
+
+    /// Applies `cmd` as of `ts_ms`.
+    pub fn execute_at(&self, cmd: Command, ts_ms: i64) -> Result<Applied, LedgerError> {
+        let mut inner = lock(&self.shared.inner);
+        if let Some(f) = &inner.failed {
+            return Err(LedgerError::Journal(f.clone()));
+        }
+        if let Some((outcome, ticket)) = inner.book.replayed(&cmd)? {
+            return Ok(Applied {
+                outcome,
+                ticket,
+                replayed: true,
+            });
+        }
+        let seq = inner.next_seq;
+        let rec = Record { seq, ts_ms, cmd };
+        let frame = encode(&rec)?;
+        let outcome = inner.book.apply(&rec.cmd, ts_ms, seq)?;
+        inner.buf.extend_from_slice(&frame);
+        inner.next_seq += 1;
+        drop(inner);
+        self.shared.wake.notify_one();
+        Ok(Applied {
+            outcome,
+            ticket: seq,
+            replayed: false,
+        })
+    }
+
+    /// Blocks until `ticket` is durable.
+    pub fn wait(&self, ticket: u64) -> Result<(), LedgerError> {
+        let mut d = lock(&self.shared.durable);
+        while d.seq < ticket && !d.failed {
+            d = self
+                .shared
+                .durable_cv
+                .wait(d)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if d.seq >= ticket {
+            Ok(())
+        } else {
+            Err(self.failure())
+        }
+    }
+
+    /// Waits until `ticket` is durable, without blocking a thread.
+    pub async fn durable(&self, ticket: u64) -> Result<(), LedgerError> {
+        let mut rx = self.shared.watch.subscribe();
+        let d = rx
+            .wait_for(|d| d.seq >= ticket || d.failed)
+            .await
+            .map(|d| *d)
+            .map_err(|_| LedgerError::Journal("the journal stopped".into()))?;
+        if d.seq >= ticket {
+            Ok(())
+        } else {
+            Err(self.failure())
+        }
+    }
+
+    fn failure(&self) -> LedgerError {
+        LedgerError::Journal(
+            lock(&self.shared.inner)
+                .failed
+                .clone()
+                .unwrap_or_else(|| "the journal stopped".into()),
+        )
+    }
+
+    /// The highest ticket handed out so far.
+    pub fn last_ticket(&self) -> u64 {
+        lock(&self.shared.inner).next_seq - 1
+    }
+
+    /// Reads the book under the lock.
+    pub fn read<T>(&self, f: impl FnOnce(&Book) -> T) -> T {
+        f(&lock(&self.shared.inner).book)
+    }
+
+    /// Releases every hold that lapsed by `now_ms`; returns the voided transfers and the last
+    /// ticket.
+    pub fn expire_due(&self, now_ms: i64) -> (Vec<Transfer>, u64) {
+        let due = self.read(|b| b.expired(now_ms));
+        let mut out = Vec::new();
+        let mut ticket = 0;
+        for tx_id in due {
+            let cmd = Command::Void {
+                tx_id,
+                why: VoidReason::Expired,
+            };
+            if let Ok(a) = self.execute_at(cmd, now_ms) {
+                ticket = a.ticket;
+                if let Outcome::Transfer(t) = a.outcome {
+                    out.push(t);
+                }
+            }
+        }
+        (out, ticket)
+    }
+
+    /// The transfer command for `tx` as decided by `d` (or not decided yet: `None`).
+    pub fn transfer_cmd(&self, tx: &Transaction, d: Option<&Decision>) -> TransferCmd {
+        let (from, to) = self.read(|b| {
+            TransferCmd::parties(
+                tx.kind,
+                &tx.account_id,
+                tx.counterparty_id.as_deref(),
+                |id| b.has_account(id),
+            )
+        });
+        TransferCmd {
+            tx_id: tx.tx_id.clone(),
+            kind: tx.kind,
+            from,
+            to,
+            amount: tx.amount_minor,
+            currency: tx.currency.code().to_string(),
+            risk: d.map_or(Risk::Allow, |d| Risk::from_action(d.action)),
+            rules: d.map_or_else(Vec::new, |d| d.acting().map(|r| r.rule.clone()).collect()),
+            score: d.map_or(0, |d| d.score),
+        }
+    }
+
+    /// The stored result if `tx` was settled before (a retry), without deciding it again;
+    /// a conflict if its id was used for a different transfer.
+    pub fn repeated(&self, tx: &Transaction) -> Result<Option<Applied>, LedgerError> {
+        let cmd = Command::Transfer(self.transfer_cmd(tx, None));
+        Ok(self
+            .read(|b| b.replayed(&cmd))?
+            .map(|(outcome, ticket)| Applied {
+                outcome,
+                ticket,
+                replayed: true,
+            }))
+    }
+
+    /// Settles, holds or declines a decided transaction; freezes the payer when an acting rule
+    /// asked to (once). Returns the transfer's result and the last ticket to wait on.
+    pub fn settle_decided(
+        &self,
+        tx: &Transaction,
+        d: &Decision,
+    ) -> Result<(Applied, u64), LedgerError> {
+        let applied = self.execute(Command::Transfer(self.transfer_cmd(tx, Some(d))))?;
+        let mut ticket = applied.ticket;
+        if let Some(t) = self.freeze_decided(tx, d)? {
+            ticket = ticket.max(t);
+        }
+        Ok((applied, ticket))
+    }
+
+    /// Freezes the payer in the ledger when `d` asks for a freeze the first time and the
+    /// account is in the ledger; returns the ticket.
+    pub fn freeze_decided(
+        &self,
+        tx: &Transaction,
+        d: &Decision,
+    ) -> Result<Option<u64>, LedgerError> {
+        if !d.freeze || d.already_frozen || d.duplicate {
+            return Ok(None);
+        }
+        let known = self.read(|b| b.get_account(&tx.account_id).map(|a| a.frozen));
+        if known != Some(false) {
+            return Ok(None);
+        }
+        let rule = d.acting().next().map_or("", |r| r.rule.as_str());
+        let a = self.execute(Command::Freeze {
+            account: tx.account_id.clone(),
+            reason: format!("rule {rule} fired on {}", tx.tx_id),
+            by: format!("rule:{rule}"),
+            tx_id: Some(tx.tx_id.clone()),
+        })?;
+        Ok(Some(a.ticket))
+    }
+
+    /// Whether the journal takes writes.
+    pub fn healthy(&self) -> bool {
+        lock(&self.shared.inner).failed.is_none()
+    }
+
+    /// The journal file, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.shared.path.as_deref()
+    }
+
+    /// Flushes what is buffered and stops the flusher. Later writes fail.
+    pub fn close(&self) {
+        lock(&self.shared.inner).closed = true;
+        self.shared.wake.notify_all();
+        if let Some(h) = lock(&self.flusher).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn flush_loop(s: &Shared, mut file: Option<File>) {
+    let mut spare: Vec<u8> = Vec::with_capacity(1 << 16);
+    loop {
+        let last = {
+            let mut inner = lock(&s.inner);
+            while inner.buf.is_empty() && !inner.closed {
+                inner = s
+                    .wake
+                    .wait(inner)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if inner.buf.is_empty() {
+                inner
+                    .failed
+                    .get_or_insert_with(|| "the ledger is closed".into());
+                drop(inner);
+                mark(s, None);
+                return;
+            }
+            std::mem::swap(&mut inner.buf, &mut spare);
+            inner.next_seq - 1
+        };
+        let result = match file.as_mut() {
+            Some(f) => f.write_all(&spare).and_then(|()| f.sync_data()),
+            None => Ok(()),
+        };
+        spare.clear();
+        if let Err(e) = result {
+            let msg = format!("writing the journal failed: {e}");
+            tracing::error!("{msg}; the ledger takes no more writes");
+            lock(&s.inner).failed = Some(msg);
+            mark(s, None);
+            return;
+        }
+        mark(s, Some(last));
+    }
+}
+
+fn mark(s: &Shared, seq: Option<u64>) {
+    let mut d = lock(&s.durable);
+    match seq {
+        Some(seq) => d.seq = seq,
+        None => d.failed = true,
+    }
+    let now = *d;
+    drop(d);
+    s.durable_cv.notify_all();
+    s.watch.send_replace(now);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,614 @@
+// Amounts in minor units are written major_minor: 100_00 is 100.00.
+#![allow(clippy::inconsistent_digit_grouping)]
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::event::TxKind;
+
+fn open(l: &Ledger, id: &str, cur: &str) {
+    l.execute_at(
+        Command::Open {
+            account: id.into(),
+            currency: cur.into(),
+            locale: None,
+        },
+        1,
+    )
+    .unwrap_or_else(|e| panic!("open {id}: {e}"));
+}
+
+fn deposit(l: &Ledger, op: &str, id: &str, amount: i64) -> Result<Applied, LedgerError> {
+    l.execute_at(
+        Command::Deposit {
+            op_id: op.into(),
+            account: id.into(),
+            amount,
+        },
+        2,
+    )
+}
+
+fn transfer(tx: &str, from: &str, to: &str, amount: i64, risk: Risk) -> Command {
+    Command::Transfer(TransferCmd {
+        tx_id: tx.into(),
+        kind: TxKind::Transfer,
+        from: Party::Account(from.into()),
+        to: Party::Account(to.into()),
+        amount,
+        currency: "EUR".into(),
+        risk,
+        rules: vec![],
+        score: 0,
+    })
+}
+
+fn tr(a: &Applied) -> &Transfer {
+    match &a.outcome {
+        Outcome::Transfer(t) => t,
+        o => panic!("not a transfer: {o:?}"),
+    }
+}
+
+fn balances(l: &Ledger, id: &str) -> (i64, i64) {
+    l.read(|b| b.get_account(id).map(|a| (a.available, a.held)))
+        .unwrap_or_else(|| panic!("no account {id}"))
+}
+
+fn two_accounts() -> Ledger {
+    let l = Ledger::in_memory(BookConfig::default());
+    open(&l, "alice", "EUR");
+    open(&l, "bob", "EUR");
+    deposit(&l, "dep-1", "alice", 100_00).expect("deposit");
+    l
+}
+
+#[test]
+fn allow_settles_and_block_moves_nothing() {
+    let l = two_accounts();
+    let a = l
+        .execute(transfer("t1", "alice", "bob", 30_00, Risk::Allow))
+        .expect("t1");
+    assert_eq!(tr(&a).status, Status::Settled);
+    assert_eq!(balances(&l, "alice"), (70_00, 0));
+    assert_eq!(balances(&l, "bob"), (30_00, 0));
+    let b = l
+        .execute(transfer("t2", "alice", "bob", 10_00, Risk::Block))
+        .expect("t2");
+    assert_eq!(tr(&b).status, Status::Declined);
+    assert_eq!(tr(&b).decline, Some(Decline::RiskBlocked));
+    assert_eq!(balances(&l, "alice"), (70_00, 0));
+    assert!(l.read(Book::check).is_empty());
+}
+
+#[test]
+fn declines_name_their_cause() {
+    let l = two_accounts();
+    open(&l, "carol", "USD");
+    let cases = [
+        (
+            transfer("d1", "alice", "bob", 100_01, Risk::Allow),
+            Decline::InsufficientFunds,
+        ),
+        (
+            transfer("d2", "alice", "nobody", 1, Risk::Allow),
+            Decline::UnknownAccount,
+        ),
+        (
+            transfer("d3", "alice", "carol", 1, Risk::Allow),
+            Decline::CurrencyMismatch,
+        ),
+        (
+            transfer("d4", "alice", "bob", 1_000_000_01, Risk::Allow),
+            Decline::LimitExceeded,
+        ),
+    ];
+    for (cmd, want) in cases {
+        let a = l.execute(cmd).expect("declines are results");
+        assert_eq!(tr(&a).decline, Some(want), "{:?}", tr(&a));
+    }
+    l.execute(Command::Freeze {
+        account: "bob".into(),
+        reason: "mule".into(),
+        by: "analyst".into(),
+        tx_id: None,
+    })
+    .expect("freeze");
+    let a = l
+        .execute(transfer("d5", "alice", "bob", 1, Risk::Allow))
+        .expect("d5");
+    assert_eq!(tr(&a).decline, Some(Decline::AccountFrozen));
+    assert_eq!(balances(&l, "alice"), (100_00, 0));
+}
+
+#[test]
+fn holds_post_on_confirmation_and_release_on_cancel() {
+    let l = two_accounts();
+    let a = l
+        .execute(transfer("s1", "alice", "bob", 40_00, Risk::StepUp))
+        .expect("s1");
+    assert_eq!(tr(&a).status, Status::Pending);
+    assert_eq!(balances(&l, "alice"), (60_00, 40_00));
+    // Held money cannot be spent twice.
+    let b = l
+        .execute(transfer("s2", "alice", "bob", 70_00, Risk::Allow))
+        .expect("s2");
+    assert_eq!(tr(&b).decline, Some(Decline::InsufficientFunds));
+    l.execute(Command::Post {
+        tx_id: "s1".into(),
+        by: PostBy::Confirmed,
+    })
+    .expect("confirm");
+    assert_eq!(balances(&l, "alice"), (60_00, 0));
+    assert_eq!(balances(&l, "bob"), (40_00, 0));
+    let err = l
+        .execute(Command::Void {
+            tx_id: "s1".into(),
+            why: VoidReason::Cancelled,
+        })
+        .expect_err("settled cannot be cancelled");
+    assert_eq!(err.code(), "invalid_state");
+
+    l.execute(transfer("s3", "alice", "bob", 20_00, Risk::StepUp))
+        .expect("s3");
+    l.execute(Command::Void {
+        tx_id: "s3".into(),
+        why: VoidReason::Cancelled,
+    })
+    .expect("cancel");
+    assert_eq!(balances(&l, "alice"), (60_00, 0));
+    assert!(l.read(Book::check).is_empty());
+}
+
+#[test]
+fn review_opens_a_case_and_the_verdict_posts_or_voids() {
+    let l = two_accounts();
+    l.execute(transfer("r1", "alice", "bob", 10_00, Risk::Review))
+        .expect("r1");
+    l.execute(transfer("r2", "alice", "bob", 20_00, Risk::Review))
+        .expect("r2");
+    assert_eq!(l.read(|b| b.cases(true).count()), 2);
+    let err = l
+        .execute(Command::Post {
+            tx_id: "r1".into(),
+            by: PostBy::Confirmed,
+        })
+        .expect_err("the holder cannot release a review hold");
+    assert_eq!(err.code(), "unsupported");
+    let resolve = |case: &str, verdict| Command::Resolve {
+        case_id: case.into(),
+        verdict,
+        by: "ana".into(),
+        note: String::new(),
+    };
+    l.execute(resolve("review-r1", Verdict::Legit))
+        .expect("legit");
+    l.execute(resolve("review-r2", Verdict::Fraud))
+        .expect("fraud");
+    assert_eq!(balances(&l, "alice"), (90_00, 0));
+    assert_eq!(balances(&l, "bob"), (10_00, 0));
+    assert_eq!(
+        l.read(|b| b.get_transfer("r2").map(|t| t.status)),
+        Some(Status::Voided)
+    );
+    assert_eq!(
+        l.read(|b| b.get_transfer("r2").and_then(|t| t.label)),
+        Some(Verdict::Fraud)
+    );
+    let err = l
+        .execute(resolve("review-r1", Verdict::Fraud))
+        .expect_err("closed");
+    assert_eq!(err.code(), "case_closed");
+}
+
+#[test]
+fn holds_expire() {
+    let l = two_accounts();
+    l.execute_at(transfer("e1", "alice", "bob", 10_00, Risk::StepUp), 1_000)
+        .expect("e1");
+    let (voided, _) = l.expire_due(1_000 + BookConfig::default().step_up_hold_ms - 1);
+    assert!(voided.is_empty());
+    let (voided, _) = l.expire_due(1_000 + BookConfig::default().step_up_hold_ms);
+    assert_eq!(voided.len(), 1);
+    assert_eq!(voided[0].void_reason, Some(VoidReason::Expired));
+    assert_eq!(balances(&l, "alice"), (100_00, 0));
+}
+
+#[test]
+fn refunds_never_exceed_what_was_settled() {
+    let l = two_accounts();
+    l.execute(transfer("p1", "alice", "bob", 50_00, Risk::Allow))
+        .expect("p1");
+    let refund = |id: &str, amount| Command::Refund {
+        refund_id: id.into(),
+        tx_id: "p1".into(),
+        amount,
+        reason: "returned".into(),
+    };
+    l.execute(refund("rf1", Some(20_00))).expect("partial");
+    let err = l.execute(refund("rf2", Some(30_01))).expect_err("too much");
+    assert_eq!(err.code(), "refund_exceeds_settled");
+    let a = l.execute(refund("rf3", None)).expect("the rest");
+    let Outcome::Refund(r) = a.outcome else {
+        panic!("not a refund")
+    };
+    assert_eq!((r.amount, r.refunded_total), (30_00, 50_00));
+    assert_eq!(balances(&l, "alice"), (100_00, 0));
+    assert_eq!(balances(&l, "bob"), (0, 0));
+    let err = l.execute(refund("rf4", None)).expect_err("nothing left");
+    assert_eq!(err.code(), "refund_exceeds_settled");
+}
+
+#[test]
+fn same_request_same_result_and_different_request_conflicts() {
+    let l = two_accounts();
+    let a = l
+        .execute(transfer("i1", "alice", "bob", 5_00, Risk::Allow))
+        .expect("i1");
+    let b = l
+        .execute(transfer("i1", "alice", "bob", 5_00, Risk::Allow))
+        .expect("again");
+    assert!(b.replayed);
+    assert_eq!(tr(&a), tr(&b));
+    assert_eq!(a.ticket, b.ticket);
+    assert_eq!(balances(&l, "alice"), (95_00, 0));
+    // A retried decision may differ (state moved on); the request did not.
+    let c = l
+        .execute(transfer("i1", "alice", "bob", 5_00, Risk::Block))
+        .expect("risk differs");
+    assert_eq!(tr(&c).status, Status::Settled);
+    let err = l
+        .execute(transfer("i1", "alice", "bob", 6_00, Risk::Allow))
+        .expect_err("different amount");
+    assert_eq!(err.code(), "idempotency_conflict");
+    let err = deposit(&l, "dep-1", "alice", 1).expect_err("deposit id reused");
+    assert_eq!(err.code(), "idempotency_conflict");
+}
+
+#[test]
+fn dispute_freezes_and_fraud_recovers_what_the_payee_still_has() {
+    let l = two_accounts();
+    open(&l, "mule", "EUR");
+    open(&l, "shop", "EUR");
+    l.execute(transfer("x1", "alice", "mule", 80_00, Risk::Allow))
+        .expect("x1");
+    // The mule moves most of it on.
+    l.execute(transfer("x2", "mule", "shop", 70_00, Risk::Allow))
+        .expect("x2");
+    let a = l
+        .execute(Command::Dispute {
+            case_id: "d-1".into(),
+            tx_id: "x1".into(),
+            reason: "not me".into(),
+        })
+        .expect("dispute");
+    assert!(matches!(a.outcome, Outcome::Case(_)));
+    assert!(l.read(|b| b.get_account("alice").is_some_and(|a| a.frozen)));
+    let blocked = l
+        .execute(transfer("x3", "alice", "bob", 1_00, Risk::Allow))
+        .expect("x3");
+    assert_eq!(tr(&blocked).decline, Some(Decline::AccountFrozen));
+    let a = l
+        .execute(Command::Resolve {
+            case_id: "d-1".into(),
+            verdict: Verdict::Fraud,
+            by: "ana".into(),
+            note: "ATO".into(),
+        })
+        .expect("resolve");
+    let Outcome::Case(case) = a.outcome else {
+        panic!("not a case")
+    };
+    assert_eq!(case.recovered, 10_00);
+    assert_eq!(balances(&l, "alice"), (30_00, 0));
+    assert_eq!(balances(&l, "mule"), (0, 0));
+    assert!(l.read(Book::check).is_empty());
+}
+
+#[test]
+fn dispute_found_legit_unfreezes() {
+    let l = two_accounts();
+    l.execute(transfer("y1", "alice", "bob", 10_00, Risk::Allow))
+        .expect("y1");
+    l.execute(Command::Dispute {
+        case_id: "d-2".into(),
+        tx_id: "y1".into(),
+        reason: "not me".into(),
+    })
+    .expect("dispute");
+    l.execute(Command::Resolve {
+        case_id: "d-2".into(),
+        verdict: Verdict::Legit,
+        by: "ana".into(),
+        note: "holder's partner".into(),
+    })
+    .expect("resolve");
+    let a = l.read(|b| b.get_account("alice")).expect("alice");
+    assert!(!a.frozen);
+    assert_eq!(
+        l.read(|b| b.freeze_history("alice").map(<[_]>::len)),
+        Some(2)
+    );
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-ledger-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join("ledger.journal")
+}
+
+fn snapshot(l: &Ledger) -> Vec<String> {
+    l.read(|b| {
+        let mut v: Vec<String> = ["alice", "bob"]
+            .iter()
+            .map(|id| format!("{:?}", b.get_account(id)))
+            .collect();
+        v.push(format!("{:?}", b.get_transfer("j2")));
+        v.push(format!("{:?}", b.entries("alice")));
+        v
+    })
+}
+
+#[test]
+fn journal_rebuilds_the_same_state() {
+    let path = temp_path("rebuild");
+    let (l, rec) = Ledger::open(&path, BookConfig::default()).expect("open");
+    assert_eq!(rec, Recovery::default());
+    open(&l, "alice", "EUR");
+    open(&l, "bob", "EUR");
+    deposit(&l, "dep", "alice", 100_00).expect("deposit");
+    l.execute_at(transfer("j1", "alice", "bob", 10_00, Risk::Allow), 5)
+        .expect("j1");
+    let a = l
+        .execute_at(transfer("j2", "alice", "bob", 20_00, Risk::StepUp), 6)
+        .expect("j2");
+    l.wait(a.ticket).expect("durable");
+    let before = snapshot(&l);
+    l.close();
+    let (l2, rec) = Ledger::open(&path, BookConfig::default()).expect("reopen");
+    assert_eq!(rec.records, 5);
+    assert_eq!(rec.torn_bytes, 0);
+    assert_eq!(snapshot(&l2), before);
+    // Idempotency survives a restart.
+    let again = l2
+        .execute_at(transfer("j1", "alice", "bob", 10_00, Risk::Allow), 7)
+        .expect("retry");
+    assert!(again.replayed);
+    assert_eq!(l2.last_ticket(), 5);
+}
+
+#[test]
+fn a_torn_last_record_is_dropped_and_damage_elsewhere_stops_the_start() {
+    let path = temp_path("torn");
+    let (l, _) = Ledger::open(&path, BookConfig::default()).expect("open");
+    open(&l, "alice", "EUR");
+    open(&l, "bob", "EUR");
+    let a = deposit(&l, "dep", "alice", 100_00).expect("deposit");
+    l.wait(a.ticket).expect("durable");
+    l.close();
+    let full = std::fs::read(&path).expect("read");
+    // Cut into the last record: it is dropped, the rest stays.
+    std::fs::write(&path, &full[..full.len() - 3]).expect("write");
+    let (l2, rec) = Ledger::open(&path, BookConfig::default()).expect("reopen");
+    assert_eq!(rec.records, 2);
+    assert!(rec.torn_bytes > 0);
+    assert_eq!(balances(&l2, "alice"), (0, 0));
+    // New records go after the cut.
+    let a = deposit(&l2, "dep2", "alice", 7).expect("deposit");
+    l2.wait(a.ticket).expect("durable");
+    l2.close();
+    let (l3, rec) = Ledger::open(&path, BookConfig::default()).expect("reopen 2");
+    assert_eq!(rec.records, 3);
+    assert_eq!(balances(&l3, "alice"), (7, 0));
+    l3.close();
+    // A flipped byte in the first record is damage, not a torn tail.
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[HEADER_LEN as usize + 9] ^= 0xff;
+    std::fs::write(&path, &bytes).expect("write");
+    let err = Ledger::open(&path, BookConfig::default()).expect_err("damaged");
+    assert!(err.to_string().contains("fails its checksum"), "{err}");
+}
+
+#[test]
+fn concurrent_writers_are_group_committed() {
+    let path = temp_path("group");
+    let (l, _) = Ledger::open(&path, BookConfig::default()).expect("open");
+    for i in 0..8 {
+        open(&l, &format!("a{i}"), "EUR");
+        deposit(&l, &format!("d{i}"), &format!("a{i}"), 1_000_000).expect("deposit");
+    }
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let l = l.clone();
+            s.spawn(move || {
+                for i in 0..200 {
+                    let cmd = transfer(
+                        &format!("g{t}-{i}"),
+                        &format!("a{t}"),
+                        &format!("a{}", (t + 1) % 8),
+                        1,
+                        Risk::Allow,
+                    );
+                    let a = l.execute(cmd).expect("transfer");
+                    l.wait(a.ticket).expect("durable");
+                }
+            });
+        }
+    });
+    assert!(l.read(Book::check).is_empty());
+    l.close();
+    let (l2, rec) = Ledger::open(&path, BookConfig::default()).expect("reopen");
+    assert_eq!(rec.records, 16 + 1600);
+    assert_eq!(balances(&l2, "a0"), (1_000_000, 0));
+}
+
+// ---------- property test: random operations against a naive model ----------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Deposit(usize, i64),
+    Withdraw(usize, i64),
+    Transfer(usize, usize, i64, u8),
+    Post(usize),
+    Void(usize),
+    Refund(usize, Option<i64>),
+    Freeze(usize, bool),
+    Retry(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..4usize, 1..5_000i64).prop_map(|(a, m)| Op::Deposit(a, m)),
+        (0..4usize, 1..5_000i64).prop_map(|(a, m)| Op::Withdraw(a, m)),
+        (0..5usize, 0..5usize, 1..5_000i64, 0..4u8)
+            .prop_map(|(a, b, m, r)| Op::Transfer(a, b, m, r)),
+        (0..40usize).prop_map(Op::Post),
+        (0..40usize).prop_map(Op::Void),
+        (0..40usize, proptest::option::of(1..3_000i64)).prop_map(|(t, m)| Op::Refund(t, m)),
+        (0..4usize, any::<bool>()).prop_map(|(a, f)| Op::Freeze(a, f)),
+        (0..40usize).prop_map(Op::Retry),
+    ]
+}
+
+/// The naive model: plain maps, no holds bookkeeping beyond a number per transfer.
+#[derive(Default, Debug)]
+struct Model {
+    avail: HashMap<usize, i64>,
+    held: HashMap<usize, i64>,
+    frozen: HashMap<usize, bool>,
+    /// (from, to, amount, status, refunded, step_up)
+    txs: Vec<(usize, usize, i64, Status, i64)>,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn random_operations_keep_invariants_and_match_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+        let l = Ledger::in_memory(BookConfig::default());
+        // Accounts 0..4 in EUR; index 4 names an account that does not exist.
+        let name = |i: usize| format!("acct-{i}");
+        for i in 0..4 {
+            open(&l, &name(i), "EUR");
+        }
+        let mut m = Model::default();
+        let mut tx_cmds: Vec<Command> = Vec::new();
+        for (n, op) in ops.iter().enumerate() {
+            match *op {
+                Op::Deposit(a, amt) => {
+                    let r = deposit(&l, &format!("op{n}"), &name(a), amt);
+                    let frozen = m.frozen.get(&a).copied().unwrap_or(false);
+                    prop_assert_eq!(r.is_ok(), !frozen);
+                    if !frozen { *m.avail.entry(a).or_default() += amt; }
+                }
+                Op::Withdraw(a, amt) => {
+                    let r = l.execute(Command::Withdraw { op_id: format!("op{n}"), account: name(a), amount: amt });
+                    let av = m.avail.get(&a).copied().unwrap_or(0);
+                    let ok = !m.frozen.get(&a).copied().unwrap_or(false) && av >= amt;
+                    prop_assert_eq!(r.is_ok(), ok, "{:?}", r);
+                    if ok { *m.avail.entry(a).or_default() -= amt; }
+                }
+                Op::Transfer(a, b, amt, risk) => {
+                    let risk = [Risk::Allow, Risk::Review, Risk::StepUp, Risk::Block][risk as usize];
+                    let id = format!("tx{}", tx_cmds.len());
+                    let cmd = transfer(&id, &name(a), &name(b), amt, risk);
+                    tx_cmds.push(cmd.clone());
+                    let r = l.execute(cmd);
+                    if a == b {
+                        prop_assert!(r.is_err());
+                        m.txs.push((a, b, amt, Status::Declined, 0));
+                        continue;
+                    }
+                    let r = r.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let t = tr(&r);
+                    let fz = |i| m.frozen.get(&i).copied().unwrap_or(false);
+                    let av = m.avail.get(&a).copied().unwrap_or(0);
+                    let want = if a == 4 || b == 4 {
+                        Some(Decline::UnknownAccount)
+                    } else if risk == Risk::Block {
+                        Some(Decline::RiskBlocked)
+                    } else if fz(a) || fz(b) {
+                        Some(Decline::AccountFrozen)
+                    } else if av < amt {
+                        Some(Decline::InsufficientFunds)
+                    } else {
+                        None
+                    };
+                    prop_assert_eq!(t.decline, want);
+                    let status = match (want, risk) {
+                        (Some(_), _) => Status::Declined,
+                        (None, Risk::Allow) => {
+                            *m.avail.entry(a).or_default() -= amt;
+                            *m.avail.entry(b).or_default() += amt;
+                            Status::Settled
+                        }
+                        (None, _) => {
+                            *m.avail.entry(a).or_default() -= amt;
+                            *m.held.entry(a).or_default() += amt;
+                            Status::Pending
+                        }
+                    };
+                    prop_assert_eq!(t.status, status);
+                    m.txs.push((a, b, amt, status, 0));
+                }
+                Op::Post(i) | Op::Void(i) => {
+                    let Some(&(a, b, amt, st, _)) = m.txs.get(i) else { continue };
+                    let post = matches!(op, Op::Post(_));
+                    let cmd = if post {
+                        Command::Post { tx_id: format!("tx{i}"), by: PostBy::Approved }
+                    } else {
+                        Command::Void { tx_id: format!("tx{i}"), why: VoidReason::Cancelled }
+                    };
+                    let r = l.execute(cmd);
+                    prop_assert_eq!(r.is_ok(), st == Status::Pending, "{:?}", r);
+                    if st == Status::Pending {
+                        *m.held.entry(a).or_default() -= amt;
+                        if post {
+                            *m.avail.entry(b).or_default() += amt;
+                            m.txs[i].3 = Status::Settled;
+                        } else {
+                            *m.avail.entry(a).or_default() += amt;
+                            m.txs[i].3 = Status::Voided;
+                        }
+                    }
+                }
+                Op::Refund(i, amount) => {
+                    let Some(&(a, b, amt, st, refunded)) = m.txs.get(i) else { continue };
+                    let r = l.execute(Command::Refund { refund_id: format!("op{n}"), tx_id: format!("tx{i}"), amount, reason: String::new() });
+                    let want = amount.unwrap_or(amt - refunded);
+                    let ok = st == Status::Settled && want > 0 && want <= amt - refunded
+                        && m.avail.get(&b).copied().unwrap_or(0) >= want;
+                    prop_assert_eq!(r.is_ok(), ok, "{:?}", r);
+                    if ok {
+                        *m.avail.entry(b).or_default() -= want;
+                        *m.avail.entry(a).or_default() += want;
+                        m.txs[i].4 += want;
+                    }
+                }
+                Op::Freeze(a, f) => {
+                    let cmd = if f {
+                        Command::Freeze { account: name(a), reason: "t".into(), by: "p".into(), tx_id: None }
+                    } else {
+                        Command::Unfreeze { account: name(a), reason: "t".into(), by: "p".into() }
+                    };
+                    l.execute(cmd).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    m.frozen.insert(a, f);
+                }
+                Op::Retry(i) => {
+                    let Some(cmd) = tx_cmds.get(i) else { continue };
+                    if let Ok(r) = l.execute(cmd.clone()) {
+                        prop_assert!(r.replayed);
+                    }
+                }
+            }
+            let broken = l.read(Book::check);
+            prop_assert!(broken.is_empty(), "{:?}", broken);
+            for i in 0..4 {
+                let want = (m.avail.get(&i).copied().unwrap_or(0), m.held.get(&i).copied().unwrap_or(0));
+                prop_assert_eq!(balances(&l, &name(i)), want, "account {} after {:?}", i, op);
+            }
+        }
+    }
+}
