@@ -103,6 +103,9 @@ impl Drop for Dir {
     }
 }
 
+/// tx_id → (from, to, minor units).
+type Transfers = BTreeMap<String, (usize, usize, i64)>;
+
 fn acct(i: usize) -> String {
     format!("acct-{i}")
 }
@@ -136,8 +139,8 @@ fn acknowledged_transfers_survive_sigkill() {
     }
 
     // Load: 6 clients, each sending transfers until the server dies.
-    let acked: Arc<Mutex<BTreeMap<String, (usize, usize, i64)>>> = Arc::default();
-    let attempted: Arc<Mutex<BTreeMap<String, (usize, usize, i64)>>> = Arc::default();
+    let acked: Arc<Mutex<Transfers>> = Arc::default();
+    let attempted: Arc<Mutex<Transfers>> = Arc::default();
     let dead = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..6)
         .map(|c| {
