@@ -100,8 +100,9 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     gap_ms: u64,
     /// Offered load, requests/s over all connections (0: every connection sends back to back).
-    /// Each connection sends on its own schedule (tokio timers: 1 ms granularity); latency is
-    /// still measured from the actual send.
+    /// Each connection sends on its own schedule, but tokio's timers fire on 1 ms ticks, so the
+    /// sends due in a millisecond leave together: a burstier load than real clients make, and
+    /// pessimistic latencies. Latency is measured from the actual send.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
     /// Print one response body per action seen.

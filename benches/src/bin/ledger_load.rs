@@ -230,6 +230,13 @@ fn process_cpu_ns() -> Option<u64> {
     Some(ticks * 10_000_000) // USER_HZ = 100
 }
 
+/// Resident memory, bytes.
+fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 /// Every account's (available, held), in id order.
 fn balances(ledger: &Ledger, accounts: u32) -> Vec<(i64, i64)> {
     ledger.read(|b| {
@@ -367,6 +374,7 @@ fn run(args: &Args) -> Result<bool, String> {
     let flusher = flusher_tid();
     let before = flusher.as_deref().and_then(thread_counters);
     let cpu0 = process_cpu_ns();
+    let rss0 = rss_bytes();
 
     let budget = Arc::new(Budget {
         deadline: Instant::now() + Duration::from_secs_f64(args.duration),
@@ -407,6 +415,7 @@ fn run(args: &Args) -> Result<bool, String> {
     let secs = t.elapsed().as_secs_f64();
     let after = flusher.as_deref().and_then(thread_counters);
     let cpu1 = process_cpu_ns();
+    let rss1 = rss_bytes();
     let bytes1 = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
 
     let acked = tally.acked();
@@ -478,6 +487,13 @@ fn run(args: &Args) -> Result<bool, String> {
         bytes1 - bytes0,
         (bytes1 - bytes0) as f64 / acked.max(1) as f64
     );
+    if let (Some(r0), Some(r1)) = (rss0, rss1) {
+        println!(
+            "memory              RSS grew {:.0} MiB, {:.0} B per settlement (latency samples included: 8 B each)",
+            r1.saturating_sub(r0) as f64 / (1 << 20) as f64,
+            r1.saturating_sub(r0) as f64 / acked.max(1) as f64
+        );
+    }
 
     // Reopen and compare with what was acknowledged.
     let live_ticket = ledger.last_ticket();
