@@ -401,30 +401,6 @@ impl ConsumerContext for Rebalancer {
                 }
                 let slots = lock(&s.slots);
                 let inputs = s.cfg.topics.inputs();
-                // A partition taken back before its first message was read is not in the
-                // checkpoint: commit where the snapshot left off, or the next owner (this
-                // process again, after the rebalance) would start from an older commit and
-                // decide again what the snapshot already covers.
-                let mut unread = TopicPartitionList::new();
-                for e in tpl.elements() {
-                    if let Some(t) = inputs.iter().position(|t| *t == e.topic())
-                        && !slots.by_key.contains_key(&(t as u8, e.partition()))
-                        && let Some(&off) = lock(&s.resume).get(&(t as u8, e.partition()))
-                    {
-                        let _ = unread.add_partition_offset(
-                            e.topic(),
-                            e.partition(),
-                            Offset::Offset(off),
-                        );
-                    }
-                }
-                if unread.count() > 0
-                    && let Err(e) = consumer.commit(&unread, CommitMode::Sync)
-                {
-                    tracing::error!(
-                        "cannot commit the snapshot's offsets before giving up partitions: {e}"
-                    );
-                }
                 for e in tpl.elements() {
                     if let Some(t) = inputs.iter().position(|t| *t == e.topic())
                         && let Some(&slot) = slots.by_key.get(&(t as u8, e.partition()))
