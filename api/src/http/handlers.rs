@@ -73,10 +73,10 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
 
 // ---------- transactions: authorize and transfers ----------
 
-/// Decodes a transaction event; `schema` and `ts` may be left out (1, now), and `kind` too
-/// when `default_kind` is given.
-fn transaction(bytes: &[u8], default_kind: Option<&str>) -> Result<Transaction, ApiError> {
-    let event = match decode(bytes) {
+/// Decodes an event; `schema` and `ts` may be left out (1, now), and `kind` too when
+/// `default_kind` is given. The common case, everything given, is decoded once.
+fn event(bytes: &[u8], default_kind: Option<&str>) -> Result<Event, ApiError> {
+    Ok(match decode(bytes) {
         Ok(e) => e,
         Err(e)
             if e.field
@@ -94,8 +94,12 @@ fn transaction(bytes: &[u8], default_kind: Option<&str>) -> Result<Transaction, 
             vigil_engine::event::decode_value(&Value::Object(v))?
         }
         Err(e) => return Err(e.into()),
-    };
-    match event {
+    })
+}
+
+/// Decodes a transaction event (see [`event`]).
+fn transaction(bytes: &[u8], default_kind: Option<&str>) -> Result<Transaction, ApiError> {
+    match event(bytes, default_kind)? {
         Event::Tx(t) => Ok(t),
         Event::Account(_) => Err(ApiError::bad(
             "invalid_field",
@@ -279,22 +283,7 @@ fn feed(s: &Shared, json: Value) -> Result<(), ApiError> {
 
 pub async fn account_event(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let bytes = body_bytes(req, &()).await?;
-    let ev = match decode(&bytes) {
-        Ok(e) => e,
-        Err(e)
-            if e.field
-                .as_deref()
-                .is_some_and(|f| ["schema", "ts"].contains(&f))
-                && e.message == "is required" =>
-        {
-            let mut v: serde_json::Map<String, Value> = super::decode_body(&bytes)?;
-            v.entry("schema").or_insert(json!(1));
-            v.entry("ts")
-                .or_insert_with(|| json!(format_ts(vigil_engine::ledger::now_ms())));
-            vigil_engine::event::decode_value(&Value::Object(v))?
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let ev = event(&bytes, None)?;
     let Event::Account(a) = &ev else {
         return Err(ApiError::bad(
             "invalid_field",
@@ -436,26 +425,37 @@ fn feed_movement(s: &Shared, b: &Movement, account: &str, kind: &str) -> Result<
     )
 }
 
+/// A deposit (`inward`) or a withdrawal: booked, then shown to the engine.
+async fn movement(s: &Shared, id: String, b: Movement, inward: bool) -> Result<Response, ApiError> {
+    check_id("op_id", &b.op_id)?;
+    let amount = minor(s, &id, &b.amount)?;
+    let (op_id, account) = (b.op_id.clone(), id.clone());
+    let cmd = if inward {
+        Command::Deposit {
+            op_id,
+            account,
+            amount,
+        }
+    } else {
+        Command::Withdraw {
+            op_id,
+            account,
+            amount,
+        }
+    };
+    let a = run(s, cmd).await?;
+    if !a.replayed {
+        feed_movement(s, &b, &id, if inward { "top_up" } else { "withdrawal" })?;
+    }
+    Ok(json(created(&a), &outcome_json(&a.outcome, s)))
+}
+
 pub async fn deposit(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Body(b): Body<Movement>,
 ) -> Result<Response, ApiError> {
-    check_id("op_id", &b.op_id)?;
-    let amount = minor(&s.0, &id, &b.amount)?;
-    let a = run(
-        &s.0,
-        Command::Deposit {
-            op_id: b.op_id.clone(),
-            account: id.clone(),
-            amount,
-        },
-    )
-    .await?;
-    if !a.replayed {
-        feed_movement(&s.0, &b, &id, "top_up")?;
-    }
-    Ok(json(created(&a), &outcome_json(&a.outcome, &s.0)))
+    movement(&s.0, id, b, true).await
 }
 
 pub async fn withdraw(
@@ -463,21 +463,7 @@ pub async fn withdraw(
     Path(id): Path<String>,
     Body(b): Body<Movement>,
 ) -> Result<Response, ApiError> {
-    check_id("op_id", &b.op_id)?;
-    let amount = minor(&s.0, &id, &b.amount)?;
-    let a = run(
-        &s.0,
-        Command::Withdraw {
-            op_id: b.op_id.clone(),
-            account: id.clone(),
-            amount,
-        },
-    )
-    .await?;
-    if !a.replayed {
-        feed_movement(&s.0, &b, &id, "withdrawal")?;
-    }
-    Ok(json(created(&a), &outcome_json(&a.outcome, &s.0)))
+    movement(&s.0, id, b, false).await
 }
 
 // ---------- history ----------

@@ -330,6 +330,24 @@ pub struct Account {
     pub freezes: Vec<FreezeRecord>,
 }
 
+impl Account {
+    /// The account without its history and freezes, built field by field: cloning the whole
+    /// account would copy a history that grows with every posting.
+    pub fn view(&self) -> Account {
+        Account {
+            id: self.id.clone(),
+            currency: self.currency,
+            available: self.available,
+            held: self.held,
+            frozen: self.frozen,
+            locale: self.locale.clone(),
+            opened_ms: self.opened_ms,
+            entries: Vec::new(),
+            freezes: Vec::new(),
+        }
+    }
+}
+
 fn ser_currency<S: serde::Serializer>(c: &Currency, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(c.code())
 }
@@ -909,10 +927,7 @@ impl Book {
             available_after: a.available,
             held_after: a.held,
         });
-        let mut view = a.clone();
-        view.entries = Vec::new();
-        view.freezes = Vec::new();
-        view
+        a.view()
     }
 
     /// Moves money for a settled transfer: from's available (or held, when `from_held`) to
@@ -1302,10 +1317,7 @@ impl Book {
                 ts_ms,
             });
         }
-        let mut view = a.clone();
-        view.entries = Vec::new();
-        view.freezes = Vec::new();
-        Ok(Outcome::Account(view))
+        Ok(Outcome::Account(a.view()))
     }
 
     fn dispute(
@@ -1439,12 +1451,7 @@ impl Book {
 
     /// An account, without its history.
     pub fn get_account(&self, id: &str) -> Option<Account> {
-        self.accounts.get(id).map(|a| {
-            let mut v = a.clone();
-            v.entries = Vec::new();
-            v.freezes = Vec::new();
-            v
-        })
+        self.accounts.get(id).map(Account::view)
     }
 
     /// Whether an account exists.
