@@ -632,11 +632,39 @@ impl Default for BookConfig {
     }
 }
 
+/// The stored result of an idempotent command other than a transfer.
 struct Done {
     fingerprint: u64,
-    outcome: Outcome,
+    outcome: Box<Outcome>,
     seq: u64,
 }
+
+/// A transfer with what makes it idempotent: the request's fingerprint and the journal
+/// sequence that made it. Kept in one boxed record so that the transfer map, the largest
+/// structure in the ledger, moves 8-byte pointers when it grows and holds each transfer once.
+#[derive(Debug)]
+struct Kept {
+    t: Transfer,
+    fingerprint: u64,
+    seq: u64,
+}
+
+impl std::ops::Deref for Kept {
+    type Target = Transfer;
+    fn deref(&self) -> &Transfer {
+        &self.t
+    }
+}
+
+impl std::ops::DerefMut for Kept {
+    fn deref_mut(&mut self) -> &mut Transfer {
+        &mut self.t
+    }
+}
+
+/// Idempotency kinds; transfers (kind 3) keep theirs in the transfer map.
+const DONE_KINDS: usize = 6;
+const TRANSFER_KIND: u8 = 3;
 
 /// A problem found by [`Book::check`].
 pub type Violation = String;
@@ -648,11 +676,11 @@ pub struct Book {
     accounts: FxHashMap<String, Account>,
     /// The world's balance per currency: minus everything it put in.
     world: BTreeMap<String, i64>,
-    transfers: FxHashMap<String, Transfer>,
+    transfers: FxHashMap<String, Box<Kept>>,
     refunds: FxHashMap<String, Refund>,
     cases: BTreeMap<String, Case>,
-    /// Idempotent results by (command kind, key).
-    done: FxHashMap<(u8, String), Done>,
+    /// Idempotent results of commands other than transfers, by kind then key.
+    done: [FxHashMap<String, Done>; DONE_KINDS],
     /// Pending holds by expiry.
     expiries: BTreeSet<(i64, String)>,
 }
@@ -681,7 +709,7 @@ fn fingerprint(cmd: &Command) -> u64 {
         } => {
             (account, amount).hash(&mut h);
         }
-        Command::Transfer(t) => (t.kind, &t.from, &t.to, t.amount, &t.currency).hash(&mut h),
+        Command::Transfer(t) => return transfer_fingerprint(t),
         Command::Refund {
             tx_id,
             amount,
@@ -698,13 +726,21 @@ fn fingerprint(cmd: &Command) -> u64 {
     h.finish()
 }
 
+/// What makes two transfer requests the same request (not the risk decision: a retry may be
+/// decided differently as the state moved on).
+fn transfer_fingerprint(t: &TransferCmd) -> u64 {
+    let mut h = FxHasher::default();
+    (t.kind, &t.from, &t.to, t.amount, &t.currency).hash(&mut h);
+    h.finish()
+}
+
 /// The idempotency key of a command that has one.
 fn idem_key(cmd: &Command) -> Option<(u8, &str)> {
     match cmd {
         Command::Open { account, .. } => Some((0, account)),
         Command::Deposit { op_id, .. } => Some((1, op_id)),
         Command::Withdraw { op_id, .. } => Some((2, op_id)),
-        Command::Transfer(t) => Some((3, &t.tx_id)),
+        Command::Transfer(t) => Some((TRANSFER_KIND, &t.tx_id)),
         Command::Refund { refund_id, .. } => Some((4, refund_id)),
         Command::Dispute { case_id, .. } => Some((5, case_id)),
         _ => None,
@@ -720,27 +756,36 @@ impl Book {
         }
     }
 
-    /// The result stored for a repeated command, if it is one; a conflict if the key was used
-    /// for a different request. Returns the stored outcome and the sequence that made it.
+    /// The result for a repeated command, if it is one; a conflict if the key was used for a
+    /// different request. Returns the outcome and the sequence that made it: for a transfer or
+    /// an open, the transfer or account as it stands now (a retried transfer learns that it
+    /// was refunded since); for other commands, the result stored when they ran.
     pub fn replayed(&self, cmd: &Command) -> Result<Option<(Outcome, u64)>, LedgerError> {
         let Some((kind, key)) = idem_key(cmd) else {
             return Ok(None);
         };
-        let Some(done) = self.done.get(&(kind, key.to_string())) else {
-            return Ok(None);
+        let (fp, outcome, seq) = if kind == TRANSFER_KIND {
+            let Some(k) = self.transfers.get(key) else {
+                return Ok(None);
+            };
+            (k.fingerprint, Outcome::Transfer(k.t.clone()), k.seq)
+        } else {
+            let Some(done) = self.done[usize::from(kind)].get(key) else {
+                return Ok(None);
+            };
+            let outcome = match (&*done.outcome, cmd) {
+                (Outcome::Account(_), Command::Open { account, .. }) => self
+                    .accounts
+                    .get(account)
+                    .map_or_else(|| (*done.outcome).clone(), |a| Outcome::Account(a.view())),
+                (o, _) => o.clone(),
+            };
+            (done.fingerprint, outcome, done.seq)
         };
-        if done.fingerprint != fingerprint(cmd) {
+        if fp != fingerprint(cmd) {
             return Err(LedgerError::Conflict(key.to_string()));
         }
-        let outcome = match (&done.outcome, cmd) {
-            // An open repeated returns the account as it is now.
-            (Outcome::Account(_), Command::Open { account, .. }) => self
-                .accounts
-                .get(account)
-                .map_or_else(|| done.outcome.clone(), |a| Outcome::Account(a.clone())),
-            _ => done.outcome.clone(),
-        };
-        Ok(Some((outcome, done.seq)))
+        Ok(Some((outcome, seq)))
     }
 
     /// Applies a command at `ts_ms` as journal record `seq`. A repeated command must be caught
@@ -797,15 +842,18 @@ impl Book {
                 note,
             } => self.resolve(case_id, *verdict, by, note, ts_ms, seq)?,
         };
-        if let Some((kind, key)) = idem_key(cmd) {
-            self.done.insert(
-                (kind, key.to_string()),
-                Done {
-                    fingerprint: fingerprint(cmd),
-                    outcome: outcome.clone(),
-                    seq,
-                },
-            );
+        match idem_key(cmd) {
+            Some((TRANSFER_KIND, _)) | None => {}
+            Some((kind, key)) => {
+                self.done[usize::from(kind)].insert(
+                    key.to_string(),
+                    Done {
+                        fingerprint: fingerprint(cmd),
+                        outcome: Box::new(outcome.clone()),
+                        seq,
+                    },
+                );
+            }
         }
         Ok(outcome)
     }
@@ -1015,6 +1063,7 @@ impl Book {
     }
 
     fn transfer(&mut self, t: &TransferCmd, ts_ms: i64, seq: u64) -> Result<Outcome, LedgerError> {
+        let fingerprint = transfer_fingerprint(t);
         let c = Self::currency(&t.currency)?;
         if t.amount <= 0 {
             return Err(LedgerError::InvalidAmount);
@@ -1095,12 +1144,17 @@ impl Book {
                 Risk::Block => unreachable!("a blocked transfer is declined"),
             }
         }
-        self.transfers.insert(t.tx_id.clone(), tr.clone());
+        let kept = Kept {
+            t: tr.clone(),
+            fingerprint,
+            seq,
+        };
+        self.transfers.insert(t.tx_id.clone(), Box::new(kept));
         Ok(Outcome::Transfer(tr))
     }
 
     fn pending(&self, tx_id: &str, needed: &'static str) -> Result<&Transfer, LedgerError> {
-        let tr = self
+        let tr: &Transfer = self
             .transfers
             .get(tx_id)
             .ok_or_else(|| LedgerError::UnknownTransfer(tx_id.to_string()))?;
@@ -1158,7 +1212,7 @@ impl Book {
         tr.posted_by = Some(by);
         tr.updated_ms = ts_ms;
         tr.expires_ms = None;
-        Ok(Outcome::Transfer(tr.clone()))
+        Ok(Outcome::Transfer(tr.t.clone()))
     }
 
     fn void(
@@ -1193,7 +1247,7 @@ impl Book {
         tr.void_reason = Some(why);
         tr.updated_ms = ts_ms;
         tr.expires_ms = None;
-        Ok(Outcome::Transfer(tr.clone()))
+        Ok(Outcome::Transfer(tr.t.clone()))
     }
 
     /// Refunds `amount` (or all that remains) of a settled transfer: the payee pays the payer
@@ -1209,7 +1263,7 @@ impl Book {
         ts_ms: i64,
         seq: u64,
     ) -> Result<Refund, LedgerError> {
-        let tr = self
+        let tr: &Transfer = self
             .transfers
             .get(tx_id)
             .ok_or_else(|| LedgerError::UnknownTransfer(tx_id.to_string()))?;
@@ -1327,7 +1381,7 @@ impl Book {
         reason: &str,
         ts_ms: i64,
     ) -> Result<Outcome, LedgerError> {
-        let tr = self
+        let tr: &Transfer = self
             .transfers
             .get(tx_id)
             .ok_or_else(|| LedgerError::UnknownTransfer(tx_id.to_string()))?;
@@ -1461,7 +1515,7 @@ impl Book {
 
     /// A transfer.
     pub fn get_transfer(&self, tx_id: &str) -> Option<&Transfer> {
-        self.transfers.get(tx_id)
+        self.transfers.get(tx_id).map(|k| &k.t)
     }
 
     /// A case.

@@ -5,8 +5,10 @@
 //! it behind one lock and a journal: a command is checked and applied in memory, its record is
 //! appended to the journal's buffer in the same critical section (so journal order is apply
 //! order), and the caller gets a ticket. A flusher thread writes everything buffered and calls
-//! `fdatasync` once for all of it (group commit), then marks those tickets durable. Callers
-//! answer only after their ticket is durable ([`Ledger::wait`] or [`Ledger::durable`]).
+//! `fdatasync` once for all of it (group commit), then marks those tickets durable and wakes
+//! only the waiters its batch covers. Callers answer only after their ticket is durable
+//! ([`Ledger::wait`] or [`Ledger::durable`]). An in-memory ledger (no journal) has no flusher:
+//! every ticket is durable at once.
 //!
 //! Journal layout: `VIGILJNL`, format (u32 LE), then records: length (u32 LE), CRC-32 of the
 //! body (u32 LE), body (postcard: sequence, time, command). On start the journal is replayed
@@ -18,9 +20,11 @@
 
 pub mod book;
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -94,6 +98,16 @@ struct Inner {
     next_seq: u64,
     closed: bool,
     failed: Option<String>,
+    /// The flusher is asleep waiting for records: the next writer wakes it. While it is busy
+    /// writing, writers only append (no wake-up per record).
+    flusher_idle: bool,
+}
+
+/// Async waiters for durability, by ticket: the flusher wakes only those its batch covers.
+#[derive(Default)]
+struct Waiters {
+    next_id: u64,
+    by_ticket: BTreeMap<(u64, u64), tokio::sync::oneshot::Sender<()>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,8 +121,13 @@ struct Shared {
     wake: Condvar,
     durable: Mutex<Durable>,
     durable_cv: Condvar,
-    watch: tokio::sync::watch::Sender<Durable>,
+    /// Mirrors of `durable` for the fast path.
+    durable_seq: AtomicU64,
+    durable_failed: AtomicBool,
+    waiters: Mutex<Waiters>,
     path: Option<PathBuf>,
+    /// No journal: every ticket is durable when it is handed out.
+    memory: bool,
 }
 
 /// The ledger: a [`Book`] behind a journal with group commit. Cheap to clone.
@@ -268,10 +287,7 @@ impl Ledger {
     }
 
     fn start(book: Book, file: Option<File>, path: Option<PathBuf>, last_seq: u64) -> Ledger {
-        let durable = Durable {
-            seq: last_seq,
-            failed: false,
-        };
+        let memory = file.is_none();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 book,
@@ -279,21 +295,35 @@ impl Ledger {
                 next_seq: last_seq + 1,
                 closed: false,
                 failed: None,
+                flusher_idle: false,
             }),
             wake: Condvar::new(),
-            durable: Mutex::new(durable),
+            durable: Mutex::new(Durable {
+                seq: last_seq,
+                failed: false,
+            }),
             durable_cv: Condvar::new(),
-            watch: tokio::sync::watch::Sender::new(durable),
+            durable_seq: AtomicU64::new(last_seq),
+            durable_failed: AtomicBool::new(false),
+            waiters: Mutex::new(Waiters::default()),
             path,
+            memory,
         });
-        let s = Arc::clone(&shared);
-        let flusher = std::thread::Builder::new()
-            .name("vigil-journal".into())
-            .spawn(move || flush_loop(&s, file))
-            .ok();
-        if flusher.is_none() {
-            lock(&shared.inner).failed = Some("cannot start the journal thread".into());
-        }
+        let flusher = match file {
+            None => None,
+            Some(file) => {
+                let s = Arc::clone(&shared);
+                let h = std::thread::Builder::new()
+                    .name("vigil-journal".into())
+                    .spawn(move || flush_loop(&s, file))
+                    .ok();
+                if h.is_none() {
+                    lock(&shared.inner).failed = Some("cannot start the journal thread".into());
+                    mark(&shared, None);
+                }
+                h
+            }
+        };
         Ledger {
             shared,
             flusher: Arc::new(Mutex::new(flusher)),
@@ -319,13 +349,25 @@ impl Ledger {
             });
         }
         let seq = inner.next_seq;
+        if self.shared.memory {
+            let outcome = inner.book.apply(&cmd, ts_ms, seq)?;
+            inner.next_seq += 1;
+            return Ok(Applied {
+                outcome,
+                ticket: seq,
+                replayed: false,
+            });
+        }
         let rec = Record { seq, ts_ms, cmd };
         let frame = encode(&rec)?;
         let outcome = inner.book.apply(&rec.cmd, ts_ms, seq)?;
         inner.buf.extend_from_slice(&frame);
         inner.next_seq += 1;
+        let wake = std::mem::take(&mut inner.flusher_idle);
         drop(inner);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
         Ok(Applied {
             outcome,
             ticket: seq,
@@ -335,6 +377,9 @@ impl Ledger {
 
     /// Blocks until `ticket` is durable.
     pub fn wait(&self, ticket: u64) -> Result<(), LedgerError> {
+        if self.is_durable(ticket)? {
+            return Ok(());
+        }
         let mut d = lock(&self.shared.durable);
         while d.seq < ticket && !d.failed {
             d = self
@@ -352,17 +397,39 @@ impl Ledger {
 
     /// Waits until `ticket` is durable, without blocking a thread.
     pub async fn durable(&self, ticket: u64) -> Result<(), LedgerError> {
-        let mut rx = self.shared.watch.subscribe();
-        let d = rx
-            .wait_for(|d| d.seq >= ticket || d.failed)
-            .await
-            .map(|d| *d)
-            .map_err(|_| LedgerError::Journal("the journal stopped".into()))?;
-        if d.seq >= ticket {
+        if self.is_durable(ticket)? {
+            return Ok(());
+        }
+        let rx = {
+            let mut w = lock(&self.shared.waiters);
+            // `mark` publishes before it takes this lock: checked again under it, a ticket
+            // is either durable already or registered in time to be woken.
+            if self.is_durable(ticket)? {
+                return Ok(());
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let id = w.next_id;
+            w.next_id += 1;
+            w.by_ticket.insert((ticket, id), tx);
+            rx
+        };
+        let _ = rx.await;
+        if self.is_durable(ticket)? {
             Ok(())
         } else {
             Err(self.failure())
         }
+    }
+
+    /// Whether `ticket` is durable; an error once the journal failed.
+    fn is_durable(&self, ticket: u64) -> Result<bool, LedgerError> {
+        if self.shared.memory || self.shared.durable_seq.load(Ordering::Acquire) >= ticket {
+            return Ok(true);
+        }
+        if self.shared.durable_failed.load(Ordering::Acquire) {
+            return Err(self.failure());
+        }
+        Ok(false)
     }
 
     fn failure(&self) -> LedgerError {
@@ -492,7 +559,15 @@ impl Ledger {
 
     /// Flushes what is buffered and stops the flusher. Later writes fail.
     pub fn close(&self) {
-        lock(&self.shared.inner).closed = true;
+        {
+            let mut inner = lock(&self.shared.inner);
+            inner.closed = true;
+            if self.shared.memory {
+                inner
+                    .failed
+                    .get_or_insert_with(|| "the ledger is closed".into());
+            }
+        }
         self.shared.wake.notify_all();
         if let Some(h) = lock(&self.flusher).take() {
             let _ = h.join();
@@ -500,17 +575,19 @@ impl Ledger {
     }
 }
 
-fn flush_loop(s: &Shared, mut file: Option<File>) {
+fn flush_loop(s: &Shared, mut file: File) {
     let mut spare: Vec<u8> = Vec::with_capacity(1 << 16);
     loop {
         let last = {
             let mut inner = lock(&s.inner);
             while inner.buf.is_empty() && !inner.closed {
+                inner.flusher_idle = true;
                 inner = s
                     .wake
                     .wait(inner)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
+            inner.flusher_idle = false;
             if inner.buf.is_empty() {
                 inner
                     .failed
@@ -522,10 +599,7 @@ fn flush_loop(s: &Shared, mut file: Option<File>) {
             std::mem::swap(&mut inner.buf, &mut spare);
             inner.next_seq - 1
         };
-        let result = match file.as_mut() {
-            Some(f) => f.write_all(&spare).and_then(|()| f.sync_data()),
-            None => Ok(()),
-        };
+        let result = file.write_all(&spare).and_then(|()| file.sync_data());
         spare.clear();
         if let Err(e) = result {
             let msg = format!("writing the journal failed: {e}");
@@ -545,9 +619,22 @@ fn mark(s: &Shared, seq: Option<u64>) {
         None => d.failed = true,
     }
     let now = *d;
+    s.durable_seq.store(now.seq, Ordering::Release);
+    s.durable_failed.store(now.failed, Ordering::Release);
     drop(d);
     s.durable_cv.notify_all();
-    s.watch.send_replace(now);
+    let due = {
+        let mut w = lock(&s.waiters);
+        if now.failed {
+            std::mem::take(&mut w.by_ticket)
+        } else {
+            let later = w.by_ticket.split_off(&(now.seq + 1, 0));
+            std::mem::replace(&mut w.by_ticket, later)
+        }
+    };
+    for tx in due.into_values() {
+        let _ = tx.send(());
+    }
 }
 
 #[cfg(test)]

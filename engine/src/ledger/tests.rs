@@ -265,6 +265,32 @@ fn same_request_same_result_and_different_request_conflicts() {
     assert_eq!(err.code(), "idempotency_conflict");
     let err = deposit(&l, "dep-1", "alice", 1).expect_err("deposit id reused");
     assert_eq!(err.code(), "idempotency_conflict");
+    // A retry after a refund learns about the refund: the transfer as it stands now.
+    l.execute(Command::Refund {
+        refund_id: "r-i1".into(),
+        tx_id: "i1".into(),
+        amount: Some(2_00),
+        reason: "goodwill".into(),
+    })
+    .expect("refund");
+    let d = l
+        .execute(transfer("i1", "alice", "bob", 5_00, Risk::Allow))
+        .expect("retry after refund");
+    assert!(d.replayed);
+    assert_eq!(d.ticket, a.ticket);
+    assert_eq!(tr(&d).refunded, 2_00);
+    assert_eq!(balances(&l, "alice"), (97_00, 0));
+}
+
+#[test]
+fn a_closed_in_memory_ledger_refuses_writes() {
+    let l = two_accounts();
+    l.close();
+    let err = l
+        .execute(transfer("late", "alice", "bob", 1_00, Risk::Allow))
+        .expect_err("closed");
+    assert_eq!(err.code(), "journal_unavailable");
+    assert_eq!(balances(&l, "alice"), (100_00, 0));
 }
 
 #[test]
@@ -443,6 +469,59 @@ fn concurrent_writers_are_group_committed() {
     let (l2, rec) = Ledger::open(&path, BookConfig::default()).expect("reopen");
     assert_eq!(rec.records, 16 + 1600);
     assert_eq!(balances(&l2, "a0"), (1_000_000, 0));
+}
+
+#[test]
+fn async_waiters_wake_on_their_batch_and_fail_once_the_journal_stops() {
+    let path = temp_path("async");
+    let (l, _) = Ledger::open(&path, BookConfig::default()).expect("open");
+    open(&l, "a", "EUR");
+    open(&l, "b", "EUR");
+    deposit(&l, "d", "a", 1_000_000).expect("deposit");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    // A waiter never woken fails the test instead of hanging it.
+    let bounded = std::time::Duration::from_secs(60);
+    let acked = rt.block_on(async {
+        let tasks: Vec<_> = (0..64)
+            .map(|t| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    let mut acked = 0u64;
+                    for i in 0..50 {
+                        let cmd = transfer(&format!("w{t}-{i}"), "a", "b", 1, Risk::Allow);
+                        let a = l.execute(cmd).expect("transfer");
+                        tokio::time::timeout(bounded, l.durable(a.ticket))
+                            .await
+                            .expect("woken")
+                            .expect("durable");
+                        acked += 1;
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let mut acked = 0;
+        for t in tasks {
+            acked += t.await.expect("task");
+        }
+        acked
+    });
+    assert_eq!(acked, 64 * 50);
+    let last = l.last_ticket();
+    l.close();
+    // Everything written before the close is durable; a ticket beyond it fails, not hangs.
+    rt.block_on(l.durable(last)).expect("durable before close");
+    let err = rt
+        .block_on(l.durable(last + 1))
+        .expect_err("nothing will make it durable");
+    assert_eq!(err.code(), "journal_unavailable");
+    let (l2, rec) = Ledger::open(&path, BookConfig::default()).expect("reopen");
+    assert_eq!(rec.records, 3 + 64 * 50);
+    assert_eq!(balances(&l2, "b"), (64 * 50, 0));
 }
 
 // ---------- property test: random operations against a naive model ----------
