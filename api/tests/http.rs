@@ -373,6 +373,21 @@ async fn the_wallet_story() {
     )
     .await;
     assert_eq!(a.json()["frozen"], false);
+    // Another drain after the unfreeze is blocked and freezes her again: the engine heard of
+    // the unfreeze and does not count her as frozen already.
+    let a = post(
+        &app,
+        "/v1/transfers",
+        PAY,
+        tx("t-4", "alice", "mallory", "900.00", "d-evil"),
+    )
+    .await;
+    let v = a.json();
+    assert_eq!(v["decision"]["action"], "block", "{v}");
+    assert_eq!(
+        balance(&app, "alice").await,
+        ("975.00".into(), "0.00".into(), true)
+    );
 
     // The CSV export: every movement on her account, in order.
     let a = get(&app, "/v1/accounts/alice/transactions.csv", PAY).await;

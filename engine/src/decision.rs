@@ -19,6 +19,8 @@ pub struct Reason {
     pub score: i64,
     /// Reported only: the rule does not act.
     pub shadow: bool,
+    /// The rule asks to freeze the account (decision-level: [`Decision::freeze`]).
+    pub freeze: bool,
     /// `(term, value)` pairs, e.g. `("count(tx by account over 10m)", "9")`.
     pub values: Vec<(String, String)>,
 }

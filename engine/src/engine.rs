@@ -299,6 +299,14 @@ impl Engine {
         }
     }
 
+    /// An analyst lifted the account's freeze (or a dispute closed as legit): the next freeze
+    /// rule that fires on it asks for a freeze again instead of counting as already frozen.
+    pub fn freeze_lifted(&self, account_id: &str) {
+        if let Some(mut acc) = self.state.accounts.get_mut(&key_hash(0, account_id)) {
+            acc.profile.freeze_requested_ms = NEVER;
+        }
+    }
+
     /// The locale an account gave when it opened (`account_opened`), if Vigil saw it.
     pub fn account_locale(&self, account_id: &str) -> Option<Box<str>> {
         self.state
@@ -521,6 +529,7 @@ impl Engine {
                 action: r.meta.action,
                 score: r.meta.score,
                 shadow: fired.shadow,
+                freeze: r.meta.freeze,
                 values: program
                     .explain(fired.rule, &facts)
                     .into_iter()

@@ -253,3 +253,133 @@ fn two_consumers_in_a_group_split_the_partitions_and_decide_each_event_once() {
     assert_eq!(total, ids.len(), "a transaction decided twice");
     assert_eq!(ids.len(), replay_decisions(&input).len());
 }
+
+#[test]
+fn decided_transactions_settle_in_the_ledger_with_one_settlements_record_each() {
+    use vigil_engine::ledger::{BookConfig, Command, Ledger, Status};
+
+    let b = broker(2);
+    let input = sample();
+    // The ledger knows the sample's accounts, in the currency they pay in, each funded with
+    // 300.00: enough for most, not for the drains (insufficient_funds).
+    let ledger = Ledger::in_memory(BookConfig::default());
+    let mut opened = HashMap::new();
+    for l in lines(&input) {
+        let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+        if let (Some(acc), Some(cur)) = (v["account_id"].as_str(), v["currency"].as_str())
+            && !opened.contains_key(acc)
+        {
+            opened.insert(acc.to_string(), cur.to_string());
+            ledger
+                .execute(Command::Open {
+                    account: acc.into(),
+                    currency: cur.into(),
+                    locale: None,
+                })
+                .unwrap();
+            let exponent = vigil_engine::event::Currency::from_code(cur)
+                .unwrap()
+                .exponent;
+            let minor = 300 * 10i64.pow(u32::from(exponent));
+            ledger
+                .execute(Command::Deposit {
+                    op_id: format!("fund-{acc}"),
+                    account: acc.into(),
+                    amount: minor,
+                })
+                .unwrap();
+        }
+    }
+    assert!(opened.len() > 100);
+    let n = feed(&b.cfg, &input);
+    let mut cfg = b.cfg.clone();
+    cfg.max_messages = Some(n);
+    cfg.idle_exit = Some(Duration::from_secs(30));
+    let p = Pipeline::new(engine(), cfg).with_ledger(ledger.clone());
+    let stats = p.stats();
+    assert_eq!(p.run().unwrap().consumed, n);
+
+    let decisions: HashMap<String, String> = read_all(&b.cfg, &b.cfg.topics.decisions)
+        .into_iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+            (r.key, v["action"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let settlements = read_all(&b.cfg, &b.cfg.topics.settlements);
+    let mut seen = HashMap::new();
+    let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &settlements {
+        assert_eq!(r.headers["vigil-effect"], format!("settlement:{}", r.key));
+        let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+        assert_eq!(v["tx_id"].as_str().unwrap(), r.key, "keyed by tx_id");
+        let status = v["status"].as_str().unwrap().to_string();
+        let action = decisions
+            .get(&r.key)
+            .unwrap_or_else(|| panic!("a settlement without a decision: {}", r.value));
+        let code = v["decline_code"].as_str();
+        // A transfer that could not happen at all (a payee the ledger does not know) says so
+        // before the risk decision does.
+        match (action.as_str(), status.as_str()) {
+            ("block", "declined") => assert!(
+                matches!(code, Some("risk_blocked" | "unknown_account")),
+                "{}",
+                r.value
+            ),
+            ("allow", "settled") | ("review" | "step_up", "pending") => {
+                assert_eq!(code, None, "{}", r.value);
+            }
+            (_, "declined") => assert!(
+                matches!(
+                    code,
+                    Some("insufficient_funds" | "account_frozen" | "unknown_account")
+                ),
+                "{}",
+                r.value
+            ),
+            other => panic!("decision and settlement disagree {other:?}: {}", r.value),
+        }
+        // The record says what the ledger holds.
+        let t = ledger
+            .read(|bk| bk.get_transfer(&r.key).cloned())
+            .unwrap_or_else(|| panic!("{} is not in the ledger", r.key));
+        let want = match t.status {
+            Status::Settled => "settled",
+            Status::Pending => "pending",
+            Status::Declined => "declined",
+            Status::Voided => "voided",
+        };
+        assert_eq!(status, want, "{}", r.value);
+        let again = seen.insert(r.key.clone(), status.clone());
+        assert!(again.is_none(), "two settlement records for {}", r.key);
+        *by_status.entry(status).or_default() += 1;
+        *by_status
+            .entry(code.unwrap_or("-").to_string())
+            .or_default() += 1;
+    }
+    // One record per decided transaction, however often a message was redelivered.
+    assert_eq!(seen.len(), decisions.len());
+    for want in [
+        "settled",
+        "pending",
+        "declined",
+        "risk_blocked",
+        "insufficient_funds",
+    ] {
+        assert!(by_status.get(want).is_some_and(|n| *n > 0), "{by_status:?}");
+    }
+    let counted: u64 = stats.settlements.iter().map(Stats::get).sum();
+    assert_eq!(counted, settlements.len() as u64);
+    assert!(ledger.read(|bk| bk.check()).is_empty());
+    // Every freeze request froze the account in the ledger, by the rule that asked.
+    let freezes = read_all(&b.cfg, &b.cfg.topics.freezes);
+    assert!(!freezes.is_empty());
+    for r in freezes {
+        let v: serde_json::Value = serde_json::from_str(&r.value).unwrap();
+        let last = ledger.read(|bk| bk.freeze_history(&r.key).and_then(|h| h.last().cloned()));
+        let last = last.unwrap_or_else(|| panic!("{} asked to be frozen", r.key));
+        assert!(last.frozen, "{}", r.value);
+        assert_eq!(last.by, format!("rule:{}", v["rule"].as_str().unwrap()));
+        assert_eq!(last.tx_id.as_deref(), v["tx_id"].as_str());
+    }
+}

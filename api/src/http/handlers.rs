@@ -672,13 +672,23 @@ pub async fn unfreeze(
     let a = run(
         &s.0,
         Command::Unfreeze {
-            account: id,
+            account: id.clone(),
             reason: b.reason,
             by: caller.name,
         },
     )
     .await?;
+    lifted(&s.0, &id);
     Ok(json(StatusCode::OK, &outcome_json(&a.outcome, &s.0)))
+}
+
+/// Tells the engine when the ledger no longer holds an account frozen, so that a later freeze
+/// rule freezes it again.
+fn lifted(s: &Shared, account: &str) {
+    let frozen = s.ledger.read(|b| b.get_account(account).map(|a| a.frozen));
+    if frozen == Some(false) {
+        s.engine.freeze_lifted(account);
+    }
 }
 
 pub async fn freezes(State(s): State<AppState>) -> Response {
@@ -867,5 +877,8 @@ pub async fn resolve_case(
         },
     )
     .await?;
+    if let Outcome::Case(c) = &a.outcome {
+        lifted(&s.0, &c.account);
+    }
     Ok(json(StatusCode::OK, &outcome_json(&a.outcome, &s.0)))
 }

@@ -537,7 +537,11 @@ impl Ledger {
         if known != Some(false) {
             return Ok(None);
         }
-        let rule = d.acting().next().map_or("", |r| r.rule.as_str());
+        let rule = d
+            .acting()
+            .find(|r| r.freeze)
+            .or_else(|| d.acting().next())
+            .map_or("", |r| r.rule.as_str());
         let a = self.execute(Command::Freeze {
             account: tx.account_id.clone(),
             reason: format!("rule {rule} fired on {}", tx.tx_id),
