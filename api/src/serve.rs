@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use vigil_api::http::{AppState, Role, Token, router};
+use vigil_api::http::{AppState, Role, Token, reload_rules, router};
 use vigil_engine::ledger::{BookConfig, Ledger};
+use vigil_engine::packs::Reloader;
 use vigil_engine::stream::embedded::Embedded;
 use vigil_engine::stream::produce::produce;
 use vigil_engine::stream::{Pipeline, Stats, StreamConfig, admin_create_topics};
 use vigil_engine::{Engine, EngineConfig, replay};
+use vigil_rules::PackOptions;
 
 use crate::config::{self, Overrides, Settings};
 use crate::{DEFAULT_PACK, esay, load_pack, progress_bar, say};
@@ -227,11 +229,39 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     }
 
     let ledger = open_ledger(&s)?;
+    let tokens = if s.listen.is_some() {
+        api_tokens(&s)?
+    } else {
+        Vec::new()
+    };
+    let reloader = Arc::new(Reloader::new(
+        &s.rules,
+        PackOptions {
+            window_ms_max: vigil_engine::state::window::DAY_TIER_MS_MAX,
+        },
+    ));
+    let state =
+        AppState::new(engine.clone(), ledger.clone(), tokens, s.limits).with_reloader(reloader);
+    if let Some(dir) = &s.stream.state_dir {
+        let path = dir.join("audit.jsonl");
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        state
+            .0
+            .audit
+            .open_file(&path)
+            .with_context(|| format!("cannot open the audit log {}", path.display()))?;
+        tracing::info!("audit log: {}", path.display());
+    }
+    let rules_watch = {
+        let (state, stop) = (state.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("vigil-rules-watch".into())
+            .spawn(move || watch_rules(&state, &stop))?
+    };
     let api = match &s.listen {
         Some(addr) => Some(start_api(
             addr,
-            &s,
-            engine.clone(),
+            state.clone(),
             ledger.clone(),
             stop.clone(),
         )?),
@@ -239,6 +269,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     };
     let pipeline = Pipeline::new(engine.clone(), cfg).with_ledger(ledger.clone());
     let stats = pipeline.stats();
+    state.0.metrics.watch_stream(stats.clone());
     let result = pipeline.run();
     stop.store(true, Ordering::SeqCst);
     if let Some(api) = api {
@@ -253,6 +284,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     if let Some(w) = watcher {
         let _ = w.join();
     }
+    let _ = rules_watch.join();
     let summary = result?;
     report(&stats, summary.consumed, summary.seconds);
     let g = Stats::get;
@@ -311,22 +343,29 @@ impl Api {
     }
 }
 
-fn start_api(
-    addr: &str,
-    s: &Settings,
-    engine: Arc<Engine>,
-    ledger: Ledger,
-    stop: Arc<AtomicBool>,
-) -> Result<Api> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("vigil-http")
-        .enable_all()
-        .build()?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(addr))
-        .with_context(|| format!("cannot listen on {addr} for the API"))?;
-    let local = listener.local_addr()?;
+/// Polls the rules directory every second and reloads when a file changes; a bad pack is
+/// refused (logged, counted, audited) and the running pack stays.
+fn watch_rules(state: &AppState, stop: &AtomicBool) {
+    let Some(r) = state.0.reloader.get() else {
+        return;
+    };
+    tracing::info!("watching {} for rule changes", r.dir().display());
+    let mut since = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if since.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        since = std::time::Instant::now();
+        if r.changed() {
+            // Errors are logged, counted and audited by reload_rules.
+            let _ = reload_rules(&state.0, "watcher");
+        }
+    }
+}
+
+/// The configured API tokens, or one random token per role for this run.
+fn api_tokens(s: &Settings) -> Result<Vec<Token>> {
     let mut tokens = s.tokens.clone();
     if tokens.is_empty() {
         // Nobody configured tokens: make one per role for this run, so the API is never open.
@@ -343,7 +382,19 @@ fn start_api(
             "no API tokens configured ([[api.tokens]] or VIGIL_API_TOKENS=name:role:token,…): made one per role for this run"
         );
     }
-    let state = AppState::new(engine, ledger.clone(), tokens, s.limits);
+    Ok(tokens)
+}
+
+fn start_api(addr: &str, state: AppState, ledger: Ledger, stop: Arc<AtomicBool>) -> Result<Api> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vigil-http")
+        .enable_all()
+        .build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("cannot listen on {addr} for the API"))?;
+    let local = listener.local_addr()?;
     let app = router(state);
     say(format!(
         "API: http://{local}  (OpenAPI: http://{local}/openapi.json)"

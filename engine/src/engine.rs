@@ -63,6 +63,8 @@ pub struct Scratch {
     pub outcome: Outcome,
     /// Feature values, one per slot.
     pub features: Vec<i64>,
+    /// Per-rule evaluation times of a sampled decision.
+    pub rule_nanos: Vec<u64>,
 }
 
 /// One window aggregate a key kind answers: (feature slot, function, window).
@@ -147,6 +149,7 @@ pub struct Engine {
     pub(crate) late_events: AtomicU64,
     pub(crate) future_events: AtomicU64,
     pub(crate) duplicate_events: AtomicU64,
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 /// Rounds kilometres to whole metres, so the last digits of a platform's `sin`/`asin` never
@@ -189,7 +192,19 @@ impl Engine {
             late_events: AtomicU64::new(0),
             future_events: AtomicU64::new(0),
             duplicate_events: AtomicU64::new(0),
+            metrics: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reports decision latency, rule hits, errors and sampled rule timings to `metrics` from
+    /// now on (once; later calls are ignored).
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The metrics the engine reports to, if any.
+    pub fn metrics(&self) -> Option<&Arc<crate::metrics::Metrics>> {
+        self.metrics.get()
     }
 
     /// The active pack.
@@ -329,9 +344,25 @@ impl Engine {
     /// Decides one transaction, reusing `scratch` (so evaluation does not allocate); keep one
     /// per thread.
     pub fn decide_into(&self, tx: &Transaction, scratch: &mut Scratch) -> Decision {
+        let Some(m) = self.metrics.get() else {
+            return self.decide_inner(tx, scratch, None);
+        };
+        let t0 = std::time::Instant::now();
+        let d = self.decide_inner(tx, scratch, Some(m));
+        m.decided_in(t0.elapsed().as_secs_f64());
+        d
+    }
+
+    fn decide_inner(
+        &self,
+        tx: &Transaction,
+        scratch: &mut Scratch,
+        metrics: Option<&Arc<crate::metrics::Metrics>>,
+    ) -> Decision {
         let Scratch {
             outcome: out,
             features: feats,
+            rule_nanos,
         } = scratch;
         let future = self.tick(tx.ts_ms);
         let active = self.active.load();
@@ -511,7 +542,21 @@ impl Engine {
             home_countries: &homes[..n_homes],
             features: feats,
         };
-        program.evaluate(&facts, out);
+        match metrics {
+            None => program.evaluate(&facts, out),
+            Some(m) => {
+                let handles = m.rules(&active.version, program);
+                if m.sample_rule_timing() {
+                    rule_nanos.clear();
+                    rule_nanos.resize(program.rules.len(), 0);
+                    program.evaluate_timed(&facts, out, |_| false, rule_nanos);
+                    handles.timed(rule_nanos);
+                } else {
+                    program.evaluate(&facts, out);
+                }
+                handles.count(out.fired.iter().map(|f| (f.rule, f.shadow)), &out.errors);
+            }
+        }
 
         let mut freeze = false;
         let mut notify = None;

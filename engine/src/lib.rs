@@ -15,6 +15,7 @@ pub mod decision;
 pub mod engine;
 pub mod event;
 pub mod ledger;
+pub mod metrics;
 pub mod packs;
 pub mod replay;
 pub mod snapshot;

@@ -312,3 +312,123 @@ fn compare(case: &TestCase, d: &Decision) -> Vec<String> {
     }
     f
 }
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// A new pack is active.
+    Swapped {
+        /// The hash before.
+        from: String,
+        /// The hash now.
+        to: String,
+        /// The new pack's one-line summary.
+        summary: String,
+    },
+    /// The files compile to the pack already active.
+    Unchanged {
+        /// Its hash.
+        hash: String,
+    },
+}
+
+/// Why a reload was refused: one line per problem (`file:line:col: message` for rule errors,
+/// `test N (name): …` for a failing test of the pack). The running pack stays.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ReloadError(pub Vec<String>);
+
+/// Reloads the pack in one directory into an engine: compile, check (the pack's own tests
+/// must pass), then swap between two events. Notices when the files change.
+#[derive(Debug)]
+pub struct Reloader {
+    dir: PathBuf,
+    opts: PackOptions,
+    /// (path, length, modified) of every file at the last look.
+    stamp: std::sync::Mutex<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>>,
+    /// One reload at a time (the watcher and the API may both ask).
+    running: std::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// A reloader for `dir`; the files as they are now count as seen.
+    pub fn new(dir: &Path, opts: PackOptions) -> Reloader {
+        let r = Reloader {
+            dir: dir.to_path_buf(),
+            opts,
+            stamp: std::sync::Mutex::new(Vec::new()),
+            running: std::sync::Mutex::new(()),
+        };
+        r.changed();
+        r
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether a file of the pack was added, removed or modified since the last call.
+    pub fn changed(&self) -> bool {
+        let mut now = Vec::new();
+        let mut dirs = vec![self.dir.clone()];
+        while let Some(d) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                let Ok(m) = e.metadata() else { continue };
+                if m.is_dir() {
+                    dirs.push(p);
+                } else {
+                    now.push((p, m.len(), m.modified().ok()));
+                }
+            }
+        }
+        now.sort();
+        let mut stamp = self
+            .stamp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = *stamp != now;
+        *stamp = now;
+        changed
+    }
+
+    /// Compiles the pack, runs its tests, and swaps it in if it differs from the active one.
+    pub fn reload(&self, engine: &Engine) -> Result<Reloaded, ReloadError> {
+        let _one = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let pack = load(&self.dir, &self.opts).map_err(|e| match e {
+            LoadError::Invalid(d) => ReloadError(d.0.iter().map(ToString::to_string).collect()),
+            other => ReloadError(vec![other.to_string()]),
+        })?;
+        let from = engine.active().pack.hash.clone();
+        if pack.hash == from {
+            return Ok(Reloaded::Unchanged { hash: from });
+        }
+        let failed: Vec<String> = run_tests(&pack)
+            .iter()
+            .filter(|r| !r.passed())
+            .map(|r| {
+                format!(
+                    "{}:{}: test \"{}\" fails: {}",
+                    r.case.file,
+                    r.case.line,
+                    r.case.name,
+                    r.failures.join("; ")
+                )
+            })
+            .collect();
+        if !failed.is_empty() {
+            return Err(ReloadError(failed));
+        }
+        let summary = pack.summary();
+        let to = pack.hash.clone();
+        engine.swap_pack(pack);
+        Ok(Reloaded::Swapped { from, to, summary })
+    }
+}

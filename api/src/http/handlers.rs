@@ -12,6 +12,7 @@ use vigil_engine::event::{Currency, Event, Transaction, format_ts, parse_ts};
 use vigil_engine::ledger::{
     Applied, Command, Decline, LedgerError, Outcome, PostBy, Risk, Verdict, VoidReason,
 };
+use vigil_engine::packs::Reloaded;
 use vigil_engine::stream::notify;
 use vigil_engine::{Decision, decode};
 
@@ -46,6 +47,129 @@ pub async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take that method; see /openapi.json",
     )
+}
+
+pub async fn metrics(State(s): State<AppState>) -> Response {
+    let body = s.0.metrics.render(&s.0.engine);
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+pub async fn rules(State(s): State<AppState>) -> Response {
+    let active = s.0.engine.active();
+    let p = &active.pack;
+    let rules: Vec<Value> = p
+        .program
+        .rules
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.meta.id,
+                "description": r.meta.description,
+                "action": r.meta.action.map(|a| a.name()),
+                "score": r.meta.score,
+                "shadow": r.meta.shadow,
+                "freeze": r.meta.freeze,
+                "notify": r.meta.notify,
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &json!({
+            "pack": p.name,
+            "hash": p.hash,
+            "summary": p.summary(),
+            "dir": s.0.reloader.get().map(|r| r.dir().display().to_string()),
+            "rules": rules,
+        }),
+    )
+}
+
+/// Reloads the rules: compile, check, run the pack's tests, swap. Shared by the API and the
+/// directory watcher; every attempt is logged, counted and audited.
+pub fn reload_rules(s: &Shared, who: &str) -> Result<Value, (Vec<String>, String)> {
+    let Some(r) = s.reloader.get() else {
+        return Err((
+            Vec::new(),
+            "this server was not started from a rules directory".into(),
+        ));
+    };
+    match r.reload(&s.engine) {
+        Ok(Reloaded::Swapped { from, to, summary }) => {
+            tracing::info!("rules reloaded by {who}: {summary} (was {from})");
+            s.metrics.reload("ok");
+            s.audit.record(
+                who,
+                "reload",
+                json!({"result": "swapped", "from": from, "to": to}),
+            );
+            Ok(json!({"result": "swapped", "from": from, "hash": to, "summary": summary}))
+        }
+        Ok(Reloaded::Unchanged { hash }) => {
+            s.metrics.reload("unchanged");
+            Ok(json!({"result": "unchanged", "hash": hash}))
+        }
+        Err(e) => {
+            let hash = s.engine.active().pack.hash.clone();
+            tracing::error!(
+                "rules reload by {who} rejected; still running {hash}:\n{}",
+                e.0.join("\n")
+            );
+            s.metrics.reload("failed");
+            s.audit.record(
+                who,
+                "reload",
+                json!({"result": "rejected", "errors": e.0, "running": hash}),
+            );
+            Err((e.0, hash))
+        }
+    }
+}
+
+pub async fn reload(State(s): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
+    let st = s.0.clone();
+    let who = caller.name.clone();
+    let r = tokio::task::spawn_blocking(move || reload_rules(&st, &who)).await;
+    match r {
+        Ok(Ok(v)) => json(StatusCode::OK, &v),
+        Ok(Err((errors, running))) if errors.is_empty() => {
+            ApiError::new(StatusCode::CONFLICT, "no_rules_dir", running).into_response()
+        }
+        Ok(Err((errors, running))) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "code": "rules_invalid",
+                "message": format!("the pack was rejected ({} problem{}); {running} keeps running",
+                    errors.len(), if errors.len() == 1 { "" } else { "s" }),
+                "errors": errors,
+                "running": running,
+            }),
+        ),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the reload failed: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn audit(State(s): State<AppState>, Params(q): Params<AuditQuery>) -> Response {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = s.0.audit.recent(q.kind.as_deref(), limit);
+    json(StatusCode::OK, &json!({ "entries": entries }))
 }
 
 pub async fn healthz() -> Response {
@@ -183,12 +307,26 @@ async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, A
     let d = s.engine.decide(tx);
     let risk = Risk::from_action(d.action);
     let notification = notification(s, tx, &d);
+    s.metrics.http_decision(&d);
+    s.metrics.http_effects(
+        d.freeze && !d.already_frozen && !d.duplicate,
+        notification.is_some(),
+    );
     if settle {
-        let (a, ticket) = s.ledger.settle_decided(tx, &d)?;
+        let (a, ticket) = s.ledger.settle_decided(tx, &d).inspect_err(|e| {
+            if !matches!(e, LedgerError::Journal(_)) {
+                s.metrics.http_settlement(3);
+            }
+        })?;
         s.ledger.durable(ticket).await?;
         let Outcome::Transfer(t) = &a.outcome else {
             return Err(LedgerError::Conflict(tx.tx_id.clone()).into());
         };
+        s.metrics.http_settlement(match t.status {
+            vigil_engine::ledger::Status::Settled => 0,
+            vigil_engine::ledger::Status::Pending => 1,
+            _ => 2,
+        });
         return Ok(Decided {
             decline: decline_code(risk, t.decline),
             transfer: Some(views::transfer(t)),
@@ -653,13 +791,20 @@ pub async fn freeze(
     let a = run(
         &s.0,
         Command::Freeze {
-            account: id,
-            reason: b.reason,
-            by: caller.name,
+            account: id.clone(),
+            reason: b.reason.clone(),
+            by: caller.name.clone(),
             tx_id: None,
         },
     )
     .await?;
+    if !a.replayed {
+        s.0.audit.record(
+            &caller.name,
+            "freeze",
+            json!({"account_id": id, "reason": b.reason}),
+        );
+    }
     Ok(json(StatusCode::OK, &outcome_json(&a.outcome, &s.0)))
 }
 
@@ -673,12 +818,17 @@ pub async fn unfreeze(
         &s.0,
         Command::Unfreeze {
             account: id.clone(),
-            reason: b.reason,
-            by: caller.name,
+            reason: b.reason.clone(),
+            by: caller.name.clone(),
         },
     )
     .await?;
     lifted(&s.0, &id);
+    s.0.audit.record(
+        &caller.name,
+        "unfreeze",
+        json!({"account_id": id, "reason": b.reason}),
+    );
     Ok(json(StatusCode::OK, &outcome_json(&a.outcome, &s.0)))
 }
 
@@ -872,13 +1022,25 @@ pub async fn resolve_case(
         Command::Resolve {
             case_id: id,
             verdict: b.verdict,
-            by: caller.name,
-            note: b.note,
+            by: caller.name.clone(),
+            note: b.note.clone(),
         },
     )
     .await?;
     if let Outcome::Case(c) = &a.outcome {
         lifted(&s.0, &c.account);
+        let verdict = match b.verdict {
+            Verdict::Fraud => "fraud",
+            Verdict::Legit => "legit",
+        };
+        // Verdicts label the rules that fired: confirmed hits and false positives per rule.
+        s.0.metrics.verdict(&c.rules, verdict);
+        s.0.audit.record(
+            &caller.name,
+            "verdict",
+            json!({"case_id": c.id, "tx_id": c.tx_id, "account_id": c.account,
+                   "verdict": verdict, "rules": c.rules, "note": b.note}),
+        );
     }
     Ok(json(StatusCode::OK, &outcome_json(&a.outcome, &s.0)))
 }

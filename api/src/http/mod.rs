@@ -4,12 +4,14 @@
 //! and its documentation; the router, the role checks and `/openapi.json` are all built from
 //! that table. Every error is a JSON body `{code, message, field?}` with a stable code.
 
+pub mod audit;
 mod handlers;
+pub use handlers::reload_rules;
 mod openapi;
 mod views;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -23,6 +25,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vigil_engine::Engine;
 use vigil_engine::ledger::{Ledger, LedgerError};
+use vigil_engine::metrics::Metrics;
+use vigil_engine::packs::Reloader;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -93,6 +97,12 @@ pub struct Shared {
     /// Ready to take traffic (the pipeline, when there is one, has its partitions).
     pub ready: AtomicBool,
     limits: Limits,
+    /// Prometheus metrics (the engine reports into the same).
+    pub metrics: Arc<Metrics>,
+    /// Reloads the rules (`POST /v1/rules/reload`), when serving from a pack directory.
+    pub reloader: OnceLock<Arc<Reloader>>,
+    /// Who changed what.
+    pub audit: audit::Audit,
 }
 
 /// The router's state. Cheap to clone.
@@ -101,14 +111,32 @@ pub struct AppState(pub Arc<Shared>);
 
 impl AppState {
     /// State over an engine and a ledger, with these tokens.
+    /// The engine reports into the metrics served at `/metrics` (its own, if it has them).
     pub fn new(engine: Arc<Engine>, ledger: Ledger, tokens: Vec<Token>, limits: Limits) -> Self {
+        let metrics = match engine.metrics() {
+            Some(m) => m.clone(),
+            None => {
+                let m = Arc::new(Metrics::new());
+                engine.set_metrics(m.clone());
+                m
+            }
+        };
         AppState(Arc::new(Shared {
             engine,
             ledger,
             tokens,
             ready: AtomicBool::new(true),
             limits,
+            audit: audit::Audit::new(metrics.clone()),
+            metrics,
+            reloader: OnceLock::new(),
         }))
+    }
+
+    /// Serves `POST /v1/rules/reload` from this reloader's directory.
+    pub fn with_reloader(self, r: Arc<Reloader>) -> Self {
+        let _ = self.0.reloader.set(r);
+        self
     }
 }
 
@@ -337,6 +365,17 @@ fn unauthorized(msg: &str) -> Response {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts every answer by route template and status class (`vigil_http_requests_total`).
+async fn count_request(
+    State((s, route)): State<(AppState, &'static str)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let r = next.run(req).await;
+    s.0.metrics.http_request(route, r.status().as_u16());
+    r
 }
 
 async fn time_limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
@@ -621,6 +660,48 @@ pub(crate) fn routes() -> Vec<Route> {
             (200, "Case"),
             post(h::resolve_case),
         ),
+        r(
+            "get",
+            "/metrics",
+            PUBLIC,
+            "Prometheus metrics (text format): decisions, rule hits, latency, lag, settlements; no account ids.",
+            None,
+            (200, "Object"),
+            get(h::metrics),
+        ),
+        r(
+            "get",
+            "/v1/rules",
+            BOTH,
+            "The active rule pack: name, hash (every decision carries it) and its rules.",
+            None,
+            (200, "RulePack"),
+            get(h::rules),
+        ),
+        r(
+            "post",
+            "/v1/rules/reload",
+            ANALYST,
+            "Reload the rules directory: compile, check, run the pack's tests, swap between events. A bad pack is refused (422 rules_invalid, with file:line:col errors) and the running pack stays.",
+            None,
+            (200, "Reload"),
+            post(h::reload),
+        ),
+        Route {
+            query: &[
+                ("kind", "reload, freeze, unfreeze or verdict"),
+                ("limit", "entries, 1–1000 (default 100)"),
+            ],
+            ..r(
+                "get",
+                "/v1/audit",
+                ANALYST,
+                "The audit log, newest first: who reloaded rules, froze, unfroze, resolved cases.",
+                None,
+                (200, "Audit"),
+                get(h::audit),
+            )
+        },
     ]
 }
 
@@ -628,10 +709,14 @@ pub(crate) fn routes() -> Vec<Route> {
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for route in routes() {
+        let counted = route.handler.route_layer(middleware::from_fn_with_state(
+            (state.clone(), route.path),
+            count_request,
+        ));
         let handler = if route.roles.is_empty() {
-            route.handler
+            counted
         } else {
-            route.handler.route_layer(middleware::from_fn_with_state(
+            counted.route_layer(middleware::from_fn_with_state(
                 Guard {
                     state: state.clone(),
                     roles: route.roles,

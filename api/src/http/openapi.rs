@@ -20,6 +20,21 @@ fn schemas() -> Value {
             "field": s("the request field at fault")}},
         "Health": {"type": "object"},
         "Object": {"type": "object"},
+        "RulePack": {"type": "object", "properties": {
+            "pack": {"type": "string"}, "hash": {"type": "string"},
+            "summary": {"type": "string"}, "dir": {"type": ["string", "null"]},
+            "rules": {"type": "array", "items": {"type": "object", "properties": {
+                "id": {"type": "string"}, "description": {"type": "string"},
+                "action": {"type": ["string", "null"]}, "score": {"type": "integer"},
+                "shadow": {"type": "boolean"}, "freeze": {"type": "boolean"},
+                "notify": {"type": ["string", "null"]}}}}}},
+        "Reload": {"type": "object", "properties": {
+            "result": {"enum": ["swapped", "unchanged"]}, "from": {"type": "string"},
+            "hash": {"type": "string"}, "summary": {"type": "string"}}},
+        "Audit": {"type": "object", "properties": {
+            "entries": {"type": "array", "items": {"type": "object", "properties": {
+                "at": {"type": "string"}, "who": {"type": "string"},
+                "kind": {"type": "string"}}}}}},
         "Csv": {"type": "string", "description": "text/csv: seq,at,kind,ref,counterparty,amount,held_change,available_after,held_after,currency"},
         "TransactionEvent": {"type": "object", "required": ["tx_id", "account_id", "amount", "currency"], "properties": {
             "schema": {"type": "integer", "enum": [1], "description": "default 1"},

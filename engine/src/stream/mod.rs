@@ -183,12 +183,21 @@ pub struct Stats {
     /// Transactions decided before their account events could be confirmed applied (waited
     /// too long, or too many waiting).
     pub unaligned: AtomicU64,
+    /// Consumer lag per assigned (topic, partition), from librdkafka's statistics.
+    pub lag: std::sync::Mutex<crate::metrics::Lag>,
 }
 
 impl Stats {
     /// A counter's value.
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+    /// Consumer lag per (topic, partition) as last reported.
+    pub fn lag(&self) -> crate::metrics::Lag {
+        self.lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
     fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);

@@ -348,6 +348,27 @@ impl ClientContext for Rebalancer {
     fn error(&self, error: KafkaError, reason: &str) {
         log_kafka_error("consumer", &error, reason);
     }
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag = crate::metrics::Lag::new();
+        for (name, topic) in statistics.topics {
+            for (id, p) in topic.partitions {
+                // -1 is librdkafka's internal partition.
+                if id < 0 || !p.desired {
+                    continue;
+                }
+                // Nothing committed yet (-1001): everything from the low end is outstanding.
+                let behind = if p.consumer_lag >= 0 {
+                    p.consumer_lag
+                } else if p.hi_offset >= 0 {
+                    p.hi_offset - p.lo_offset.max(0)
+                } else {
+                    continue;
+                };
+                lag.insert((name.clone(), id), behind.max(0));
+            }
+        }
+        *lock(&self.0.stats.lag) = lag;
+    }
 }
 
 impl ConsumerContext for Rebalancer {
@@ -861,6 +882,8 @@ impl Pipeline {
             .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
             // Same partition numbers of both input topics to one consumer (see `Align`).
             .set("partition.assignment.strategy", "range")
+            // Consumer lag per partition for the metrics (`Rebalancer::stats`).
+            .set("statistics.interval.ms", "5000")
             .create_with_context(Rebalancer(shared.clone()))?;
         consumer.subscribe(&inputs)?;
         tracing::info!(

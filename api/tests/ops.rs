@@ -1,0 +1,275 @@
+//! For operators and analysts, through `router(state).oneshot(request)`: `/metrics`, the rule
+//! reload (a bad pack refused with `file:line:col` and the running pack kept, a good one swapped
+//! and carried by every decision), the audit log and verdict metrics.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use vigil_api::http::{AppState, Limits, Role, Token, router};
+use vigil_engine::ledger::{BookConfig, Ledger};
+use vigil_engine::packs::{self, Reloader};
+use vigil_engine::{Engine, EngineConfig};
+use vigil_rules::PackOptions;
+use vigil_tests::root;
+
+const PAY: &str = "pay-token-123";
+const ANA: &str = "ana-token-123";
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let p = e.expect("entry").path();
+        let dest = to.join(p.file_name().expect("name"));
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).expect("copy");
+        }
+    }
+}
+
+/// A server over a copy of the default pack that the test may edit.
+fn app(name: &str) -> (axum::Router, PathBuf, Arc<Reloader>) {
+    let dir = std::env::temp_dir().join(format!("vigil-ops-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&root().join("rules/packs/default"), &dir);
+    let pack = packs::load(&dir, &PackOptions::default()).expect("pack");
+    let engine = Arc::new(Engine::new(pack, EngineConfig::default()));
+    let tokens = vec![
+        Token {
+            name: "wallet".into(),
+            role: Role::PaymentService,
+            token: PAY.into(),
+        },
+        Token {
+            name: "ana".into(),
+            role: Role::Analyst,
+            token: ANA.into(),
+        },
+    ];
+    let reloader = Arc::new(Reloader::new(&dir, PackOptions::default()));
+    let state = AppState::new(
+        engine,
+        Ledger::in_memory(BookConfig::default()),
+        tokens,
+        Limits::default(),
+    )
+    .with_reloader(reloader.clone());
+    (router(state), dir, reloader)
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: &str,
+    body: Value,
+) -> (StatusCode, String) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if !token.is_empty() {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let body = if body.is_null() {
+        Body::empty()
+    } else {
+        Body::from(body.to_string())
+    };
+    let req = req
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .expect("request");
+    let res = app.clone().oneshot(req).await.expect("infallible");
+    let status = res.status();
+    let bytes = to_bytes(res.into_body(), 1 << 24).await.expect("body");
+    (status, String::from_utf8(bytes.to_vec()).expect("utf-8"))
+}
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The value of one sample line of the Prometheus text, e.g. `vigil_x{a="b"}`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn tx(id: &str, amount: &str) -> Value {
+    json!({"tx_id": id, "kind": "payment", "account_id": "acc-1",
+           "counterparty_id": "m-1", "amount": amount, "currency": "EUR"})
+}
+
+#[tokio::test]
+async fn metrics_count_http_decisions_and_name_no_account() {
+    let (app, _dir, _) = app("metrics");
+    for i in 0..3 {
+        let (st, text) = call(
+            &app,
+            "POST",
+            "/v1/authorize",
+            PAY,
+            tx(&format!("t-{i}"), "12.00"),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{text}");
+    }
+    let (st, _) = call(&app, "POST", "/v1/authorize", PAY, json!({"tx_id": 1})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, m) = call(&app, "GET", "/metrics", "", Value::Null).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        sample(&m, r#"vigil_decisions_total{action="allow",entry="http"}"#),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "vigil_decision_duration_seconds_count"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"vigil_http_requests_total{class="2xx",route="/v1/authorize"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"vigil_http_requests_total{class="4xx",route="/v1/authorize"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "vigil_rules_active_rules"), Some(16.0), "{m}");
+    assert!(m.contains("vigil_rules_pack_info{hash=\""), "{m}");
+    assert_eq!(
+        sample(&m, r#"vigil_state_keys{store="account"}"#),
+        Some(1.0)
+    );
+    // Labels come from fixed sets: no account or transaction id anywhere.
+    assert!(!m.contains("acc-1") && !m.contains("t-1"), "{m}");
+    for line in m.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("vigil_"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_pack_is_refused_with_its_position_and_a_good_one_is_swapped_in() {
+    let (app, dir, reloader) = app("reload");
+    let (_, before) = call(&app, "GET", "/v1/rules", ANA, Value::Null).await;
+    let old_hash = parse(&before)["hash"].as_str().expect("hash").to_string();
+    // The payment service may not reload rules.
+    let (st, _) = call(&app, "POST", "/v1/rules/reload", PAY, Value::Null).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // An unknown function in a rule: refused with file:line:col, the old pack keeps deciding.
+    let geo = dir.join("geo.toml");
+    let good = std::fs::read_to_string(&geo).expect("geo.toml");
+    let bad = good.replacen("when = \"", "when = \"no_such_fn(1) > 0 and ", 1);
+    assert_ne!(bad, good);
+    std::fs::write(&geo, &bad).expect("write");
+    assert!(reloader.changed(), "the watcher sees the edit");
+    let (st, text) = call(&app, "POST", "/v1/rules/reload", ANA, Value::Null).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    let v = parse(&text);
+    assert_eq!(v["code"], "rules_invalid");
+    assert_eq!(v["running"], old_hash.as_str());
+    let first = v["errors"][0].as_str().expect("an error line");
+    let want = format!("{}:", geo.display());
+    assert!(first.starts_with(&want), "{first}");
+    let pos: Vec<&str> = first[want.len()..].splitn(3, ':').collect();
+    assert!(
+        pos[0].parse::<u32>().is_ok() && pos[1].parse::<u32>().is_ok(),
+        "{first}"
+    );
+    assert!(first.contains("no_such_fn"), "{first}");
+    let (_, d) = call(&app, "POST", "/v1/authorize", PAY, tx("t-old", "10.00")).await;
+    assert_eq!(parse(&d)["decision"]["rules_version"], old_hash.as_str());
+
+    // A rule edit whose own tests fail is refused too.
+    let card = dir.join("card_testing.toml");
+    let card_good = std::fs::read_to_string(&card).expect("card_testing.toml");
+    std::fs::write(&geo, &good).expect("restore geo");
+    let loose = card_good.replacen(
+        "count(tx by account over 10m) >= 5 ",
+        "count(tx by account over 10m) >= 50 ",
+        1,
+    );
+    assert_ne!(loose, card_good);
+    std::fs::write(&card, &loose).expect("write");
+    let (st, text) = call(&app, "POST", "/v1/rules/reload", ANA, Value::Null).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    assert!(
+        parse(&text)["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("fails")),
+        "{text}"
+    );
+
+    // A valid change: swapped between two requests, and the next decision carries its hash.
+    std::fs::write(&card, &card_good).expect("restore card");
+    let (st, text) = call(&app, "POST", "/v1/rules/reload", ANA, Value::Null).await;
+    assert_eq!(st, StatusCode::OK, "{text}");
+    assert_eq!(parse(&text)["result"], "unchanged");
+    std::fs::write(dir.join("extra.toml"), "[[rule]]\nid = \"amount.huge_shadow\"\ndescription = \"shadow: very large payments\"\nwhen = \"amount > 5000\"\nmode = \"shadow\"\naction = \"block\"\n").expect("write");
+    let (st, text) = call(&app, "POST", "/v1/rules/reload", ANA, Value::Null).await;
+    assert_eq!(st, StatusCode::OK, "{text}");
+    let v = parse(&text);
+    assert_eq!(v["result"], "swapped");
+    assert_eq!(v["from"], old_hash.as_str());
+    let new_hash = v["hash"].as_str().expect("hash").to_string();
+    assert_ne!(new_hash, old_hash);
+    let (_, d) = call(&app, "POST", "/v1/authorize", PAY, tx("t-new", "6000.00")).await;
+    let d = parse(&d);
+    assert_eq!(d["decision"]["rules_version"], new_hash.as_str());
+    // The shadow rule (action block) shows in the decision and changes nothing.
+    assert_ne!(d["decision"]["action"], "block", "{d}");
+    let reasons = d["decision"]["reasons"]
+        .as_array()
+        .expect("reasons")
+        .clone();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r["rule"] == "amount.huge_shadow" && r["shadow"] == true),
+        "{d}"
+    );
+
+    let (_, m) = call(&app, "GET", "/metrics", "", Value::Null).await;
+    assert_eq!(
+        sample(&m, r#"vigil_rules_reloads_total{result="failed"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&m, r#"vigil_rules_reloads_total{result="ok"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"vigil_rule_hits_total{mode="shadow",rule="amount.huge_shadow"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("vigil_rules_pack_info{{hash=\"{new_hash}\"")),
+        "{m}"
+    );
+
+    // Who did it, in the audit log, newest first.
+    let (_, a) = call(&app, "GET", "/v1/audit?kind=reload", ANA, Value::Null).await;
+    let entries = parse(&a)["entries"].as_array().expect("entries").clone();
+    let results: Vec<&str> = entries
+        .iter()
+        .map(|e| e["result"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(results, ["swapped", "rejected", "rejected"], "{a}");
+    assert!(entries.iter().all(|e| e["who"] == "ana"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
