@@ -7,3 +7,4 @@ mod default_pack;
 mod engine;
 mod golden;
 mod kafka;
+mod ops;
