@@ -431,13 +431,7 @@ impl Metrics {
 
     /// One HTTP request answered: `route` is the route's template, never a raw path.
     pub fn http_request(&self, route: &str, status: u16) {
-        let class = match status {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.http_requests.with_label_values(&[route, class]).inc();
+        HttpRoute::new(self, route).answered(status);
     }
 
     /// An audit log entry written.
@@ -517,6 +511,30 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The request counters of one route, resolved once (`vigil_http_requests_total`).
+#[derive(Debug, Clone)]
+pub struct HttpRoute([IntCounter; 4]);
+
+impl HttpRoute {
+    /// The counters of `route` (its template, never a raw path).
+    pub fn new(m: &Metrics, route: &str) -> HttpRoute {
+        HttpRoute(
+            ["2xx", "3xx", "4xx", "5xx"].map(|c| m.http_requests.with_label_values(&[route, c])),
+        )
+    }
+
+    /// One answer with `status`.
+    pub fn answered(&self, status: u16) {
+        let i = match status {
+            200..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            _ => 3,
+        };
+        self.0[i].inc();
     }
 }
 

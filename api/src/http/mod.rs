@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vigil_engine::Engine;
 use vigil_engine::ledger::{Ledger, LedgerError};
-use vigil_engine::metrics::Metrics;
+use vigil_engine::metrics::{HttpRoute, Metrics};
 use vigil_engine::packs::Reloader;
 
 /// Who may call a route.
@@ -368,13 +368,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Counts every answer by route template and status class (`vigil_http_requests_total`).
-async fn count_request(
-    State((s, route)): State<(AppState, &'static str)>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn count_request(State(route): State<HttpRoute>, req: Request, next: Next) -> Response {
     let r = next.run(req).await;
-    s.0.metrics.http_request(route, r.status().as_u16());
+    route.answered(r.status().as_u16());
     r
 }
 
@@ -710,7 +706,7 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for route in routes() {
         let counted = route.handler.route_layer(middleware::from_fn_with_state(
-            (state.clone(), route.path),
+            HttpRoute::new(&state.0.metrics, route.path),
             count_request,
         ));
         let handler = if route.roles.is_empty() {
