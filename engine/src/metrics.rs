@@ -14,12 +14,12 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use vigil_rules::Action;
 use vigil_rules::program::Program;
 
 use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::stream::Stats;
+use crate::stream::pipeline::action_index;
 
 /// Where a decision was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +45,6 @@ impl Entry {
 
 const ACTIONS: [&str; 4] = ["allow", "review", "step_up", "block"];
 const SETTLEMENT_OUTCOMES: [&str; 4] = ["settled", "held", "declined", "refused"];
-
-fn action_index(a: Action) -> usize {
-    match a {
-        Action::Allow => 0,
-        Action::Review => 1,
-        Action::StepUp => 2,
-        Action::Block => 3,
-    }
-}
 
 /// Seconds: decision latency (most answers take 1–10 µs).
 const DECISION_BUCKETS: [f64; 14] = [

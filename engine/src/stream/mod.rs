@@ -11,7 +11,7 @@
 pub mod align;
 pub mod embedded;
 pub mod notify;
-mod pipeline;
+pub(crate) mod pipeline;
 pub mod produce;
 mod track;
 

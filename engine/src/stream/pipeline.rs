@@ -714,7 +714,8 @@ pub struct Pipeline {
     stop: Arc<AtomicBool>,
 }
 
-fn action_index(a: Action) -> usize {
+/// The slot of an action in per-action counters (allow, review, step_up, block).
+pub(crate) fn action_index(a: Action) -> usize {
     match a {
         Action::Allow => 0,
         Action::Review => 1,
