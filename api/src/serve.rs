@@ -460,12 +460,13 @@ fn report(stats: &Stats, consumed: u64, seconds: f64) {
         consumed as f64 / seconds.max(1e-9)
     ));
     say(format!(
-        "  decided {}: allow {}, review {}, step_up {}, block {}",
+        "  decided {}: allow {}, review {}, step_up {}, block {}; decided already (sent once) {}",
         g(&stats.decided),
         g(&stats.actions[0]),
         g(&stats.actions[1]),
         g(&stats.actions[2]),
-        g(&stats.actions[3])
+        g(&stats.actions[3]),
+        g(&stats.duplicates)
     ));
     say(format!(
         "  account events {}, dead-lettered {}, freeze requests {}, notifications {}",

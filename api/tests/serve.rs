@@ -194,8 +194,13 @@ fn kill_9_and_restart_loses_nothing_and_repeats_nothing() {
     let mut at = BTreeMap::new();
     for r in &decisions {
         if let Some(before) = at.insert(r.key.clone(), r.at) {
+            let copies: Vec<(i32, i64)> = read_all(&cfg, &cfg.topics.transactions)
+                .iter()
+                .filter(|t| t.value.contains(&format!("\"{}\"", r.key)))
+                .map(|t| t.at)
+                .collect();
             panic!(
-                "{} decided twice: at {before:?} and {:?}\n{}",
+                "{} decided twice: at {before:?} and {:?} (on the input topic at {copies:?})\n{}",
                 r.key,
                 r.at,
                 log_of(&log2)

@@ -103,6 +103,50 @@ fn bad_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
 }
 
 #[test]
+fn a_transaction_sent_twice_is_decided_and_acted_on_once() {
+    let b = broker(1);
+    let input = sample();
+    let part: Vec<u8> = lines(&input)[..3000].join(&b'\n');
+    let n = feed(&b.cfg, &part);
+    // A producer that retried every transaction, after all of them went through once.
+    let again: Vec<(&str, String, Vec<u8>)> = lines(&part)
+        .into_iter()
+        .filter(|l| l.windows(7).any(|w| w == b"\"tx_id\""))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+            let key = v["account_id"].as_str().unwrap().to_string();
+            (b.cfg.topics.transactions.as_str(), key, l.to_vec())
+        })
+        .collect();
+    let records: Vec<(&str, &str, Vec<u8>)> = again
+        .iter()
+        .map(|(t, k, p)| (*t, k.as_str(), p.clone()))
+        .collect();
+    produce_raw(&b.cfg, &records);
+    let stats = run(engine(), &b.cfg, n + again.len() as u64);
+
+    assert_eq!(Stats::get(&stats.duplicates), again.len() as u64);
+    assert_eq!(Stats::get(&stats.decided), again.len() as u64);
+    let decisions = read_all(&b.cfg, &b.cfg.topics.decisions);
+    let mut ids: Vec<&str> = decisions.iter().map(|r| r.key.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), decisions.len(), "a transaction decided twice");
+    assert_eq!(decisions.len(), again.len());
+    // The effects of one pass, not two.
+    let (want_freezes, want_notes) = expected_effects(&part);
+    assert!(!want_notes.is_empty());
+    assert_eq!(
+        read_all(&b.cfg, &b.cfg.topics.freezes).len(),
+        want_freezes.len()
+    );
+    assert_eq!(
+        read_all(&b.cfg, &b.cfg.topics.notifications).len(),
+        want_notes.len()
+    );
+}
+
+#[test]
 fn freezes_and_notifications_once_per_account_in_the_holders_language() {
     let b = broker(1);
     let input = sample();

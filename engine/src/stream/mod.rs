@@ -155,6 +155,8 @@ pub struct Stats {
     pub consumed: AtomicU64,
     /// Transactions decided.
     pub decided: AtomicU64,
+    /// Transactions whose tx_id was decided already: nothing is sent for them again.
+    pub duplicates: AtomicU64,
     /// Account events applied.
     pub account_events: AtomicU64,
     /// Messages sent to the dead-letter topic.

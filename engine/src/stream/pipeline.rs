@@ -1221,9 +1221,6 @@ impl Pipeline {
         let body = match ledger.settle_decided(tx, d) {
             Ok((applied, ticket)) => {
                 s.ledger_ticket.fetch_max(ticket, Ordering::SeqCst);
-                if applied.replayed && d.duplicate {
-                    return Ok(()); // its record went out the first time
-                }
                 let Outcome::Transfer(t) = &applied.outcome else {
                     return Ok(());
                 };
@@ -1285,6 +1282,14 @@ impl Pipeline {
         offset: i64,
     ) -> Result<(), StreamError> {
         let d = self.engine.decide_into(tx, &mut scratch.scratch);
+        if d.duplicate {
+            // This tx_id was decided already (a producer's retry, a topic replayed): its
+            // decision, settlement and effects went out the first time, and a second decision
+            // (on state that has moved on since) could contradict the first.
+            Stats::bump(&self.stats.duplicates);
+            tracing::debug!("{}: decided already; nothing sent again", tx.tx_id);
+            return Ok(());
+        }
         Stats::bump(&self.stats.decided);
         Stats::bump(&self.stats.actions[action_index(d.action)]);
         scratch.json.clear();
@@ -1305,15 +1310,15 @@ impl Pipeline {
         if let Some(ledger) = &s.ledger {
             self.settle(s, ledger, effects, tx, &d, slot, offset)?;
         }
-        // A redelivered or retried transaction decides again but acts only once; an account
-        // whose freeze was already requested is not frozen, or told about blocks, again.
+        // An account whose freeze was already requested is not frozen, or told about blocks,
+        // again.
         let freeze = d.freeze && !d.already_frozen;
         let notice = d
             .notify
             .as_deref()
             .filter(|&n| !(d.already_frozen && n == "blocked_transfer"));
-        if d.duplicate || (!freeze && notice.is_none()) {
-            if d.already_frozen && (d.freeze || d.notify.is_some()) && !d.duplicate {
+        if !freeze && notice.is_none() {
+            if d.already_frozen && (d.freeze || d.notify.is_some()) {
                 Stats::bump(&self.stats.repeats_skipped);
             }
             return Ok(());
