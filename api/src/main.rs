@@ -77,8 +77,20 @@ struct ReplayArgs {
     #[arg(long, default_value = DEFAULT_PACK)]
     rules: PathBuf,
     /// Write every decision as a JSON line here.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "compare")]
     out: Option<PathBuf>,
+    /// Backtest: also run this (old) pack over the same traffic and report what --rules (the
+    /// new pack) would change: actions, amounts, rules, precision and recall of each side.
+    #[arg(long, value_name = "OLD_DIR")]
+    compare: Option<PathBuf>,
+    /// With --compare: write every decision that changes action here, as JSON lines.
+    #[arg(long, requires = "compare")]
+    changed: Option<PathBuf>,
+    /// Labels to score against, joined on tx_id: JSON lines {"tx_id", "is_fraud"} such as
+    /// `GET /v1/labels` exports from analysts' verdicts. They replace the labels the traffic
+    /// carries.
+    #[arg(long)]
+    labels: Option<PathBuf>,
     /// Longest window a rule may use (e.g. 30d, at most 31d).
     #[arg(long, default_value = "30d", value_parser = parse_window_max)]
     window_max: i64,
@@ -246,13 +258,46 @@ fn replay_cmd(a: &ReplayArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("--from: {}", e.message))?;
         input.events.retain(|(_, e)| e.ts_ms() >= from_ms);
     }
-    let engine = Engine::new(
-        pack,
-        EngineConfig {
-            lateness_ms: a.lateness,
-            ..EngineConfig::default()
-        },
-    );
+    if let Some(path) = &a.labels {
+        let reader =
+            replay::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let labels = match replay::read_labels(reader) {
+            Ok(l) => l,
+            Err(e) => {
+                esay(format!("{}: {e}", path.display()));
+                return Ok(ExitCode::from(2));
+            }
+        };
+        let matched = replay::apply_labels(&mut input, &labels);
+        say(format!(
+            "labels      {} from {}, {matched} on transactions of this traffic",
+            labels.len(),
+            path.display()
+        ));
+    }
+    let config = EngineConfig {
+        lateness_ms: a.lateness,
+        ..EngineConfig::default()
+    };
+    let order = if a.arrival_order {
+        replay::Order::Arrival
+    } else {
+        replay::Order::EventTime
+    };
+    if let Some(old_dir) = &a.compare {
+        let old = match load_pack(old_dir, a.window_max) {
+            Ok(p) => p,
+            Err(code) => return Ok(code),
+        };
+        return compare_cmd(
+            a,
+            Engine::new(old, config),
+            Engine::new(pack, config),
+            input,
+            order,
+        );
+    }
+    let engine = Engine::new(pack, config);
     let mut out = match &a.out {
         Some(p) => Some(BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -263,11 +308,7 @@ fn replay_cmd(a: &ReplayArgs) -> Result<ExitCode> {
     let report = replay::run(
         &engine,
         input,
-        if a.arrival_order {
-            replay::Order::Arrival
-        } else {
-            replay::Order::EventTime
-        },
+        order,
         out.as_mut().map(|w| w as &mut dyn Write),
         &mut |done, total| {
             bar.set_length(total);
@@ -276,6 +317,43 @@ fn replay_cmd(a: &ReplayArgs) -> Result<ExitCode> {
     )?;
     bar.finish_and_clear();
     say(report.to_string().trim_end());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compare_cmd(
+    a: &ReplayArgs,
+    old: Engine,
+    new: Engine,
+    input: replay::Input,
+    order: replay::Order,
+) -> Result<ExitCode> {
+    let mut changed = match &a.changed {
+        Some(p) => Some(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let bar = progress_bar(a.quiet, "backtest");
+    let cmp = vigil_engine::backtest::compare(
+        &old,
+        &new,
+        input,
+        order,
+        changed.as_mut().map(|w| w as &mut dyn Write),
+        &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )?;
+    bar.finish_and_clear();
+    say(cmp.to_string().trim_end());
+    if let Some(p) = &a.changed {
+        say(format!(
+            "changed decisions written to {} ({} lines)",
+            p.display(),
+            cmp.changed
+        ));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -577,3 +577,201 @@ kind == "payment" and \
     );
     assert_eq!(stderr(&o).lines().next(), Some(want.as_str()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// vigil replay --compare (backtest)
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("create dir");
+    for e in fs::read_dir(from).expect("read dir") {
+        let e = e.expect("dir entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            fs::copy(e.path(), &target).expect("copy file");
+        }
+    }
+}
+
+/// tx_id → action of a decisions file.
+fn actions(path: &Path) -> std::collections::BTreeMap<String, String> {
+    fs::read_to_string(path)
+        .expect("read decisions")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect(l);
+            (
+                v["tx_id"].as_str().expect("tx_id").to_string(),
+                v["action"].as_str().expect("action").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn backtest_reports_exactly_the_decisions_that_differ() {
+    let tmp = Scratch::new("backtest");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root");
+    let new = tmp.path("new");
+    copy_dir(&root.join("rules/packs/default"), &new);
+    // A lower amount threshold and a card-testing burst that needs more attempts. The pack's
+    // own tests are not run by replay, so they may disagree.
+    for (file, from, to) in [
+        (
+            "amount.toml",
+            "15 * usual_amount(30d)",
+            "8 * usual_amount(30d)",
+        ),
+        ("card_testing.toml", "over 10m) >= 5", "over 10m) >= 7"),
+    ] {
+        let text = fs::read_to_string(new.join(file)).expect("read rule file");
+        assert!(text.contains(from), "{file} no longer has {from}");
+        fs::write(new.join(file), text.replace(from, to)).expect("write rule file");
+    }
+    let sample = "replay-data/sample.jsonl.gz";
+    let (old_out, new_out) = (tmp.path("old.jsonl"), tmp.path("new.jsonl"));
+    for (rules, out) in [("rules/packs/default", &old_out), (s(&new), &new_out)] {
+        let o = vigil(&["replay", sample, "--rules", rules, "--out", s(out), "-q"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let (old_actions, new_actions) = (actions(&old_out), actions(&new_out));
+    let want: std::collections::BTreeMap<&String, (&String, &String)> = old_actions
+        .iter()
+        .filter_map(|(tx, a)| {
+            let b = &new_actions[tx];
+            (a != b).then_some((tx, (a, b)))
+        })
+        .collect();
+    assert!(!want.is_empty(), "the changed pack changed nothing");
+
+    // The label file turns the first changed transaction's label around.
+    let (first, _) = want.iter().next().expect("a change");
+    let sample_label = {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut vigil_engine::replay::open(&root.join(sample)).expect("open sample"),
+            &mut text,
+        )
+        .expect("read sample");
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("\"tx_id\":\"{first}\"")))
+            .expect("the changed tx is in the sample");
+        let v: serde_json::Value = serde_json::from_str(line).expect(line);
+        v["is_fraud"].as_bool().expect("the sample is labelled")
+    };
+    let labels = tmp.write(
+        "labels.jsonl",
+        &format!("{{\"tx_id\":\"{first}\",\"is_fraud\":{}}}\n", !sample_label),
+    );
+    let changed = tmp.path("changed.jsonl");
+    let o = vigil(&[
+        "replay",
+        sample,
+        "--rules",
+        s(&new),
+        "--compare",
+        "rules/packs/default",
+        "--changed",
+        s(&changed),
+        "--labels",
+        s(&labels),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report = stdout(&o);
+    assert!(
+        report.contains(&format!("changed     {} decisions (", want.len())),
+        "{report}"
+    );
+    assert!(report.contains("labels      1 from "), "{report}");
+    assert!(
+        report.contains("review-or-block  old precision"),
+        "{report}"
+    );
+    // The transitions add up to the changes.
+    let listed: usize = report
+        .lines()
+        .skip_while(|l| !l.starts_with("changes "))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("{l}"))
+        })
+        .sum();
+    assert_eq!(listed, want.len(), "{report}");
+    assert!(report.contains("amount.far_above_usual "), "{report}");
+
+    let text = fs::read_to_string(&changed).expect("changed file");
+    let mut got = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect(line);
+        let tx = v["tx_id"].as_str().expect("tx_id").to_string();
+        let (a, b) = (
+            v["old"]["action"].as_str().expect("old").to_string(),
+            v["new"]["action"].as_str().expect("new").to_string(),
+        );
+        if tx == **first {
+            assert_eq!(v["is_fraud"], !sample_label, "the label file wins: {line}");
+        }
+        assert!(v["amount"].as_str().is_some() && v["new"]["rules"].is_array());
+        got.insert(tx, (a, b));
+    }
+    let want: std::collections::BTreeMap<String, (String, String)> = want
+        .into_iter()
+        .map(|(k, (a, b))| (k.clone(), (a.clone(), b.clone())))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn backtest_refuses_a_bad_label_file_and_a_broken_old_pack() {
+    let tmp = Scratch::new("backtest-bad");
+    let labels = tmp.write(
+        "labels.jsonl",
+        "{\"tx_id\":\"t-1\",\"is_fraud\":true}\n{\"tx_id\":\"t-2\",\"is_fraud\":\"yes\"}\n",
+    );
+    let o = vigil(&[
+        "replay",
+        "replay-data/sample.jsonl.gz",
+        "--labels",
+        s(&labels),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains(&format!("{}: line 2:", s(&labels))),
+        "{}",
+        stderr(&o)
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root");
+    let old = tmp.path("old");
+    copy_dir(&root.join("rules/packs/default"), &old);
+    let file = old.join("card_testing.toml");
+    let text = fs::read_to_string(&file).expect("read rule file");
+    fs::write(&file, text.replacen("amount < 5", "amount << 5", 1)).expect("write");
+    let o = vigil(&[
+        "replay",
+        "replay-data/sample.jsonl.gz",
+        "--compare",
+        s(&old),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains(&format!("{}:7:", s(&file))),
+        "{}",
+        stderr(&o)
+    );
+    // --changed needs --compare.
+    let o = vigil(&["replay", "replay-data/sample.jsonl.gz", "--changed", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+}

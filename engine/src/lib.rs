@@ -11,6 +11,7 @@
 //! 5. [`packs`] — rule packs read from disk, and their inline tests run through the engine;
 //! 6. [`traffic`] — a generator of realistic labeled traffic.
 
+pub mod backtest;
 pub mod decision;
 pub mod engine;
 pub mod event;

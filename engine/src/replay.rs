@@ -5,7 +5,7 @@
 //! event time (stable, so ties keep file order) and applied one by one on one thread, so two
 //! runs of the same input and pack produce byte-identical decisions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -14,8 +14,9 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use vigil_rules::Action;
 
+use crate::decision::Decision;
 use crate::engine::Engine;
-use crate::event::{EVENT_BYTES_MAX, Event, EventError, decode};
+use crate::event::{EVENT_BYTES_MAX, Event, EventError, Label, decode};
 
 /// A rejected input line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +97,53 @@ pub fn read(mut r: impl BufRead) -> std::io::Result<Input> {
         }
     }
     Ok(input)
+}
+
+/// Labels by tx_id, read from JSON lines such as `GET /v1/labels` writes for analysts'
+/// verdicts: `{"tx_id": "t-1", "is_fraud": true}`, optionally with `"fraud_scenario"`. A
+/// later line for the same tx_id replaces an earlier one. A bad line is an error naming it.
+pub fn read_labels(r: impl BufRead) -> Result<HashMap<String, Label>, String> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        tx_id: String,
+        is_fraud: bool,
+        #[serde(default)]
+        fraud_scenario: Option<String>,
+    }
+    let mut labels = HashMap::new();
+    for (i, line) in r.lines().enumerate() {
+        let line = line.map_err(|e| format!("line {}: {e}", i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: Line = serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 1))?;
+        if l.tx_id.is_empty() {
+            return Err(format!("line {}: empty tx_id", i + 1));
+        }
+        labels.insert(
+            l.tx_id,
+            Label {
+                is_fraud: l.is_fraud,
+                scenario: l.fraud_scenario,
+            },
+        );
+    }
+    Ok(labels)
+}
+
+/// Puts `labels` on the transactions they name, replacing the label an event carries (an
+/// analyst's verdict is newer than the recording's label). Returns how many matched.
+pub fn apply_labels(input: &mut Input, labels: &HashMap<String, Label>) -> u64 {
+    let mut matched = 0;
+    for (_, e) in &mut input.events {
+        if let Event::Tx(t) = e
+            && let Some(l) = labels.get(t.tx_id.as_str())
+        {
+            t.label = Some(l.clone());
+            matched += 1;
+        }
+    }
+    matched
 }
 
 /// Counts for one confusion matrix.
@@ -229,32 +277,7 @@ pub fn run(
     if order == Order::EventTime {
         input.events.sort_by_key(|(_, e)| e.ts_ms());
     }
-    let active = engine.active();
-    let program = &active.pack.program;
-    let mut rules: Vec<(String, RuleStats)> = program
-        .rules
-        .iter()
-        .map(|r| {
-            (
-                r.meta.id.clone(),
-                RuleStats {
-                    shadow: r.meta.shadow,
-                    ..RuleStats::default()
-                },
-            )
-        })
-        .collect();
-    let index: BTreeMap<String, usize> = rules
-        .iter()
-        .enumerate()
-        .map(|(i, (id, _))| (id.clone(), i))
-        .collect();
-    let mut latency =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(std::io::Error::other)?;
-    let mut report_by_action: BTreeMap<Action, (u64, BTreeMap<String, i128>)> = BTreeMap::new();
-    let (mut flagged, mut blocked) = (Confusion::default(), Confusion::default());
-    let mut scenarios: BTreeMap<String, ScenarioStats> = BTreeMap::new();
-    let (mut transactions, mut labeled, mut decide_ns) = (0u64, 0u64, 0u128);
+    let mut tally = Tally::new(engine)?;
     let mut scratch = crate::engine::Scratch::default();
     let total = input.events.len() as u64;
     let mut line_buf = String::new();
@@ -266,46 +289,7 @@ pub fn run(
         let decision = engine.apply_into(event, &mut scratch);
         let ns = t0.elapsed().as_nanos();
         let Some(d) = decision else { continue };
-        decide_ns += ns;
-        latency.saturating_record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
-        transactions += 1;
-        let entry = report_by_action.entry(d.action).or_default();
-        entry.0 += 1;
-        *entry.1.entry(d.currency.code().to_string()).or_default() += i128::from(d.amount_minor);
-        let label = match event {
-            Event::Tx(t) => t.label.as_ref(),
-            Event::Account(_) => None,
-        };
-        for r in &d.reasons {
-            if let Some(&k) = index.get(&r.rule) {
-                let s = &mut rules[k].1;
-                s.hits += 1;
-                if let Some(l) = label {
-                    s.labeled_hits += 1;
-                    s.fraud_hits += u64::from(l.is_fraud);
-                }
-            }
-        }
-        for e in &d.errors {
-            if let Some(&k) = index.get(e) {
-                rules[k].1.errors += 1;
-            }
-        }
-        if let Some(l) = label {
-            labeled += 1;
-            let is_flagged = d.action != Action::Allow;
-            let is_blocked = d.action == Action::Block;
-            flagged.add(l.is_fraud, is_flagged);
-            blocked.add(l.is_fraud, is_blocked);
-            if l.is_fraud {
-                let s = scenarios
-                    .entry(l.scenario.clone().unwrap_or_else(|| "unlabeled".into()))
-                    .or_default();
-                s.total += 1;
-                s.flagged += u64::from(is_flagged);
-                s.blocked += u64::from(is_blocked);
-            }
-        }
+        tally.add(event, &d, ns);
         if let Some(w) = out.as_deref_mut() {
             line_buf.clear();
             line_buf.push_str(&d.to_json());
@@ -317,27 +301,142 @@ pub fn run(
     if let Some(w) = out {
         w.flush()?;
     }
-    Ok(Report {
-        lines: total + input.rejected.len() as u64,
-        events: total,
-        transactions,
-        rejected: input.rejected,
-        decide_secs: decide_ns as f64 / 1e9,
-        total_secs: started.elapsed().as_secs_f64(),
-        latency_ns: latency,
-        by_action: report_by_action,
-        rules,
-        labeled,
-        flagged,
-        blocked,
-        scenarios,
-        duplicates: engine.duplicate_events(),
-        late: engine.late_events(),
-        rules_version: active.version.to_string(),
-    })
+    let events = input.events.len() as u64;
+    Ok(tally.finish(engine, events, input.rejected, started))
 }
 
-fn pct(x: Option<f64>) -> String {
+/// The label of a transaction event.
+pub(crate) fn label_of(event: &Event) -> Option<&Label> {
+    match event {
+        Event::Tx(t) => t.label.as_ref(),
+        Event::Account(_) => None,
+    }
+}
+
+/// A report being counted up, one decision at a time.
+pub(crate) struct Tally {
+    rules: Vec<(String, RuleStats)>,
+    index: BTreeMap<String, usize>,
+    latency: Histogram<u64>,
+    by_action: BTreeMap<Action, (u64, BTreeMap<String, i128>)>,
+    flagged: Confusion,
+    blocked: Confusion,
+    scenarios: BTreeMap<String, ScenarioStats>,
+    transactions: u64,
+    labeled: u64,
+    decide_ns: u128,
+}
+
+impl Tally {
+    pub(crate) fn new(engine: &Engine) -> std::io::Result<Tally> {
+        let active = engine.active();
+        let rules: Vec<(String, RuleStats)> = active
+            .pack
+            .program
+            .rules
+            .iter()
+            .map(|r| {
+                (
+                    r.meta.id.clone(),
+                    RuleStats {
+                        shadow: r.meta.shadow,
+                        ..RuleStats::default()
+                    },
+                )
+            })
+            .collect();
+        let index = rules
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id.clone(), i))
+            .collect();
+        Ok(Tally {
+            rules,
+            index,
+            latency: Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+                .map_err(std::io::Error::other)?,
+            by_action: BTreeMap::new(),
+            flagged: Confusion::default(),
+            blocked: Confusion::default(),
+            scenarios: BTreeMap::new(),
+            transactions: 0,
+            labeled: 0,
+            decide_ns: 0,
+        })
+    }
+
+    /// Counts the decision `d` on `event`, which took `ns` to make.
+    pub(crate) fn add(&mut self, event: &Event, d: &Decision, ns: u128) {
+        self.decide_ns += ns;
+        self.latency
+            .saturating_record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
+        self.transactions += 1;
+        let entry = self.by_action.entry(d.action).or_default();
+        entry.0 += 1;
+        *entry.1.entry(d.currency.code().to_string()).or_default() += i128::from(d.amount_minor);
+        let label = label_of(event);
+        for r in &d.reasons {
+            if let Some(&k) = self.index.get(&r.rule) {
+                let s = &mut self.rules[k].1;
+                s.hits += 1;
+                if let Some(l) = label {
+                    s.labeled_hits += 1;
+                    s.fraud_hits += u64::from(l.is_fraud);
+                }
+            }
+        }
+        for e in &d.errors {
+            if let Some(&k) = self.index.get(e) {
+                self.rules[k].1.errors += 1;
+            }
+        }
+        if let Some(l) = label {
+            self.labeled += 1;
+            let is_flagged = d.action != Action::Allow;
+            let is_blocked = d.action == Action::Block;
+            self.flagged.add(l.is_fraud, is_flagged);
+            self.blocked.add(l.is_fraud, is_blocked);
+            if l.is_fraud {
+                let s = self
+                    .scenarios
+                    .entry(l.scenario.clone().unwrap_or_else(|| "unlabeled".into()))
+                    .or_default();
+                s.total += 1;
+                s.flagged += u64::from(is_flagged);
+                s.blocked += u64::from(is_blocked);
+            }
+        }
+    }
+
+    pub(crate) fn finish(
+        self,
+        engine: &Engine,
+        events: u64,
+        rejected: Vec<Rejected>,
+        started: Instant,
+    ) -> Report {
+        Report {
+            lines: events + rejected.len() as u64,
+            events,
+            transactions: self.transactions,
+            rejected,
+            decide_secs: self.decide_ns as f64 / 1e9,
+            total_secs: started.elapsed().as_secs_f64(),
+            latency_ns: self.latency,
+            by_action: self.by_action,
+            rules: self.rules,
+            labeled: self.labeled,
+            flagged: self.flagged,
+            blocked: self.blocked,
+            scenarios: self.scenarios,
+            duplicates: engine.duplicate_events(),
+            late: engine.late_events(),
+            rules_version: engine.active().version.to_string(),
+        }
+    }
+}
+
+pub(crate) fn pct(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
 }
 
