@@ -364,6 +364,23 @@ async fn the_wallet_story() {
         get(&app, "/v1/transfers/t-2", PAY).await.json()["label"],
         "fraud"
     );
+    // The verdict is a label `vigil replay --labels` reads.
+    let a = get(&app, "/v1/labels", ANA).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.content_type, "application/x-ndjson");
+    let line: Value = serde_json::from_str(a.text.trim_end()).expect("one JSON line");
+    assert_eq!(line["tx_id"], "t-2", "{line}");
+    assert_eq!(line["is_fraud"], true, "{line}");
+    assert_eq!(line["source"], "dispute", "{line}");
+    assert_eq!(line["case_id"], "dsp-1", "{line}");
+    assert_eq!(line["resolved_by"], "ana", "{line}");
+    let labels = vigil_engine::replay::read_labels(a.text.as_bytes()).expect("labels parse");
+    assert_eq!(labels.len(), 1);
+    assert!(labels["t-2"].is_fraud);
+    assert_eq!(
+        get(&app, "/v1/labels", PAY).await.status,
+        StatusCode::FORBIDDEN
+    );
     // The analyst unfreezes her after the password is reset again.
     let a = post(
         &app,

@@ -989,6 +989,45 @@ pub async fn cases(
     Ok(json(StatusCode::OK, &json!({ "cases": list })))
 }
 
+/// Analysts' verdicts as labels, oldest resolution first, one JSON object per line: the file
+/// `vigil replay --labels` reads (a later line for a tx_id wins there, as the later verdict).
+pub async fn labels(State(s): State<AppState>) -> Response {
+    let mut resolved: Vec<(i64, String, Value)> = s.0.ledger.read(|b| {
+        b.cases(false)
+            .filter_map(|c| {
+                let verdict = c.verdict?;
+                let at = c.resolved_ms.unwrap_or(c.opened_ms);
+                Some((
+                    at,
+                    c.id.clone(),
+                    json!({
+                        "tx_id": c.tx_id,
+                        "is_fraud": verdict == Verdict::Fraud,
+                        "source": c.kind,
+                        "case_id": c.id,
+                        "rules": c.rules,
+                        "resolved_by": c.resolved_by,
+                        "resolved_at": format_ts(at),
+                    }),
+                ))
+            })
+            .collect()
+    });
+    resolved.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut body = Vec::with_capacity(resolved.len() * 160);
+    for (_, _, v) in &resolved {
+        if serde_json::to_writer(&mut body, v).is_ok() {
+            body.push(b'\n');
+        }
+    }
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
 pub async fn get_case(
     State(s): State<AppState>,
     Path(id): Path<String>,

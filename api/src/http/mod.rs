@@ -658,6 +658,15 @@ pub(crate) fn routes() -> Vec<Route> {
         ),
         r(
             "get",
+            "/v1/labels",
+            ANALYST,
+            "Verdicts as labels, one JSON object per line (tx_id, is_fraud, source, case_id, rules, resolved_by, resolved_at), oldest first: `vigil replay --labels` scores rules against them.",
+            None,
+            (200, "Labels"),
+            get(h::labels),
+        ),
+        r(
+            "get",
             "/metrics",
             PUBLIC,
             "Prometheus metrics (text format): decisions, rule hits, latency, lag, settlements; no account ids.",

@@ -35,6 +35,7 @@ fn schemas() -> Value {
             "entries": {"type": "array", "items": {"type": "object", "properties": {
                 "at": {"type": "string"}, "who": {"type": "string"},
                 "kind": {"type": "string"}}}}}},
+        "Labels": {"type": "string", "description": "application/x-ndjson: one {tx_id, is_fraud, source, case_id, rules, resolved_by, resolved_at} per line"},
         "Csv": {"type": "string", "description": "text/csv: seq,at,kind,ref,counterparty,amount,held_change,available_after,held_after,currency"},
         "TransactionEvent": {"type": "object", "required": ["tx_id", "account_id", "amount", "currency"], "properties": {
             "schema": {"type": "integer", "enum": [1], "description": "default 1"},
@@ -134,10 +135,10 @@ pub fn document() -> Value {
                 json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{b}")}}}}),
             );
         }
-        let media = if r.ok.1 == "Csv" {
-            "text/csv"
-        } else {
-            "application/json"
+        let media = match r.ok.1 {
+            "Csv" => "text/csv",
+            "Labels" => "application/x-ndjson",
+            _ => "application/json",
         };
         let mut responses = Map::new();
         responses.insert(
