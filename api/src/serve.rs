@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use vigil_api::http::{AppState, Role, Token, reload_rules, router};
+use vigil_api::http::{AppState, Role, Token, expire_snoozes, reload_rules, router};
 use vigil_engine::ledger::{BookConfig, Ledger};
 use vigil_engine::packs::Reloader;
 use vigil_engine::stream::embedded::Embedded;
@@ -251,6 +251,14 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
             .open_file(&path)
             .with_context(|| format!("cannot open the audit log {}", path.display()))?;
         tracing::info!("audit log: {}", path.display());
+        let path = dir.join("snoozes.json");
+        let n = state
+            .0
+            .snoozes
+            .open_file(&path, &engine, vigil_engine::ledger::now_ms())
+            .map_err(anyhow::Error::msg)?;
+        state.0.metrics.set_snoozes(n);
+        tracing::info!("snoozes: {n} in force, kept in {}", path.display());
     }
     let rules_watch = {
         let (state, stop) = (state.clone(), stop.clone());
@@ -343,13 +351,14 @@ impl Api {
     }
 }
 
-/// Polls the rules directory every second and reloads when a file changes; a bad pack is
-/// refused (logged, counted, audited) and the running pack stays.
+/// Every second: reloads the rules when a file of the directory changed (a bad pack is
+/// refused — logged, counted, audited — and the running pack stays), and ends the snoozes
+/// whose time is up.
 fn watch_rules(state: &AppState, stop: &AtomicBool) {
-    let Some(r) = state.0.reloader.get() else {
-        return;
-    };
-    tracing::info!("watching {} for rule changes", r.dir().display());
+    let reloader = state.0.reloader.get();
+    if let Some(r) = reloader {
+        tracing::info!("watching {} for rule changes", r.dir().display());
+    }
     let mut since = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
@@ -357,9 +366,15 @@ fn watch_rules(state: &AppState, stop: &AtomicBool) {
             continue;
         }
         since = std::time::Instant::now();
-        if r.changed() {
+        if let Some(r) = reloader
+            && r.changed()
+        {
             // Errors are logged, counted and audited by reload_rules.
             let _ = reload_rules(&state.0, "watcher");
+        }
+        let ended = expire_snoozes(&state.0, vigil_engine::ledger::now_ms());
+        if ended > 0 {
+            tracing::info!("{ended} snooze(s) ended");
         }
     }
 }

@@ -34,6 +34,12 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A server over a copy of the default pack that the test may edit.
 fn app(name: &str) -> (axum::Router, PathBuf, Arc<Reloader>) {
+    let (state, dir, reloader) = app_state(name);
+    (router(state), dir, reloader)
+}
+
+/// [`app`]'s state, before it becomes a router.
+fn app_state(name: &str) -> (AppState, PathBuf, Arc<Reloader>) {
     let dir = std::env::temp_dir().join(format!("vigil-ops-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     copy_dir(&root().join("rules/packs/default"), &dir);
@@ -59,7 +65,7 @@ fn app(name: &str) -> (axum::Router, PathBuf, Arc<Reloader>) {
         Limits::default(),
     )
     .with_reloader(reloader.clone());
-    (router(state), dir, reloader)
+    (state, dir, reloader)
 }
 
 async fn call(
@@ -271,5 +277,215 @@ async fn a_bad_pack_is_refused_with_its_position_and_a_good_one_is_swapped_in() 
         .collect();
     assert_eq!(results, ["swapped", "rejected", "rejected"], "{a}");
     assert!(entries.iter().all(|e| e["who"] == "ana"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A transaction from a sanctioned country: `geo.sanctioned_country` blocks it.
+fn sanctioned(id: &str, account: &str) -> Value {
+    json!({"tx_id": id, "kind": "payment", "account_id": account, "counterparty_id": "m-1",
+           "amount": "12.00", "currency": "EUR",
+           "geo": {"lat": 23.1, "lon": -82.4, "country": "CU"}})
+}
+
+async fn action(app: &axum::Router, tx: Value) -> Value {
+    let (status, text) = call(app, "POST", "/v1/authorize", PAY, tx).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    parse(&text)["decision"].clone()
+}
+
+#[tokio::test]
+async fn a_snoozed_rule_stays_quiet_for_one_account_until_it_ends() {
+    let (state, dir, _) = app_state("snooze");
+    let file = dir.join("snoozes.json");
+    let now = vigil_engine::ledger::now_ms();
+    assert_eq!(
+        state.0.snoozes.open_file(&file, &state.0.engine, now),
+        Ok(0)
+    );
+    let app = router(state.clone());
+    let rule = "geo.sanctioned_country";
+    let d = action(&app, sanctioned("t-1", "acc-1")).await;
+    assert_eq!(d["action"], "block", "{d}");
+
+    // Bad requests change nothing.
+    for (body, status, code, field) in [
+        (
+            json!({"account_id": "acc-1", "rule": "geo.sanctioned", "for": "7d", "reason": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_rule",
+            Some("rule"),
+        ),
+        (
+            json!({"account_id": "acc-1", "rule": rule, "for": "forever", "reason": "x"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("for"),
+        ),
+        (
+            json!({"account_id": "acc-1", "rule": rule, "for": "91d", "reason": "x"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("for"),
+        ),
+        (
+            json!({"account_id": "acc-1", "rule": rule, "until": "2020-01-01T00:00:00Z", "reason": "x"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("until"),
+        ),
+        (
+            json!({"account_id": "acc-1", "rule": rule, "for": "7d", "until": "2099-01-01T00:00:00Z", "reason": "x"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            None,
+        ),
+        (
+            json!({"account_id": "acc-1", "rule": rule, "for": "7d", "reason": " "}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("reason"),
+        ),
+        (
+            json!({"account_id": "", "rule": rule, "for": "7d", "reason": "x"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("account_id"),
+        ),
+    ] {
+        let (got, text) = call(&app, "POST", "/v1/snoozes", ANA, body.clone()).await;
+        assert_eq!(got, status, "{body} -> {text}");
+        let e = parse(&text);
+        assert_eq!(e["code"], code, "{body} -> {text}");
+        assert_eq!(e["field"].as_str(), field, "{body} -> {text}");
+    }
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/v1/snoozes",
+        PAY,
+        json!({"account_id": "acc-1", "rule": rule, "for": "7d", "reason": "x"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(state.0.snoozes.is_empty());
+
+    let (status, text) = call(
+        &app,
+        "POST",
+        "/v1/snoozes",
+        ANA,
+        json!({"account_id": "acc-1", "rule": rule, "for": "7d",
+               "reason": "lives in Havana; verified with the holder"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let created = parse(&text);
+    assert_eq!(created["rule"], rule);
+    assert_eq!(created["created_by"], "ana");
+    let id = created["id"].as_str().expect("id").to_string();
+
+    // Muted for acc-1 only, and said so in the decision.
+    let d = action(&app, sanctioned("t-2", "acc-1")).await;
+    assert_eq!(d["action"], "allow", "{d}");
+    assert_eq!(d["snoozed"], json!([rule]), "{d}");
+    assert!(d["reasons"].as_array().is_some_and(Vec::is_empty), "{d}");
+    let d = action(&app, sanctioned("t-3", "acc-2")).await;
+    assert_eq!(d["action"], "block", "{d}");
+    assert!(d.get("snoozed").is_none(), "{d}");
+
+    let (_, text) = call(
+        &app,
+        "GET",
+        "/v1/snoozes?account_id=acc-1",
+        ANA,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(parse(&text)["snoozes"][0]["id"], id.as_str());
+    let (_, text) = call(
+        &app,
+        "GET",
+        "/v1/snoozes?account_id=acc-2",
+        ANA,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(parse(&text)["snoozes"], json!([]));
+    let (_, text) = call(&app, "GET", "/metrics", "", Value::Null).await;
+    assert_eq!(sample(&text, "vigil_snoozes_active"), Some(1.0));
+
+    // Kept across a restart.
+    let again = vigil_api::http::snooze::Snoozes::default();
+    assert_eq!(again.open_file(&file, &state.0.engine, now), Ok(1));
+    assert_eq!(again.list(Some("acc-1"), now)[0].id, id);
+
+    // Its time runs out: the rule blocks acc-1 again.
+    let ended = vigil_api::http::expire_snoozes(&state.0, now + 8 * 86_400_000);
+    assert_eq!(ended, 1);
+    let d = action(&app, sanctioned("t-4", "acc-1")).await;
+    assert_eq!(d["action"], "block", "{d}");
+    let (_, text) = call(&app, "GET", "/metrics", "", Value::Null).await;
+    assert_eq!(sample(&text, "vigil_snoozes_active"), Some(0.0));
+
+    // Further than 90 days is refused; one ended by hand; an unknown one is a 404.
+    let (status, text) = call(
+        &app,
+        "POST",
+        "/v1/snoozes",
+        ANA,
+        json!({"account_id": "acc-2", "rule": rule, "until": "2099-01-01T00:00:00Z",
+               "reason": "x"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    let (status, text) = call(
+        &app,
+        "POST",
+        "/v1/snoozes",
+        ANA,
+        json!({"account_id": "acc-2", "rule": rule, "for": "1h", "reason": "x"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let id2 = parse(&text)["id"].as_str().expect("id").to_string();
+    let (status, text) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/snoozes/{id2}"),
+        ANA,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (status, text) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/snoozes/{id2}"),
+        ANA,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+    assert_eq!(parse(&text)["code"], "unknown_snooze");
+
+    // Audited: who, what, when.
+    let (_, text) = call(&app, "GET", "/v1/audit?kind=snooze", ANA, Value::Null).await;
+    let entries = parse(&text)["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let actions: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        ["removed", "created", "expired", "created"],
+        "{text}"
+    );
+    assert_eq!(entries[2]["who"], "vigil");
+    assert_eq!(entries[3]["who"], "ana");
+    assert_eq!(entries[3]["snooze_id"], id.as_str());
+    assert_eq!(entries[3]["account_id"], "acc-1");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -63,6 +63,9 @@ pub struct Decision {
     pub late: bool,
     /// Too far ahead of the stream's watermark: decided on current state, not counted.
     pub future: bool,
+    /// Rules whose condition held but which are snoozed for this account (see
+    /// [`crate::Engine::set_snoozes`]): they neither act nor show in `reasons`.
+    pub snoozed: Vec<String>,
 }
 
 struct Values<'a>(&'a [(String, String)]);
@@ -97,7 +100,7 @@ impl Serialize for Reason {
 
 impl Serialize for Decision {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Decision", 15)?;
+        let mut st = s.serialize_struct("Decision", 16)?;
         st.serialize_field("tx_id", &self.tx_id)?;
         st.serialize_field("ts", &format_ts(self.ts_ms))?;
         st.serialize_field("account_id", &self.account_id)?;
@@ -124,6 +127,9 @@ impl Serialize for Decision {
         }
         if self.future {
             st.serialize_field("future", &true)?;
+        }
+        if !self.snoozed.is_empty() {
+            st.serialize_field("snoozed", &self.snoozed)?;
         }
         st.serialize_field("rules_version", &*self.rules_version)?;
         st.end()

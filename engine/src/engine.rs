@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
 use vigil_rules::catalog::{ACCOUNT_EVENT_KINDS, AggFunc, KeyKind};
 use vigil_rules::compile::FEATURES_MAX;
 use vigil_rules::num::{self, NUM_SCALE};
@@ -150,7 +151,12 @@ pub struct Engine {
     pub(crate) future_events: AtomicU64,
     pub(crate) duplicate_events: AtomicU64,
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
+    /// Rules muted per account: account hash → (rule id, until ms, event time).
+    snoozes: ArcSwap<Snoozed>,
 }
+
+/// Rules muted per account hash: (rule id, muted for transactions before this time, ms).
+type Snoozed = FxHashMap<u64, Vec<(Box<str>, i64)>>;
 
 /// Rounds kilometres to whole metres, so the last digits of a platform's `sin`/`asin` never
 /// change a decision's text.
@@ -193,7 +199,21 @@ impl Engine {
             future_events: AtomicU64::new(0),
             duplicate_events: AtomicU64::new(0),
             metrics: std::sync::OnceLock::new(),
+            snoozes: ArcSwap::from_pointee(Snoozed::default()),
         }
+    }
+
+    /// Replaces the snoozes: each `(account, rule, until_ms)` mutes `rule` for `account` on
+    /// transactions whose event time is before `until_ms` (a known false positive). A muted
+    /// rule does not act or score; the decision lists it under `snoozed`.
+    pub fn set_snoozes<'a>(&self, snoozes: impl IntoIterator<Item = (&'a str, &'a str, i64)>) {
+        let mut map = Snoozed::default();
+        for (account, rule, until) in snoozes {
+            map.entry(key_hash(0, account))
+                .or_default()
+                .push((rule.into(), until));
+        }
+        self.snoozes.store(Arc::new(map));
     }
 
     /// Reports decision latency, rule hits, errors and sampled rule timings to `metrics` from
@@ -542,17 +562,39 @@ impl Engine {
             home_countries: &homes[..n_homes],
             features: feats,
         };
+        // Snoozes of this account (the map is nearly always empty): a muted rule that would
+        // have fired is noted, not applied.
+        let snoozes = self.snoozes.load();
+        let muted_here: &[(Box<str>, i64)] = if snoozes.is_empty() {
+            &[]
+        } else {
+            snoozes.get(&acct_hash).map_or(&[], Vec::as_slice)
+        };
+        let snoozed = std::cell::RefCell::new(Vec::new());
+        let muted = |idx: u16| {
+            if muted_here.is_empty() {
+                return false;
+            }
+            let id = program.rules[usize::from(idx)].meta.id.as_str();
+            let m = muted_here
+                .iter()
+                .any(|(r, until)| &**r == id && ts < *until);
+            if m {
+                snoozed.borrow_mut().push(id.to_string());
+            }
+            m
+        };
         match metrics {
-            None => program.evaluate(&facts, out),
+            None => program.evaluate_with(&facts, out, muted),
             Some(m) => {
                 let handles = m.rules(&active.version, program);
                 if m.sample_rule_timing() {
                     rule_nanos.clear();
                     rule_nanos.resize(program.rules.len(), 0);
-                    program.evaluate_timed(&facts, out, |_| false, rule_nanos);
+                    program.evaluate_timed(&facts, out, muted, rule_nanos);
                     handles.timed(rule_nanos);
                 } else {
-                    program.evaluate(&facts, out);
+                    program.evaluate_with(&facts, out, muted);
                 }
                 handles.count(out.fired.iter().map(|f| (f.rule, f.shadow)), &out.errors);
             }
@@ -654,6 +696,7 @@ impl Engine {
             duplicate,
             late: counting == Counting::Late,
             future: counting == Counting::Future,
+            snoozed: snoozed.into_inner(),
         }
     }
 }

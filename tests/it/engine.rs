@@ -110,3 +110,31 @@ fn account_events_feed_since_and_account_age() {
         ]
     );
 }
+
+#[test]
+fn a_snooze_mutes_one_rule_for_one_account_until_its_time() {
+    let rules = "[[rule]]\nid = \"big\"\naction = \"block\"\nwhen = \"amount > 100\"\n\
+                 [[rule]]\nid = \"bigger\"\nscore = 5\nwhen = \"amount > 200\"\n";
+    let e = engine(rules, EngineConfig::default());
+    // Until 10:05 on the day of `tx`.
+    let until = vigil_engine::event::parse_ts("2026-11-02T10:05:00Z").expect("time");
+    e.set_snoozes([("a", "big", until)]);
+    let d = e.apply(&tx("t-1", "a", 4, "250.00")).expect("a decision");
+    assert_eq!(d.action, Action::Allow, "{d:?}");
+    assert_eq!(d.snoozed, ["big"]);
+    assert_eq!(d.score, 5, "the other rule still scores");
+    assert_eq!(d.reasons.len(), 1);
+    // Another account, and the same account from 10:05 on: the rule acts.
+    let d = e.apply(&tx("t-2", "b", 4, "250.00")).expect("a decision");
+    assert_eq!(d.action, Action::Block);
+    assert!(d.snoozed.is_empty());
+    let d = e.apply(&tx("t-3", "a", 5, "250.00")).expect("a decision");
+    assert_eq!(d.action, Action::Block, "{d:?}");
+    // A snooze of a rule that would not fire shows nothing.
+    let d = e.apply(&tx("t-4", "a", 1, "50.00")).expect("a decision");
+    assert!(d.snoozed.is_empty());
+    // Cleared.
+    e.set_snoozes([]);
+    let d = e.apply(&tx("t-5", "a", 3, "250.00")).expect("a decision");
+    assert_eq!(d.action, Action::Block);
+}

@@ -1,4 +1,4 @@
-//! The audit log: who changed what, when — rule reloads, freezes, unfreezes, verdicts.
+//! The audit log: who changed what, when — rule reloads, freezes, unfreezes, verdicts, snoozes.
 //!
 //! Entries are JSON lines `{at, who, kind, ...}`, appended to a file when one is set
 //! (`<state_dir>/audit.jsonl` under `vigil serve`) and kept in memory (the latest

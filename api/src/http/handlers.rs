@@ -16,7 +16,10 @@ use vigil_engine::packs::Reloaded;
 use vigil_engine::stream::notify;
 use vigil_engine::{Decision, decode};
 
-use super::{ApiError, AppState, Body, Caller, Shared, body_bytes, json, json_bytes, views};
+use super::{
+    ApiError, AppState, Body, Caller, Shared, body_bytes, json, json_bytes, snooze, views,
+};
+use vigil_engine::ledger::now_ms;
 
 /// Query parameters decoded with a clear error.
 pub struct Params<T>(pub T);
@@ -170,6 +173,182 @@ pub async fn audit(State(s): State<AppState>, Params(q): Params<AuditQuery>) -> 
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = s.0.audit.recent(q.kind.as_deref(), limit);
     json(StatusCode::OK, &json!({ "entries": entries }))
+}
+
+// ---------- snoozes ----------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnoozeRequest {
+    account_id: String,
+    rule: String,
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default, rename = "for")]
+    period: Option<String>,
+    reason: String,
+}
+
+pub async fn create_snooze(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Body(b): Body<SnoozeRequest>,
+) -> Result<Response, ApiError> {
+    let invalid = |field: &str, msg: String| ApiError::bad("invalid_field", msg).field(field);
+    let account = b.account_id.trim();
+    if account.is_empty() || account.len() > 128 {
+        return Err(invalid(
+            "account_id",
+            "account_id is 1 to 128 characters".into(),
+        ));
+    }
+    if b.reason.trim().is_empty() {
+        return Err(invalid(
+            "reason",
+            "say why the rule is wrong for this account".into(),
+        ));
+    }
+    let active = s.0.engine.active();
+    let rules = &active.pack.program.rules;
+    if !rules.iter().any(|r| r.meta.id == b.rule) {
+        let near: Vec<&str> = rules
+            .iter()
+            .map(|r| r.meta.id.as_str())
+            .filter(|id| {
+                let stem = b.rule.split('.').next().unwrap_or("");
+                !stem.is_empty() && id.starts_with(stem)
+            })
+            .collect();
+        let hint = if near.is_empty() {
+            "GET /v1/rules lists them".to_string()
+        } else {
+            format!("did you mean {}?", near.join(", "))
+        };
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_rule",
+            format!("pack {} has no rule '{}': {hint}", active.pack.name, b.rule),
+        )
+        .field("rule"));
+    }
+    let now = now_ms();
+    let until = match (&b.until, &b.period) {
+        (Some(t), None) => parse_ts(t).map_err(|e| invalid("until", e.message))?,
+        (None, Some(p)) => vigil_rules::num::parse_duration(p)
+            .filter(|ms| *ms > 0)
+            .and_then(|ms| now.checked_add(ms))
+            .ok_or_else(|| invalid("for", format!("'{p}' is not a period such as 12h or 7d")))?,
+        _ => {
+            return Err(ApiError::bad(
+                "invalid_body",
+                "give either until (RFC 3339) or for (a period such as 7d)",
+            ));
+        }
+    };
+    let field = if b.until.is_some() { "until" } else { "for" };
+    if until <= now {
+        return Err(invalid(field, "the snooze would end in the past".into()));
+    }
+    if until - now > snooze::SNOOZE_MAX_MS {
+        return Err(invalid(
+            field,
+            "a snooze lasts at most 90d; a rule wrong for longer is a rule to change".into(),
+        ));
+    }
+    let created =
+        s.0.snoozes
+            .create(
+                &s.0.engine,
+                account,
+                &b.rule,
+                until,
+                b.reason.trim(),
+                &caller.name,
+                now,
+            )
+            .map_err(|e| match e {
+                snooze::SnoozeError::Full => {
+                    ApiError::new(StatusCode::CONFLICT, "too_many_snoozes", e.to_string())
+                }
+                snooze::SnoozeError::Io(_) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                ),
+            })?;
+    s.0.metrics.set_snoozes(s.0.snoozes.len());
+    let view = created.view();
+    s.0.audit
+        .record(&caller.name, "snooze", snooze_entry("created", &view));
+    Ok(json(StatusCode::CREATED, &view))
+}
+
+/// An audit entry's detail for a snooze: what happened, and the snooze.
+pub(crate) fn snooze_entry(action: &str, view: &Value) -> Value {
+    let mut v = view.clone();
+    if let Value::Object(m) = &mut v {
+        m.insert("action".into(), json!(action));
+        if let Some(id) = m.remove("id") {
+            m.insert("snooze_id".into(), id);
+        }
+    }
+    v
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnoozesQuery {
+    account_id: Option<String>,
+}
+
+pub async fn snoozes(State(s): State<AppState>, Params(q): Params<SnoozesQuery>) -> Response {
+    let list: Vec<Value> =
+        s.0.snoozes
+            .list(q.account_id.as_deref(), now_ms())
+            .iter()
+            .map(snooze::Snooze::view)
+            .collect();
+    json(StatusCode::OK, &json!({ "snoozes": list }))
+}
+
+pub async fn remove_snooze(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let removed = s.0.snoozes.remove(&s.0.engine, &id).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    })?;
+    let Some(gone) = removed else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_snooze",
+            format!("no snooze '{id}' is in force"),
+        ));
+    };
+    s.0.metrics.set_snoozes(s.0.snoozes.len());
+    let view = gone.view();
+    s.0.audit
+        .record(&caller.name, "snooze", snooze_entry("removed", &view));
+    Ok(json(StatusCode::OK, &view))
+}
+
+/// Drops the snoozes that have ended, with an audit entry each (`vigil serve` calls it every
+/// second). Returns how many ended.
+pub fn expire_snoozes(s: &Shared, now_ms: i64) -> usize {
+    let gone = s.snoozes.expire(&s.engine, now_ms);
+    if !gone.is_empty() {
+        s.metrics.set_snoozes(s.snoozes.len());
+        for g in &gone {
+            s.audit
+                .record("vigil", "snooze", snooze_entry("expired", &g.view()));
+        }
+    }
+    gone.len()
 }
 
 pub async fn healthz() -> Response {

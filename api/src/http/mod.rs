@@ -6,7 +6,8 @@
 
 pub mod audit;
 mod handlers;
-pub use handlers::reload_rules;
+pub mod snooze;
+pub use handlers::{expire_snoozes, reload_rules};
 mod openapi;
 mod views;
 
@@ -103,6 +104,8 @@ pub struct Shared {
     pub reloader: OnceLock<Arc<Reloader>>,
     /// Who changed what.
     pub audit: audit::Audit,
+    /// Rules muted per account.
+    pub snoozes: snooze::Snoozes,
 }
 
 /// The router's state. Cheap to clone.
@@ -128,6 +131,7 @@ impl AppState {
             ready: AtomicBool::new(true),
             limits,
             audit: audit::Audit::new(metrics.clone()),
+            snoozes: snooze::Snoozes::default(),
             metrics,
             reloader: OnceLock::new(),
         }))
@@ -411,7 +415,7 @@ const BOTH: &[Role] = &[Role::PaymentService, Role::Analyst];
 const PUBLIC: &[Role] = &[];
 
 pub(crate) fn routes() -> Vec<Route> {
-    use axum::routing::{get, post};
+    use axum::routing::{delete, get, post};
     use handlers as h;
     const HISTORY_QUERY: &[(&str, &str)] = &[
         ("from", "RFC 3339 time, inclusive"),
@@ -657,6 +661,36 @@ pub(crate) fn routes() -> Vec<Route> {
             post(h::resolve_case),
         ),
         r(
+            "post",
+            "/v1/snoozes",
+            ANALYST,
+            "Snooze one rule for one account (a known false positive) until a time (`until`, RFC 3339) or for a period (`for`, e.g. 7d; at most 90d). The rule neither acts nor scores for that account's transactions before then; decisions list it under `snoozed`. Audited; ends by itself.",
+            Some("SnoozeRequest"),
+            (201, "Snooze"),
+            post(h::create_snooze),
+        ),
+        Route {
+            query: &[("account_id", "only this account's snoozes")],
+            ..r(
+                "get",
+                "/v1/snoozes",
+                ANALYST,
+                "Snoozes in force.",
+                None,
+                (200, "Snoozes"),
+                get(h::snoozes),
+            )
+        },
+        r(
+            "delete",
+            "/v1/snoozes/{id}",
+            ANALYST,
+            "End a snooze now (audited).",
+            None,
+            (200, "Snooze"),
+            delete(h::remove_snooze),
+        ),
+        r(
             "get",
             "/v1/labels",
             ANALYST,
@@ -694,7 +728,7 @@ pub(crate) fn routes() -> Vec<Route> {
         ),
         Route {
             query: &[
-                ("kind", "reload, freeze, unfreeze or verdict"),
+                ("kind", "reload, freeze, unfreeze, verdict or snooze"),
                 ("limit", "entries, 1–1000 (default 100)"),
             ],
             ..r(

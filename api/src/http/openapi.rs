@@ -13,7 +13,7 @@ fn money(desc: &str) -> Value {
 
 fn schemas() -> Value {
     let s = |v: &str| json!({"type": "string", "description": v});
-    json!({
+    let mut all = json!({
         "Error": {"type": "object", "required": ["code", "message"], "properties": {
             "code": s("stable machine code, e.g. insufficient_funds, unauthorized, invalid_field"),
             "message": s("for people"),
@@ -35,7 +35,6 @@ fn schemas() -> Value {
             "entries": {"type": "array", "items": {"type": "object", "properties": {
                 "at": {"type": "string"}, "who": {"type": "string"},
                 "kind": {"type": "string"}}}}}},
-        "Labels": {"type": "string", "description": "application/x-ndjson: one {tx_id, is_fraud, source, case_id, rules, resolved_by, resolved_at} per line"},
         "Csv": {"type": "string", "description": "text/csv: seq,at,kind,ref,counterparty,amount,held_change,available_after,held_after,currency"},
         "TransactionEvent": {"type": "object", "required": ["tx_id", "account_id", "amount", "currency"], "properties": {
             "schema": {"type": "integer", "enum": [1], "description": "default 1"},
@@ -103,7 +102,25 @@ fn schemas() -> Value {
         "Cases": {"type": "object", "properties": {"cases": {"type": "array", "items": {"$ref": "#/components/schemas/Case"}}}},
         "Resolution": {"type": "object", "required": ["verdict"], "additionalProperties": false, "properties": {
             "verdict": {"type": "string", "enum": ["fraud", "legit"]}, "note": s("")}},
-    })
+    });
+    let more = json!({
+        "SnoozeRequest": {"type": "object", "required": ["account_id", "rule", "reason"], "properties": {
+            "account_id": s("the account"), "rule": s("a rule id of the active pack"),
+            "until": s("RFC 3339: muted for transactions before this time"),
+            "for": s("or a period from now: 12h, 7d (at most 90d)"),
+            "reason": s("why: the known false positive")}},
+        "Snooze": {"type": "object", "properties": {
+            "id": s("snz-<n>"), "account_id": s("the account"), "rule": s("the muted rule"),
+            "until": s("RFC 3339"), "reason": s("why"), "created_by": s("who"),
+            "created_at": s("RFC 3339")}},
+        "Snoozes": {"type": "object", "properties": {
+            "snoozes": {"type": "array", "items": {"$ref": "#/components/schemas/Snooze"}}}},
+        "Labels": {"type": "string", "description": "application/x-ndjson: one {tx_id, is_fraud, source, case_id, rules, resolved_by, resolved_at} per line"},
+    });
+    if let (Value::Object(all), Value::Object(more)) = (&mut all, more) {
+        all.extend(more);
+    }
+    all
 }
 
 /// The OpenAPI 3.1 document.
