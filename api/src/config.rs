@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub snapshot_every: Option<String>,
     /// Partitions of topics Vigil creates.
     pub partitions: Option<i32>,
+    /// Latest events kept for `POST /v1/rules/dry-run` (0: none).
+    pub recent_events: Option<usize>,
     #[serde(default)]
     pub topics: TopicNames,
     /// librdkafka properties, e.g. `"security.protocol" = "SASL_SSL"`.
@@ -86,7 +88,14 @@ pub struct Settings {
     pub journal: Option<PathBuf>,
     pub tokens: Vec<Token>,
     pub limits: Limits,
+    /// Latest events kept for dry runs.
+    pub recent_events: usize,
 }
+
+/// Default of `recent_events`.
+pub const RECENT_EVENTS_DEFAULT: usize = 50_000;
+/// Most `recent_events` (each costs a copy of the event, a few hundred bytes).
+pub const RECENT_EVENTS_MAX: usize = 1_000_000;
 
 /// Flags that override the file and the environment.
 #[derive(Debug, Default)]
@@ -145,6 +154,12 @@ pub fn resolve(
             "RULES" => file.rules = Some(v.into()),
             "STATE_DIR" => file.state_dir = Some(v.into()),
             "SNAPSHOT_EVERY" => file.snapshot_every = Some(v),
+            "RECENT_EVENTS" => {
+                let n = v.trim().parse().with_context(|| {
+                    format!("VIGIL_RECENT_EVENTS: '{v}' is not a number of events")
+                })?;
+                file.recent_events = Some(n);
+            }
             "PARTITIONS" => {
                 file.partitions = Some(
                     v.parse()
@@ -283,6 +298,10 @@ pub fn resolve(
     if let Some(t) = &file.api.request_timeout {
         limits.timeout = duration(t, "api.request_timeout")?;
     }
+    let recent_events = file.recent_events.unwrap_or(RECENT_EVENTS_DEFAULT);
+    if recent_events > RECENT_EVENTS_MAX {
+        bail!("recent_events: at most {RECENT_EVENTS_MAX}, not {recent_events}");
+    }
     let journal = file
         .api
         .journal
@@ -296,6 +315,7 @@ pub fn resolve(
         stream,
         rules: file.rules.unwrap_or_else(|| default_rules.into()),
         partitions,
+        recent_events,
     })
 }
 

@@ -240,6 +240,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
             window_ms_max: vigil_engine::state::window::DAY_TIER_MS_MAX,
         },
     ));
+    engine.keep_recent(s.recent_events);
     let state =
         AppState::new(engine.clone(), ledger.clone(), tokens, s.limits).with_reloader(reloader);
     if let Some(dir) = &s.stream.state_dir {

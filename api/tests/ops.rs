@@ -489,3 +489,124 @@ async fn a_snoozed_rule_stays_quiet_for_one_account_until_it_ends() {
     assert_eq!(entries[3]["account_id"], "acc-1");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_dry_run_says_what_a_candidate_pack_would_change_on_recent_traffic() {
+    let (state, dir, _) = app_state("dry-run");
+    state.0.engine.keep_recent(1000);
+    let app = router(state.clone());
+    for i in 0..5 {
+        let d = action(&app, sanctioned(&format!("s-{i}"), &format!("acc-{i}"))).await;
+        assert_eq!(d["action"], "block", "{d}");
+        let d = action(&app, tx(&format!("p-{i}"), "20.00")).await;
+        assert_eq!(d["action"], "allow", "{d}");
+    }
+    let running = state.0.engine.active().pack.hash.clone();
+    let geo = std::fs::read_to_string(dir.join("geo.toml")).expect("geo.toml");
+    let from = "when = \"country in sanctioned_countries\"";
+    assert!(geo.contains(from));
+    let candidate = geo.replace(
+        from,
+        "when = \"country in sanctioned_countries and amount > 1000\"",
+    );
+    let (status, text) = call(
+        &app,
+        "POST",
+        "/v1/rules/dry-run",
+        ANA,
+        json!({"files": {"geo.toml": candidate}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let v = parse(&text);
+    assert_eq!(v["transactions"], 10, "{v}");
+    assert_eq!(v["changed"], 5, "{v}");
+    assert_eq!(v["running"]["hash"], running.as_str());
+    assert_ne!(v["candidate"]["hash"], running.as_str());
+    assert_eq!(v["running"]["decisions"]["block"], 5, "{v}");
+    assert_eq!(v["candidate"]["decisions"]["allow"], 10, "{v}");
+    assert_eq!(
+        v["transitions"],
+        json!([{"from": "block", "to": "allow", "count": 5, "amount": {"EUR": "60.00"}}])
+    );
+    let rule = v["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["id"] == "geo.sanctioned_country"))
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(rule["running_hits"], 5);
+    assert_eq!(rule["candidate_hits"], 0);
+    assert_eq!(rule["changed_running_only"], 5);
+    let changed = v["changed_decisions"].as_array().expect("changed");
+    assert_eq!(changed.len(), 5);
+    assert_eq!(changed[0]["tx_id"], "s-0");
+    assert_eq!(changed[0]["old"]["action"], "block");
+    assert_eq!(changed[0]["new"]["action"], "allow");
+    assert!(v["from"].as_str().is_some() && v["to"].as_str().is_some());
+    // Nothing was swapped.
+    assert_eq!(state.0.engine.active().pack.hash, running);
+
+    // A candidate that does not compile, a bad file name, nothing to try, the wrong role.
+    let (status, text) = call(
+        &app,
+        "POST",
+        "/v1/rules/dry-run",
+        ANA,
+        json!({"files": {"geo.toml": geo.replace(from, "when = \"country in sanctioned\"")}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    let e = parse(&text);
+    assert_eq!(e["code"], "rules_invalid");
+    assert!(
+        e["errors"][0]
+            .as_str()
+            .is_some_and(|m| m.starts_with("geo.toml:") && m.contains("sanctioned")),
+        "{e}"
+    );
+    let (status, text) = call(
+        &app,
+        "POST",
+        "/v1/rules/dry-run",
+        ANA,
+        json!({"files": {"../evil.toml": "x"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    assert!(
+        parse(&text)["errors"][0]
+            .as_str()
+            .is_some_and(|m| m.contains("not a rule or list file name"))
+    );
+    let (status, text) = call(&app, "POST", "/v1/rules/dry-run", ANA, json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert_eq!(parse(&text)["code"], "invalid_body");
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/v1/rules/dry-run",
+        PAY,
+        json!({"remove": ["geo.toml"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Leaving a file out: its rules are gone from the candidate.
+    let (status, text) = call(
+        &app,
+        "POST",
+        "/v1/rules/dry-run",
+        ANA,
+        json!({"remove": ["geo.toml"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let v = parse(&text);
+    assert_eq!(v["changed"], 5, "{v}");
+    assert!(
+        v["rules"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["id"] == "geo.sanctioned_country" && r["removed"] == true)),
+        "{v}"
+    );
+    assert_eq!(state.0.engine.active().pack.hash, running);
+    let _ = std::fs::remove_dir_all(&dir);
+}

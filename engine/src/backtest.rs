@@ -351,3 +351,134 @@ impl fmt::Display for Comparison {
         Ok(())
     }
 }
+
+/// What a dry run found: the comparison and the first changed decisions.
+#[derive(Debug)]
+pub struct DryRun {
+    /// The running pack against the candidate.
+    pub comparison: Comparison,
+    /// Event time of the first and last event run, ms.
+    pub span_ms: Option<(i64, i64)>,
+    /// The first [`DRY_RUN_CHANGED_MAX`] changed decisions, as JSON objects.
+    pub changed: Vec<serde_json::Value>,
+}
+
+/// Changed decisions a dry run lists one by one.
+pub const DRY_RUN_CHANGED_MAX: usize = 100;
+
+/// Runs `events` (the recent traffic, in the order it was applied) through the `running` pack
+/// and the `candidate`, each on its own empty state. Windows see only the history the events
+/// hold, the same for both sides.
+pub fn dry_run(
+    running: &vigil_rules::CompiledPack,
+    candidate: vigil_rules::CompiledPack,
+    config: &crate::EngineConfig,
+    events: Vec<crate::Event>,
+) -> std::io::Result<DryRun> {
+    let span_ms = events
+        .first()
+        .zip(events.last())
+        .map(|(a, b)| (a.ts_ms(), b.ts_ms()));
+    let old = Engine::new(running.clone(), *config);
+    let new = Engine::new(candidate, *config);
+    let input = Input {
+        events: events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (i as u64 + 1, e))
+            .collect(),
+        rejected: Vec::new(),
+    };
+    let mut out = Vec::new();
+    let comparison = compare(
+        &old,
+        &new,
+        input,
+        Order::Arrival,
+        Some(&mut LimitedLines {
+            out: &mut out,
+            lines: 0,
+        }),
+        &mut |_, _| {},
+    )?;
+    let changed = out
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    Ok(DryRun {
+        comparison,
+        span_ms,
+        changed,
+    })
+}
+
+/// Keeps the first [`DRY_RUN_CHANGED_MAX`] lines written to it.
+struct LimitedLines<'a> {
+    out: &'a mut Vec<u8>,
+    lines: usize,
+}
+
+impl Write for LimitedLines<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.lines < DRY_RUN_CHANGED_MAX {
+            self.out.extend_from_slice(buf);
+            self.lines += buf.iter().filter(|&&b| b == b'\n').count();
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Comparison {
+    /// The comparison as JSON, for the API.
+    pub fn to_json(&self) -> serde_json::Value {
+        let side = |r: &Report| {
+            let actions: serde_json::Map<String, serde_json::Value> = r
+                .by_action
+                .iter()
+                .map(|(a, (n, _))| (a.name().to_string(), (*n).into()))
+                .collect();
+            let mut v = serde_json::json!({"hash": r.rules_version, "decisions": actions});
+            if r.labeled > 0
+                && let Some(o) = v.as_object_mut()
+            {
+                for (name, c) in [("review_or_block", &r.flagged), ("block", &r.blocked)] {
+                    o.insert(
+                        name.into(),
+                        serde_json::json!({"precision": c.precision(), "recall": c.recall(),
+                                           "tp": c.tp, "fp": c.fp, "fn": c.fn_}),
+                    );
+                }
+            }
+            v
+        };
+        let amounts = |by: &BTreeMap<String, i128>| -> serde_json::Value {
+            by.iter()
+                .map(|(cur, minor)| {
+                    let text = Currency::from_code(cur)
+                        .map_or_else(|| minor.to_string(), |c| c.format_wide(*minor));
+                    (cur.clone(), serde_json::Value::from(text))
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        serde_json::json!({
+            "transactions": self.new.transactions,
+            "events": self.new.events,
+            "changed": self.changed,
+            "running": side(&self.old),
+            "candidate": side(&self.new),
+            "transitions": self.transitions.iter().map(|((a, b), (n, by))| serde_json::json!({
+                "from": a.name(), "to": b.name(), "count": n, "amount": amounts(by)})).collect::<Vec<_>>(),
+            "rules": self.rules.iter().filter(|(_, d)| {
+                d.old_hits != d.new_hits || d.changed_new_only > 0 || d.changed_old_only > 0
+            }).map(|(id, d)| serde_json::json!({
+                "id": id, "running_hits": d.old_hits, "candidate_hits": d.new_hits,
+                "changed_candidate_only": d.changed_new_only, "changed_running_only": d.changed_old_only,
+                "added": !d.in_old, "removed": !d.in_new})).collect::<Vec<_>>(),
+        })
+    }
+}

@@ -153,6 +153,25 @@ pub struct Engine {
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     /// Rules muted per account: account hash → (rule id, until ms, event time).
     snoozes: ArcSwap<Snoozed>,
+    /// The latest events, for dry runs of a candidate pack (off unless asked for).
+    recent: std::sync::OnceLock<Recent>,
+}
+
+/// A ring of the latest events, in the order they were applied.
+#[derive(Debug)]
+struct Recent {
+    events: std::sync::Mutex<std::collections::VecDeque<Event>>,
+    max: usize,
+}
+
+impl Recent {
+    fn push(&self, event: Event) {
+        let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= self.max {
+            q.pop_front();
+        }
+        q.push_back(event);
+    }
 }
 
 /// Rules muted per account hash: (rule id, muted for transactions before this time, ms).
@@ -200,7 +219,36 @@ impl Engine {
             duplicate_events: AtomicU64::new(0),
             metrics: std::sync::OnceLock::new(),
             snoozes: ArcSwap::from_pointee(Snoozed::default()),
+            recent: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Keeps the latest `n` events decided or observed from now on (once; later calls are
+    /// ignored), for [`Engine::recent_events`]. Costs a copy of each event.
+    pub fn keep_recent(&self, n: usize) {
+        if n > 0 {
+            let _ = self.recent.set(Recent {
+                events: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(n)),
+                max: n,
+            });
+        }
+    }
+
+    /// The latest events kept (see [`Engine::keep_recent`]), oldest first.
+    pub fn recent_events(&self) -> Vec<Event> {
+        self.recent.get().map_or_else(Vec::new, |r| {
+            r.events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect()
+        })
     }
 
     /// Replaces the snoozes: each `(account, rule, until_ms)` mutes `rule` for `account` on
@@ -311,6 +359,9 @@ impl Engine {
 
     /// Records an account event (login, password reset, …) in the account's profile.
     pub fn observe(&self, ev: &AccountEvent) {
+        if let Some(r) = self.recent.get() {
+            r.push(Event::Account(ev.clone()));
+        }
         if self.tick(ev.ts_ms) {
             return;
         }
@@ -364,6 +415,9 @@ impl Engine {
     /// Decides one transaction, reusing `scratch` (so evaluation does not allocate); keep one
     /// per thread.
     pub fn decide_into(&self, tx: &Transaction, scratch: &mut Scratch) -> Decision {
+        if let Some(r) = self.recent.get() {
+            r.push(Event::Tx(tx.clone()));
+        }
         let Some(m) = self.metrics.get() else {
             return self.decide_inner(tx, scratch, None);
         };

@@ -368,6 +368,11 @@ impl Reloader {
         &self.dir
     }
 
+    /// The options packs are compiled with.
+    pub fn options(&self) -> &PackOptions {
+        &self.opts
+    }
+
     /// Whether a file of the pack was added, removed or modified since the last call.
     pub fn changed(&self) -> bool {
         let mut now = Vec::new();
@@ -431,4 +436,75 @@ impl Reloader {
         engine.swap_pack(pack);
         Ok(Reloaded::Swapped { from, to, summary })
     }
+}
+
+/// Most files a candidate pack may bring.
+pub const CANDIDATE_FILES_MAX: usize = 64;
+
+/// Whether `rel` names a rule or list file of a pack: `name.toml` or `lists/name`.
+fn pack_file_name(rel: &str) -> bool {
+    let ok = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with('.')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    match rel.split_once('/') {
+        None => ok(rel) && rel.ends_with(".toml"),
+        Some(("lists", n)) => ok(n),
+        Some(_) => false,
+    }
+}
+
+/// A candidate pack for a dry run: the rule and list files of `base` (when given) with
+/// `files` (relative name → text) put over them, and the files named in `remove` left out.
+/// The pack's tests are not part of it (a reload runs them). Errors are `file:line:col:
+/// message` lines, the files named by their relative names.
+pub fn compile_candidate(
+    base: Option<&Path>,
+    files: &std::collections::BTreeMap<String, String>,
+    remove: &[String],
+    opts: &PackOptions,
+) -> Result<CompiledPack, Vec<String>> {
+    if files.len() > CANDIDATE_FILES_MAX {
+        return Err(vec![format!(
+            "a candidate pack has at most {CANDIDATE_FILES_MAX} files"
+        )]);
+    }
+    let mut errors = Vec::new();
+    for rel in files.keys().chain(remove) {
+        if !pack_file_name(rel) {
+            errors.push(format!(
+                "{rel}: not a rule or list file name (name.toml or lists/name)"
+            ));
+        }
+    }
+    for (rel, text) in files {
+        if text.len() as u64 > PACK_FILE_BYTES_MAX {
+            errors.push(format!("{rel}: larger than {PACK_FILE_BYTES_MAX} bytes"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut sources = match base {
+        Some(dir) => read_sources(dir).map_err(|e| vec![e.to_string()])?,
+        None => Vec::new(),
+    };
+    for s in &mut sources {
+        s.path.clone_from(&s.rel);
+    }
+    sources.retain(|s| {
+        !s.rel.starts_with("tests/") && !files.contains_key(&s.rel) && !remove.contains(&s.rel)
+    });
+    sources.extend(files.iter().map(|(rel, text)| SourceFile {
+        path: rel.clone(),
+        rel: rel.clone(),
+        text: text.clone(),
+    }));
+    sources.sort_by(|a, b| a.rel.cmp(&b.rel));
+    if !sources.iter().any(|f| !f.rel.contains('/')) {
+        return Err(vec!["the candidate pack has no rule file".into()]);
+    }
+    compile_pack(&sources, opts).map_err(|d| d.0.iter().map(ToString::to_string).collect())
 }

@@ -164,6 +164,81 @@ pub async fn reload(State(s): State<AppState>, Extension(caller): Extension<Call
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct DryRunRequest {
+    /// Files put over the running pack's directory: relative name → text.
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, String>,
+    /// Files of the running pack's directory to leave out.
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// Runs a candidate pack — the rules directory with `files` put over it — over the recent
+/// traffic, next to the running pack, and says what would change. Nothing is swapped.
+pub async fn dry_run(
+    State(s): State<AppState>,
+    Body(b): Body<DryRunRequest>,
+) -> Result<Response, ApiError> {
+    if b.files.is_empty() && b.remove.is_empty() {
+        return Err(ApiError::bad(
+            "invalid_body",
+            "give the changed files (files: {name: text}) or the files to leave out (remove)",
+        ));
+    }
+    let Ok(_one) = s.0.dry_run.try_lock() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "busy",
+            "a dry run is in progress; try again when it is done",
+        ));
+    };
+    let st = s.0.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        let (base, opts) = match st.reloader.get() {
+            Some(r) => (Some(r.dir().to_path_buf()), *r.options()),
+            None => (None, vigil_rules::PackOptions::default()),
+        };
+        let candidate =
+            vigil_engine::packs::compile_candidate(base.as_deref(), &b.files, &b.remove, &opts)
+                .map_err(Err)?;
+        let active = st.engine.active();
+        let events = st.engine.recent_events();
+        vigil_engine::backtest::dry_run(&active.pack, candidate, st.engine.config(), events)
+            .map_err(|e| Ok(e.to_string()))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    match run {
+        Ok(r) => {
+            let mut v = r.comparison.to_json();
+            if let Some(o) = v.as_object_mut() {
+                if let Some((from, to)) = r.span_ms {
+                    o.insert("from".into(), json!(format_ts(from)));
+                    o.insert("to".into(), json!(format_ts(to)));
+                }
+                o.insert("changed_decisions".into(), Value::Array(r.changed));
+            }
+            Ok(json(StatusCode::OK, &v))
+        }
+        Err(Err(errors)) => Ok(json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "code": "rules_invalid",
+                "message": format!("the candidate pack does not compile ({} problem{})",
+                    errors.len(), if errors.len() == 1 { "" } else { "s" }),
+                "errors": errors,
+            }),
+        )),
+        Err(Ok(e)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e,
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     kind: Option<String>,
     limit: Option<usize>,

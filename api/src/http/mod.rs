@@ -106,6 +106,8 @@ pub struct Shared {
     pub audit: audit::Audit,
     /// Rules muted per account.
     pub snoozes: snooze::Snoozes,
+    /// One dry run at a time (each runs two engines over the recent traffic).
+    dry_run: tokio::sync::Mutex<()>,
 }
 
 /// The router's state. Cheap to clone.
@@ -132,6 +134,7 @@ impl AppState {
             limits,
             audit: audit::Audit::new(metrics.clone()),
             snoozes: snooze::Snoozes::default(),
+            dry_run: tokio::sync::Mutex::new(()),
             metrics,
             reloader: OnceLock::new(),
         }))
@@ -725,6 +728,15 @@ pub(crate) fn routes() -> Vec<Route> {
             None,
             (200, "Reload"),
             post(h::reload),
+        ),
+        r(
+            "post",
+            "/v1/rules/dry-run",
+            ANALYST,
+            "Run a candidate pack — the rules directory with `files` (name → text) put over it and `remove` left out — over the recent traffic (the latest events decided or observed, `--recent-events`), next to the running pack, each on empty state; nothing is swapped and the pack's tests are not run (a reload runs them). Says which decisions would change (by action, count, amount), per rule, and lists the first 100 changed decisions. 422 rules_invalid with file:line:col errors for a candidate that does not compile.",
+            Some("DryRunRequest"),
+            (200, "DryRun"),
+            post(h::dry_run),
         ),
         Route {
             query: &[

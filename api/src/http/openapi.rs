@@ -104,6 +104,16 @@ fn schemas() -> Value {
             "verdict": {"type": "string", "enum": ["fraud", "legit"]}, "note": s("")}},
     });
     let more = json!({
+        "DryRunRequest": {"type": "object", "properties": {
+            "files": {"type": "object", "additionalProperties": {"type": "string"}, "description": "name.toml or lists/name → its text (the pack's tests are not run)"},
+            "remove": {"type": "array", "items": {"type": "string"}}}},
+        "DryRun": {"type": "object", "properties": {
+            "transactions": {"type": "integer"}, "events": {"type": "integer"}, "changed": {"type": "integer"},
+            "from": s("RFC 3339"), "to": s("RFC 3339"),
+            "running": {"type": "object"}, "candidate": {"type": "object"},
+            "transitions": {"type": "array", "items": {"type": "object"}},
+            "rules": {"type": "array", "items": {"type": "object"}},
+            "changed_decisions": {"type": "array", "items": {"type": "object"}}}},
         "SnoozeRequest": {"type": "object", "required": ["account_id", "rule", "reason"], "properties": {
             "account_id": s("the account"), "rule": s("a rule id of the active pack"),
             "until": s("RFC 3339: muted for transactions before this time"),
