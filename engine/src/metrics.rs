@@ -226,7 +226,7 @@ impl Metrics {
             "Input events handled by the Kafka pipeline, by kind (transaction, account_event).",
             &["kind"],
         );
-        Metrics {
+        let m = Metrics {
             decisions,
             decision_seconds,
             rule_hits: counter_vec(
@@ -332,7 +332,13 @@ impl Metrics {
             registry: r,
             stream: Mutex::new(None),
             timing_tick: AtomicU64::new(0),
+        };
+        // Known outcomes start at 0, so `increase()` sees the first failure (a series born
+        // at 1 has no earlier sample to increase from).
+        for result in ["ok", "failed", "unchanged"] {
+            m.reloads.with_label_values(&[result]);
         }
+        m
     }
 
     /// Reads the pipeline's counters on every scrape.
