@@ -108,6 +108,10 @@ struct Args {
     /// Print one response body per action seen.
     #[arg(long)]
     samples: bool,
+    /// Latest events the engine keeps for dry runs, as `vigil serve` does (its default:
+    /// 50,000; 0 keeps none).
+    #[arg(long, default_value_t = 50_000)]
+    recent_events: usize,
     /// Seed of the generated events.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -420,6 +424,7 @@ fn run(args: &Args) -> Result<bool, String> {
         },
     ));
     let mut w = Workload::new(args.accounts, args.seed);
+    engine.keep_recent(args.recent_events);
     for i in 0..args.accounts {
         engine.apply(&w.opened(i));
     }
