@@ -5,6 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use vigil_tests::copy_dir;
+
 /// Runs `vigil args…` from the workspace root, so the default pack path resolves.
 fn vigil(args: &[&str]) -> Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -580,19 +582,6 @@ kind == "payment" and \
 
 // ---------------------------------------------------------------------------------------------
 // vigil replay --compare (backtest)
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).expect("create dir");
-    for e in fs::read_dir(from).expect("read dir") {
-        let e = e.expect("dir entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("file type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), &target).expect("copy file");
-        }
-    }
-}
 
 /// tx_id → action of a decisions file.
 fn actions(path: &Path) -> std::collections::BTreeMap<String, String> {

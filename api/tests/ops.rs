@@ -2,7 +2,7 @@
 //! reload (a bad pack refused with `file:line:col` and the running pack kept, a good one swapped
 //! and carried by every decision), the audit log and verdict metrics.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::{Body, to_bytes};
@@ -14,23 +14,10 @@ use vigil_engine::ledger::{BookConfig, Ledger};
 use vigil_engine::packs::{self, Reloader};
 use vigil_engine::{Engine, EngineConfig};
 use vigil_rules::PackOptions;
-use vigil_tests::root;
+use vigil_tests::{copy_dir, root};
 
 const PAY: &str = "pay-token-123";
 const ANA: &str = "ana-token-123";
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let p = e.expect("entry").path();
-        let dest = to.join(p.file_name().expect("name"));
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).expect("copy");
-        }
-    }
-}
 
 /// A server over a copy of the default pack that the test may edit.
 fn app(name: &str) -> (axum::Router, PathBuf, Arc<Reloader>) {

@@ -5,7 +5,7 @@
 //! difference comes from the rules alone. A decision *changes* when its action differs.
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io::Write;
 use std::time::Instant;
 
@@ -14,7 +14,7 @@ use vigil_rules::Action;
 use crate::decision::Decision;
 use crate::engine::{Engine, Scratch};
 use crate::event::{Currency, format_ts};
-use crate::replay::{Confusion, Input, Order, Report, Tally, label_of, pct};
+use crate::replay::{Confusion, Input, Order, Report, Tally, amounts, label_of, pct};
 
 /// Count and amount (minor units per currency) of some decisions.
 pub type Amounts = (u64, BTreeMap<String, i128>);
@@ -222,19 +222,6 @@ pub fn compare(
         rules,
         labels,
     })
-}
-
-fn amounts(by_currency: &BTreeMap<String, i128>) -> String {
-    let mut s = String::new();
-    for (cur, minor) in by_currency {
-        let c = Currency::from_code(cur);
-        let _ = write!(
-            s,
-            " {cur} {}",
-            c.map_or_else(|| minor.to_string(), |c| c.format_wide(*minor))
-        );
-    }
-    s.trim().to_string()
 }
 
 fn quality(c: &Confusion) -> String {

@@ -436,6 +436,20 @@ impl Tally {
     }
 }
 
+/// Amounts per currency as `EUR 12.50 USD 3.00`.
+pub(crate) fn amounts(by_currency: &BTreeMap<String, i128>) -> String {
+    let mut s = String::new();
+    for (cur, minor) in by_currency {
+        let c = crate::event::Currency::from_code(cur);
+        let _ = write!(
+            s,
+            " {cur} {}",
+            c.map_or_else(|| minor.to_string(), |c| c.format_wide(*minor))
+        );
+    }
+    s.trim().to_string()
+}
+
 pub(crate) fn pct(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
 }
@@ -485,17 +499,8 @@ impl fmt::Display for Report {
             )?;
         }
         writeln!(f, "decisions")?;
-        for (a, (n, amounts)) in &self.by_action {
-            let mut s = String::new();
-            for (cur, minor) in amounts {
-                let c = crate::event::Currency::from_code(cur);
-                let _ = write!(
-                    s,
-                    " {cur} {}",
-                    c.map_or_else(|| minor.to_string(), |c| c.format_wide(*minor))
-                );
-            }
-            writeln!(f, "  {:<8} {:>8}  {}", a.name(), n, s.trim())?;
+        for (a, (n, by)) in &self.by_action {
+            writeln!(f, "  {:<8} {:>8}  {}", a.name(), n, amounts(by))?;
         }
         writeln!(f, "rules")?;
         for (id, s) in &self.rules {

@@ -10,6 +10,26 @@ pub fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// Copies the directory `from` (recursively) to `to`, e.g. a pack a test may edit.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    let entries =
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+    for e in entries {
+        let p = e
+            .unwrap_or_else(|e| panic!("read {}: {e}", from.display()))
+            .path();
+        let Some(name) = p.file_name() else { continue };
+        let dest = to.join(name);
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest)
+                .unwrap_or_else(|e| panic!("copy {} to {}: {e}", p.display(), dest.display()));
+        }
+    }
+}
+
 /// Whether golden files should be rewritten instead of compared (`VIGIL_BLESS=1`).
 pub fn blessing() -> bool {
     std::env::var_os("VIGIL_BLESS").is_some_and(|v| v == "1")
