@@ -12,6 +12,7 @@ use vigil_engine::ledger::{BookConfig, Ledger};
 use vigil_engine::packs::Reloader;
 use vigil_engine::stream::embedded::Embedded;
 use vigil_engine::stream::produce::produce;
+use vigil_engine::stream::publish::Publisher;
 use vigil_engine::stream::{Pipeline, Stats, StreamConfig, admin_create_topics};
 use vigil_engine::{Engine, EngineConfig, replay};
 use vigil_rules::PackOptions;
@@ -243,6 +244,8 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     engine.keep_recent(s.recent_events);
     let state =
         AppState::new(engine.clone(), ledger.clone(), tokens, s.limits).with_reloader(reloader);
+    let publisher = Arc::new(Publisher::new(&cfg, Some(state.0.metrics.clone()))?);
+    let state = state.with_publisher(publisher.clone());
     if let Some(dir) = &s.stream.state_dir {
         let path = dir.join("audit.jsonl");
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -283,6 +286,9 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     stop.store(true, Ordering::SeqCst);
     if let Some(api) = api {
         api.stop();
+    }
+    if let Err(e) = publisher.flush(s.stream.shutdown_timeout) {
+        tracing::error!("HTTP decisions not all published at shutdown: {e}");
     }
     ledger.close();
     if let Some(f) = feeder

@@ -157,7 +157,12 @@ fn kill_9_and_restart_loses_nothing_and_repeats_nothing() {
     let produced = feeder.join().unwrap();
     assert_eq!(produced.failed, 0);
     let log2 = dir.0.join("second.log");
-    let mut second = serve(&cfg, &state, &log2, &["--idle-exit", "4s"]);
+    let mut second = serve(
+        &cfg,
+        &state,
+        &log2,
+        &["--idle-exit", "4s", "--log-level", "debug"],
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(s) = second.try_wait().unwrap() {
@@ -209,7 +214,29 @@ fn kill_9_and_restart_loses_nothing_and_repeats_nothing() {
         got.insert(r.key.clone(), r.value.clone());
     }
     let want = replay_decisions(&input);
-    assert_eq!(got.len(), want.len(), "decisions lost");
+    if got.len() != want.len() {
+        let inputs = read_all(&cfg, &cfg.topics.transactions);
+        let missing: Vec<String> = want
+            .keys()
+            .filter(|k| !got.contains_key(*k))
+            .map(|k| {
+                let at: Vec<(i32, i64)> = inputs
+                    .iter()
+                    .filter(|t| t.value.contains(&format!("\"{k}\"")))
+                    .map(|t| t.at)
+                    .collect();
+                format!("{k} (on the input topic at {at:?})")
+            })
+            .collect();
+        let last = decisions.iter().map(|r| r.at).max();
+        panic!(
+            "{} decisions, {} transactions: missing {missing:?}; {} input records read back; last decision at {last:?}\n{}",
+            got.len(),
+            want.len(),
+            inputs.len(),
+            log_of(&log2)
+        );
+    }
     for (k, v) in want.iter().filter(|_| exact_order()) {
         assert_eq!(
             got.get(k),

@@ -119,6 +119,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     audit_entries: IntCounterVec,
     snoozes_active: IntGauge,
+    published: [[IntCounter; 2]; 3],
     /// The pipeline's counters, synced into the counters above on every scrape.
     stream: Mutex<Option<Arc<Stats>>>,
     timing_tick: AtomicU64,
@@ -220,6 +221,14 @@ impl Metrics {
             "Decided transactions through the ledger, by entry point and outcome (settled, held, declined, refused).",
             &["entry", "outcome"],
         );
+        let published_v = counter_vec(
+            &r,
+            "vigil_http_published_total",
+            "Records of HTTP decisions published to the output topics, by kind (decision, freeze, notification) and result (acked, failed: lost).",
+            &["kind", "result"],
+        );
+        let published = crate::stream::publish::KINDS
+            .map(|k| ["acked", "failed"].map(|res| published_v.with_label_values(&[k, res])));
         let events = counter_vec(
             &r,
             "vigil_events_total",
@@ -328,6 +337,7 @@ impl Metrics {
                 "vigil_snoozes_active",
                 "Rule snoozes in force (one rule muted for one account).",
             ),
+            published,
             events,
             registry: r,
             stream: Mutex::new(None),
@@ -411,6 +421,13 @@ impl Metrics {
     pub fn http_settlement(&self, outcome: usize) {
         if let Some(c) = self.settlements[Entry::Http.index()].get(outcome) {
             c.inc();
+        }
+    }
+
+    /// A record of an HTTP decision (kind: see `stream::publish::KINDS`) acknowledged or lost.
+    pub fn published(&self, kind: usize, ok: bool) {
+        if let Some(c) = self.published.get(kind) {
+            c[usize::from(!ok)].inc();
         }
     }
 

@@ -512,19 +512,30 @@ fn decline_code(risk: Risk, ledger: Option<Decline>) -> Option<&'static str> {
     }
 }
 
-fn notification(s: &Shared, tx: &Transaction, d: &Decision) -> Option<Value> {
-    let kind = d
-        .notify
-        .as_deref()
-        .filter(|&n| !d.duplicate && (!d.already_frozen || n != "blocked_transfer"))?;
-    let locale = s
-        .engine
-        .account_locale(&tx.account_id)
+/// The account's locale: the engine's (from account events), else the ledger's.
+fn locale(s: &Shared, account: &str) -> Option<String> {
+    s.engine
+        .account_locale(account)
         .map(|l| l.to_string())
         .or_else(|| {
             s.ledger
-                .read(|b| b.get_account(&tx.account_id).and_then(|a| a.locale))
-        });
+                .read(|b| b.get_account(account).and_then(|a| a.locale))
+        })
+}
+
+/// The notification `d` asks for, for the answer; with a publisher, the decision and every
+/// effect also go to the output topics.
+fn notification(s: &Shared, tx: &Transaction, d: &Decision) -> Option<Value> {
+    let (freeze, notice) = notify::effects_of(d);
+    let publisher = s.publisher.get().filter(|_| !d.duplicate);
+    if notice.is_none() && !freeze && publisher.is_none() {
+        return None;
+    }
+    let locale = locale(s, &tx.account_id);
+    if let Some(p) = publisher {
+        p.decided(&s.engine, tx, d, locale.as_deref());
+    }
+    let kind = notice?;
     let lang = notify::Lang::for_locale(locale.as_deref());
     let text = notify::text(kind, lang, tx)?;
     Some(json!({"kind": kind, "locale": lang.tag(), "text": text}))

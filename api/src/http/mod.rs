@@ -28,6 +28,7 @@ use vigil_engine::Engine;
 use vigil_engine::ledger::{Ledger, LedgerError};
 use vigil_engine::metrics::{HttpRoute, Metrics};
 use vigil_engine::packs::Reloader;
+use vigil_engine::stream::publish::Publisher;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -102,6 +103,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Reloads the rules (`POST /v1/rules/reload`), when serving from a pack directory.
     pub reloader: OnceLock<Arc<Reloader>>,
+    /// Publishes decisions and their effects to the Kafka output topics, next to a pipeline.
+    pub publisher: OnceLock<Arc<Publisher>>,
     /// Who changed what.
     pub audit: audit::Audit,
     /// Rules muted per account.
@@ -137,12 +140,20 @@ impl AppState {
             dry_run: tokio::sync::Mutex::new(()),
             metrics,
             reloader: OnceLock::new(),
+            publisher: OnceLock::new(),
         }))
     }
 
     /// Serves `POST /v1/rules/reload` from this reloader's directory.
     pub fn with_reloader(self, r: Arc<Reloader>) -> Self {
         let _ = self.0.reloader.set(r);
+        self
+    }
+
+    /// Publishes every decision made over HTTP, with its freeze request and notifications, as
+    /// the Kafka path does.
+    pub fn with_publisher(self, p: Arc<Publisher>) -> Self {
+        let _ = self.0.publisher.set(p);
         self
     }
 }

@@ -13,6 +13,7 @@ pub mod embedded;
 pub mod notify;
 pub(crate) mod pipeline;
 pub mod produce;
+pub mod publish;
 mod track;
 
 use std::collections::BTreeMap;

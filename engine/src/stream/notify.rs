@@ -1,7 +1,12 @@
-//! Notification texts: one template per kind, in English and Chinese, chosen by the account's
+//! What a decision sets off, for the Kafka path and the HTTP path alike: freeze requests, and
+//! notifications with one template per kind in English and Chinese, chosen by the account's
 //! locale (`zh`, `zh-CN`, `zh_TW`, … read Chinese; anything else or none, English).
 
-use crate::event::{Transaction, TxKind};
+use serde::Serialize;
+
+use crate::decision::Decision;
+use crate::engine::Engine;
+use crate::event::{Transaction, TxKind, format_ts};
 
 /// The notification kinds a rule may ask for, plus the one a freeze sends.
 pub const KINDS: [&str; 4] = [
@@ -104,6 +109,87 @@ pub fn text(kind: &str, lang: Lang, tx: &Transaction) -> Option<String> {
         _ => return None,
     };
     Some(s)
+}
+
+/// The effects `d` sets off: whether to request a freeze, and the notification the acting rules
+/// ask for. An account whose freeze was already requested is not frozen, or told about
+/// blocks, again; a transaction decided already sets off nothing.
+pub fn effects_of(d: &Decision) -> (bool, Option<&str>) {
+    if d.duplicate {
+        return (false, None);
+    }
+    let freeze = d.freeze && !d.already_frozen;
+    let notice = d
+        .notify
+        .as_deref()
+        .filter(|&n| !(d.already_frozen && n == "blocked_transfer"));
+    (freeze, notice)
+}
+
+#[derive(Serialize)]
+struct FreezeRequest<'a> {
+    account_id: &'a str,
+    tx_id: &'a str,
+    rule: &'a str,
+    reason: &'a str,
+    rules: Vec<&'a str>,
+    ts: String,
+    requested_at: String,
+    rules_version: &'a str,
+}
+
+/// The freeze-requests record for `tx` decided as `d`, requested at `now_ms`: the acting rules
+/// that ask for a freeze, the first one as the reason.
+pub fn freeze_request(engine: &Engine, tx: &Transaction, d: &Decision, now_ms: i64) -> Vec<u8> {
+    let active = engine.active();
+    let rules: Vec<&vigil_rules::program::RuleMeta> = d
+        .acting()
+        .filter_map(|r| {
+            active
+                .pack
+                .program
+                .rules
+                .iter()
+                .map(|x| &x.meta)
+                .find(|m| m.id == r.rule && m.freeze)
+        })
+        .collect();
+    let first = rules.first();
+    let req = FreezeRequest {
+        account_id: &tx.account_id,
+        tx_id: &tx.tx_id,
+        rule: first.map_or("", |m| m.id.as_str()),
+        reason: first.map_or("", |m| m.description.as_str()),
+        rules: rules.iter().map(|m| m.id.as_str()).collect(),
+        ts: format_ts(tx.ts_ms),
+        requested_at: format_ts(now_ms),
+        rules_version: &d.rules_version,
+    };
+    serde_json::to_vec(&req).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Notification<'a> {
+    kind: &'a str,
+    account_id: &'a str,
+    tx_id: &'a str,
+    locale: &'a str,
+    text: String,
+    ts: String,
+}
+
+/// The notifications record of `kind` about `tx` in `lang`, or `None` for an unknown kind.
+pub fn notification(kind: &str, lang: Lang, tx: &Transaction) -> Option<Vec<u8>> {
+    let text = text(kind, lang, tx)?;
+    let n = Notification {
+        kind,
+        account_id: &tx.account_id,
+        tx_id: &tx.tx_id,
+        locale: lang.tag(),
+        text,
+        ts: format_ts(tx.ts_ms),
+    };
+    serde_json::to_vec(&n).ok()
 }
 
 #[cfg(test)]

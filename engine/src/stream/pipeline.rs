@@ -69,7 +69,7 @@ static LAST_ERROR_LOG_MS: AtomicI64 = AtomicI64::new(0);
 /// Wall-clock time for the `requested_at` of freeze requests and for log throttling, never
 /// for a decision.
 #[allow(clippy::disallowed_methods)]
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -724,28 +724,6 @@ pub(crate) fn action_index(a: Action) -> usize {
     }
 }
 
-#[derive(Serialize)]
-struct FreezeRequest<'a> {
-    account_id: &'a str,
-    tx_id: &'a str,
-    rule: &'a str,
-    reason: &'a str,
-    rules: Vec<&'a str>,
-    ts: String,
-    requested_at: String,
-    rules_version: &'a str,
-}
-
-#[derive(Serialize)]
-struct Notification<'a> {
-    kind: &'a str,
-    account_id: &'a str,
-    tx_id: &'a str,
-    locale: &'a str,
-    text: String,
-    ts: String,
-}
-
 impl Pipeline {
     /// A pipeline for `engine` (shared with any other entry point) with these settings.
     pub fn new(engine: Arc<Engine>, cfg: StreamConfig) -> Pipeline {
@@ -1310,13 +1288,7 @@ impl Pipeline {
         if let Some(ledger) = &s.ledger {
             self.settle(s, ledger, effects, tx, &d, slot, offset)?;
         }
-        // An account whose freeze was already requested is not frozen, or told about blocks,
-        // again.
-        let freeze = d.freeze && !d.already_frozen;
-        let notice = d
-            .notify
-            .as_deref()
-            .filter(|&n| !(d.already_frozen && n == "blocked_transfer"));
+        let (freeze, notice) = notify::effects_of(&d);
         if !freeze && notice.is_none() {
             if d.already_frozen && (d.freeze || d.notify.is_some()) {
                 Stats::bump(&self.stats.repeats_skipped);
@@ -1330,31 +1302,7 @@ impl Pipeline {
             notes.push(n);
         }
         if freeze {
-            let active = self.engine.active();
-            let rules: Vec<&vigil_rules::program::RuleMeta> = d
-                .acting()
-                .filter_map(|r| {
-                    active
-                        .pack
-                        .program
-                        .rules
-                        .iter()
-                        .map(|x| &x.meta)
-                        .find(|m| m.id == r.rule && m.freeze)
-                })
-                .collect();
-            let first = rules.first();
-            let req = FreezeRequest {
-                account_id: &tx.account_id,
-                tx_id: &tx.tx_id,
-                rule: first.map_or("", |m| m.id.as_str()),
-                reason: first.map_or("", |m| m.description.as_str()),
-                rules: rules.iter().map(|m| m.id.as_str()).collect(),
-                ts: format_ts(tx.ts_ms),
-                requested_at: format_ts(now_ms()),
-                rules_version: &d.rules_version,
-            };
-            let body = serde_json::to_vec(&req).map_err(|e| StreamError::Other(e.to_string()))?;
+            let body = notify::freeze_request(&self.engine, tx, &d, now_ms());
             if s.send(
                 effects,
                 Out::Freezes,
@@ -1370,18 +1318,9 @@ impl Pipeline {
             notes.push("account_frozen");
         }
         for kind in notes {
-            let Some(text) = notify::text(kind, lang, tx) else {
+            let Some(body) = notify::notification(kind, lang, tx) else {
                 continue;
             };
-            let n = Notification {
-                kind,
-                account_id: &tx.account_id,
-                tx_id: &tx.tx_id,
-                locale: lang.tag(),
-                text,
-                ts: format_ts(tx.ts_ms),
-            };
-            let body = serde_json::to_vec(&n).map_err(|e| StreamError::Other(e.to_string()))?;
             if s.send(
                 effects,
                 Out::Notifications,

@@ -1,0 +1,156 @@
+//! Decisions made over HTTP reach the same output topics as the Kafka path's: the decision, a
+//! freeze request when a freezing rule fired, and the notifications in the holder's language —
+//! once per transaction, a retried request publishing nothing again.
+//!
+//! The broker is the in-process mock cluster, or with `VIGIL_TEST_BROKERS` an external one.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use vigil_api::http::{AppState, Limits, Role, Token, router};
+use vigil_engine::ledger::{BookConfig, Ledger};
+use vigil_engine::stream::publish::Publisher;
+use vigil_tests::kafka::{broker, engine, read_all};
+
+const PAY: &str = "pay-token-123";
+
+async fn post(app: &axum::Router, uri: &str, body: Value) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {PAY}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+/// A payment of `amount` EUR from `account` to `to` at minute `minute` of a fixed day.
+fn payment(id: &str, account: &str, to: &str, amount: &str, minute: u32) -> Value {
+    json!({"tx_id": id, "kind": "payment", "account_id": account, "counterparty_id": to,
+           "amount": amount, "currency": "EUR", "ts": format!("2026-11-23T10:{minute:02}:00Z"),
+           "geo": {"lat": 52.52, "lon": 13.40, "country": "DE"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_decisions_go_to_the_output_topics_once_with_their_effects() {
+    let b = broker(1);
+    let engine = engine();
+    let tokens = vec![Token {
+        name: "wallet".into(),
+        role: Role::PaymentService,
+        token: PAY.into(),
+    }];
+    let ledger = Ledger::in_memory(BookConfig::default());
+    let state = AppState::new(engine.clone(), ledger, tokens, Limits::default());
+    let publisher = Arc::new(Publisher::new(&b.cfg, Some(state.0.metrics.clone())).unwrap());
+    let state = state.with_publisher(publisher.clone());
+    let metrics = state.0.metrics.clone();
+    let app = router(state);
+
+    // The card tester's account reads Chinese.
+    let (status, body) = post(
+        &app,
+        "/v1/accounts",
+        json!({"id": "acc-card", "currency": "EUR", "locale": "zh-CN"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let mut sent = vec![payment("t-ok", "acc-ok", "m-1", "42.00", 0)];
+    // Five tiny payments to five shops in five minutes: the fifth trips card.testing_burst
+    // (block, freeze, notify).
+    for i in 0..5 {
+        let (id, shop) = (format!("t-card-{i}"), format!("m-{i}"));
+        sent.push(payment(&id, "acc-card", &shop, "1.00", i));
+    }
+    let mut answers = BTreeMap::new();
+    for tx in &sent {
+        let (status, body) = post(&app, "/v1/authorize", tx.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        answers.insert(tx["tx_id"].as_str().unwrap().to_string(), body);
+    }
+    let last = &answers["t-card-4"]["decision"];
+    assert_eq!(last["action"], "block", "{last}");
+    assert!(
+        last["reasons"].to_string().contains("card.testing_burst"),
+        "{last}"
+    );
+    // The payment service retries one request: the same answer, nothing published again.
+    let (status, again) = post(&app, "/v1/authorize", sent[0].clone()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    publisher.flush(Duration::from_secs(30)).unwrap();
+
+    // One decision per transaction, keyed by tx_id, the same JSON the caller got.
+    let decisions = read_all(&b.cfg, &b.cfg.topics.decisions);
+    let mut seen = BTreeMap::new();
+    for r in &decisions {
+        assert_eq!(
+            r.headers.get("vigil-source").map(String::as_str),
+            Some("http"),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.headers.get("vigil-effect"),
+            Some(&format!("decision:{}", r.key)),
+            "{r:?}"
+        );
+        let v: Value = serde_json::from_str(&r.value).unwrap();
+        assert!(seen.insert(r.key.clone(), v).is_none(), "{} twice", r.key);
+    }
+    assert_eq!(seen.len(), answers.len(), "{seen:?}");
+    for (id, body) in &answers {
+        assert_eq!(&seen[id], &body["decision"], "{id}");
+    }
+
+    // One freeze request, by the rule that asked for it, keyed by account.
+    let freezes = read_all(&b.cfg, &b.cfg.topics.freezes);
+    assert_eq!(freezes.len(), 1, "{freezes:?}");
+    assert_eq!(freezes[0].key, "acc-card");
+    let f: Value = serde_json::from_str(&freezes[0].value).unwrap();
+    assert_eq!(f["tx_id"], "t-card-4");
+    assert_eq!(f["rule"], "card.testing_burst");
+    assert_eq!(f["ts"], "2026-11-23T10:04:00.000Z");
+
+    // The block and the freeze told to the holder, in Chinese; the text the caller got is the
+    // text published.
+    let notes = read_all(&b.cfg, &b.cfg.topics.notifications);
+    let mut kinds: Vec<(String, String, String)> = notes
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_str(&r.value).unwrap();
+            assert_eq!(r.key, "acc-card");
+            assert_eq!(v["locale"], "zh", "{v}");
+            if v["kind"] == "blocked_transfer" {
+                assert_eq!(v["text"], answers["t-card-4"]["notification"]["text"]);
+            }
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            (s("kind"), s("tx_id"), s("locale"))
+        })
+        .collect();
+    kinds.sort();
+    let want = |k: &str| (k.to_string(), "t-card-4".to_string(), "zh".to_string());
+    assert_eq!(kinds, [want("account_frozen"), want("blocked_transfer")]);
+
+    // Counted as acknowledged, by kind.
+    let text = metrics.render(&engine);
+    for (kind, n) in [
+        ("decision", answers.len()),
+        ("freeze", 1),
+        ("notification", 2),
+    ] {
+        let series = format!("vigil_http_published_total{{kind=\"{kind}\",result=\"acked\"}} {n}");
+        assert!(text.contains(&series), "no `{series}` in\n{text}");
+    }
+}
