@@ -498,10 +498,11 @@ fn report(stats: &Stats, consumed: u64, seconds: f64) {
         g(&stats.notifications),
     ));
     say(format!(
-        "  not repeated for accounts already frozen {}, not repeated after a restart {}, decided before their account events were confirmed {}",
+        "  not repeated for accounts already frozen {}, not repeated after a restart {}, decided before their account events were confirmed {}, input partitions paused while ahead of the other topic {}",
         g(&stats.repeats_skipped),
         g(&stats.effects_suppressed),
-        g(&stats.unaligned)
+        g(&stats.unaligned),
+        g(&stats.paused)
     ));
 }
 

@@ -51,6 +51,13 @@ fn serve(cfg: &StreamConfig, state: &Path, log: &Path, extra: &[&str]) -> Child 
         .env("VIGIL_TOPIC_DLQ", &t.dlq)
         .env("VIGIL_TOPIC_SETTLEMENTS", &t.settlements)
         .args(["--http", "off"])
+        // The test's client properties (see `broker`), as VIGIL_KAFKA_* overrides.
+        .envs(cfg.client.iter().map(|(k, v)| {
+            (
+                format!("VIGIL_KAFKA_{}", k.to_ascii_uppercase().replace('.', "_")),
+                v.clone(),
+            )
+        }))
         .current_dir(root())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -157,8 +164,17 @@ fn kill_9_and_restart_loses_nothing_and_repeats_nothing() {
     let produced = feeder.join().unwrap();
     assert_eq!(produced.failed, 0);
     let log2 = dir.0.join("second.log");
+    // On the embedded broker the restart rejoins its group as the same static member and gets
+    // its partitions back at once. tansu 0.6 never expires the killed member and sometimes
+    // takes the partitions back from the restarted one and never assigns them again, so
+    // against an external broker the restart joins a group of its own: where it starts reading
+    // comes from its snapshot either way, not from the group's committed offsets.
+    let mut restart_cfg = cfg.clone();
+    if !exact_order() {
+        restart_cfg.group_id = format!("{}-restart", cfg.group_id);
+    }
     let mut second = serve(
-        &cfg,
+        &restart_cfg,
         &state,
         &log2,
         &["--idle-exit", "4s", "--log-level", "debug"],

@@ -441,7 +441,7 @@ fn run() -> Result<(), String> {
         rate(sent, finished - started)
     ));
     say(format!(
-        "decisions           {decided} ({:.0}/s): allow {} review {} step_up {} block {}; {} freezes, {} notifications, {acked} outputs acknowledged, {on_topic} on the decisions topic; {} unaligned",
+        "decisions           {decided} ({:.0}/s): allow {} review {} step_up {} block {}; {} freezes, {} notifications, {acked} outputs acknowledged, {on_topic} on the decisions topic; {} unaligned, {} pauses",
         rate(decided, e2e_time),
         g(&stats.actions[0]),
         g(&stats.actions[1]),
@@ -449,7 +449,8 @@ fn run() -> Result<(), String> {
         g(&stats.actions[3]),
         g(&stats.freezes),
         g(&stats.notifications),
-        g(&stats.unaligned)
+        g(&stats.unaligned),
+        g(&stats.paused)
     ));
     say(format!(
         "cpu                 pipeline thread {:.2}s ({:.2} µs per event), whole process {:.2}s, during the end-to-end run (group join included)",

@@ -6,8 +6,14 @@
 //! could be decided before the password reset that preceded it, or after a device change that
 //! came later. So each partition pair is merged by event time: an event goes when the other
 //! side has nothing earlier left to give (its next event is later, it has applied a later one,
-//! or it is read to its end). On a tie the transaction goes first. A wait is bounded: an event
-//! held longer than a limit, or past a count, goes anyway and is counted as unaligned.
+//! or it is read to its end). On a tie the transaction goes first.
+//!
+//! A side that runs ahead (with a backlog librdkafka hands messages over in fetch order, and
+//! the sparser account-events topic runs days ahead of transactions) is paused once
+//! [`PAUSE_AT`] of its events wait, and resumed when they are down to [`RESUME_AT`]: the merge
+//! stays exact and bounded however far behind the pipeline is. A wait is still bounded: an
+//! event held while the other side stays silent, or past a count, goes anyway and is counted
+//! as unaligned.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -18,6 +24,10 @@ use crate::event::Event;
 pub const TX: usize = 0;
 /// The account-events side.
 pub const ACCOUNT: usize = 1;
+/// Events waiting on one side of one partition at which that side is paused (by default).
+pub const PAUSE_AT: usize = 4_096;
+/// Events left waiting at which a paused side is resumed (by default).
+pub const RESUME_AT: usize = 1_024;
 
 /// An event waiting for its turn.
 #[derive(Debug)]
@@ -38,6 +48,8 @@ pub struct Item {
 struct Side {
     last_ts: i64,
     at_end: bool,
+    paused: bool,
+    last_push: Option<Instant>,
 }
 
 impl Default for Side {
@@ -45,8 +57,23 @@ impl Default for Side {
         Side {
             last_ts: i64::MIN,
             at_end: false,
+            paused: false,
+            last_push: None,
         }
     }
+}
+
+/// A partition with events waiting.
+#[derive(Debug, Clone, Copy)]
+pub struct Waiting {
+    /// The partition.
+    pub p: i32,
+    /// Which sides have nothing waiting.
+    pub empty: [bool; 2],
+    /// When the oldest waiting event arrived.
+    pub oldest: Instant,
+    /// When each side last brought an event.
+    pub last_push: [Option<Instant>; 2],
 }
 
 #[derive(Debug, Default)]
@@ -56,19 +83,58 @@ struct Part {
 }
 
 /// The merge state of every partition pair.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Align {
     parts: HashMap<i32, Part>,
     total: usize,
+    pause_at: usize,
+    resume_at: usize,
+    /// (side, partition, pause) to apply to the consumer.
+    flow: Vec<(usize, i32, bool)>,
+}
+
+impl Default for Align {
+    fn default() -> Self {
+        Align::new(PAUSE_AT)
+    }
 }
 
 impl Align {
+    /// A merge that pauses a side once `pause_at` of its events wait in one partition, and
+    /// resumes it at a quarter of that.
+    pub fn new(pause_at: usize) -> Align {
+        let pause_at = pause_at.max(4);
+        Align {
+            parts: HashMap::new(),
+            total: 0,
+            pause_at,
+            resume_at: pause_at / 4,
+            flow: Vec::new(),
+        }
+    }
+
     /// An event arrived on `side` of partition `p`.
     pub fn push(&mut self, side: usize, p: i32, item: Item) {
         let part = self.parts.entry(p).or_default();
-        part.sides[side].at_end = false;
+        let s = &mut part.sides[side];
+        s.at_end = false;
+        s.last_push = Some(item.since);
         part.queues[side].push_back(item);
         self.total += 1;
+        if !s.paused && part.queues[side].len() >= self.pause_at {
+            s.paused = true;
+            self.flow.push((side, p, true));
+        }
+    }
+
+    /// Sides to pause (`true`) or resume since the last call, as (side, partition, pause).
+    pub fn take_flow(&mut self) -> Vec<(usize, i32, bool)> {
+        std::mem::take(&mut self.flow)
+    }
+
+    /// Whether sides wait to be paused or resumed.
+    pub fn has_flow(&self) -> bool {
+        !self.flow.is_empty()
     }
 
     /// `side` of partition `p` is read to its end (or is not read by this consumer).
@@ -81,8 +147,8 @@ impl Align {
         self.total
     }
 
-    /// Partitions with waiting events: which sides are empty, and the oldest arrival.
-    pub fn waiting(&self) -> Vec<(i32, [bool; 2], Instant)> {
+    /// Partitions with waiting events.
+    pub fn waiting(&self) -> Vec<Waiting> {
         self.parts
             .iter()
             .filter_map(|(p, part)| {
@@ -91,11 +157,12 @@ impl Align {
                     .iter()
                     .filter_map(|q| q.front().map(|i| i.since))
                     .min()?;
-                Some((
-                    *p,
-                    [part.queues[0].is_empty(), part.queues[1].is_empty()],
+                Some(Waiting {
+                    p: *p,
+                    empty: [part.queues[0].is_empty(), part.queues[1].is_empty()],
                     oldest,
-                ))
+                    last_push: [part.sides[0].last_push, part.sides[1].last_push],
+                })
             })
             .collect()
     }
@@ -145,17 +212,24 @@ impl Align {
             [None, None] => return None,
         };
         let item = part.queues[side].pop_front()?;
-        part.sides[side].last_ts = part.sides[side].last_ts.max(item.ts);
+        let s = &mut part.sides[side];
+        s.last_ts = s.last_ts.max(item.ts);
+        if s.paused && part.queues[side].len() <= self.resume_at {
+            s.paused = false;
+            self.flow.push((side, p, false));
+        }
         self.total -= 1;
         Some(item)
     }
 
     /// Forgets partition `p` (revoked): its waiting events are dropped, not decided; their
-    /// offsets were never committed, so the partition's next owner reads them again.
+    /// offsets were never committed, so the partition's next owner reads them again. Its
+    /// pauses go with it (an assignment starts unpaused).
     pub fn forget(&mut self, p: i32) {
         if let Some(part) = self.parts.remove(&p) {
             self.total -= part.queues.iter().map(VecDeque::len).sum::<usize>();
         }
+        self.flow.retain(|(_, q, _)| *q != p);
     }
 }
 
@@ -220,6 +294,35 @@ mod tests {
         assert_eq!(drain(&mut a, 3), vec![2, 3]);
         a.at_end(TX, 3);
         assert_eq!(drain(&mut a, 3), vec![1]);
+    }
+
+    #[test]
+    fn a_side_that_runs_ahead_is_paused_and_resumed_once_caught_up() {
+        let mut a = Align::default();
+        for n in 0..PAUSE_AT as i64 - 1 {
+            a.push(ACCOUNT, 2, item(1_000 + n, n));
+        }
+        assert!(!a.has_flow(), "not yet at the limit");
+        a.push(ACCOUNT, 2, item(1_000_000, 99_999));
+        assert_eq!(a.take_flow(), vec![(ACCOUNT, 2, true)]);
+        assert!(!a.has_flow(), "taken");
+        // Transactions catch up: account events go in order until RESUME_AT are left.
+        let resumed_after = PAUSE_AT - RESUME_AT;
+        a.push(TX, 2, item(1_000 + resumed_after as i64, 500_000));
+        let order = drain(&mut a, 2);
+        assert_eq!(order.len(), resumed_after + 1);
+        assert_eq!(
+            order[resumed_after], 500_000,
+            "the tie goes to the transaction"
+        );
+        assert_eq!(a.take_flow(), vec![(ACCOUNT, 2, false)]);
+        // Pausing again needs the queue back at the limit, and forgetting drops what is due.
+        for n in 0..(PAUSE_AT - RESUME_AT + 1) as i64 {
+            a.push(ACCOUNT, 2, item(2_000_000 + n, 600_000 + n));
+        }
+        assert!(a.has_flow());
+        a.forget(2);
+        assert!(!a.has_flow(), "a revoked partition is not paused");
     }
 
     #[test]

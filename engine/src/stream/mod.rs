@@ -115,6 +115,9 @@ pub struct StreamConfig {
     pub commit_every: Duration,
     /// How long a graceful shutdown may take to flush and commit.
     pub shutdown_timeout: Duration,
+    /// Most events held back for event-time alignment of the two input topics before the
+    /// oldest goes anyway (counted as unaligned). A side that runs ahead is paused long before.
+    pub align_max: usize,
     /// Largest event accepted; a larger message is dead-lettered (its first bytes kept).
     pub event_bytes_max: usize,
     /// Consumer session timeout (lower means faster rebalances after a crash).
@@ -140,6 +143,7 @@ impl Default for StreamConfig {
             snapshot_every: Duration::from_secs(30),
             commit_every: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(10),
+            align_max: 100_000,
             event_bytes_max: crate::event::EVENT_BYTES_MAX,
             session_timeout: Duration::from_secs(10),
             max_messages: None,
@@ -186,6 +190,8 @@ pub struct Stats {
     /// Transactions decided before their account events could be confirmed applied (waited
     /// too long, or too many waiting).
     pub unaligned: AtomicU64,
+    /// Times an input partition was paused because it ran ahead of the other topic.
+    pub paused: AtomicU64,
     /// Consumer lag per assigned (topic, partition), from librdkafka's statistics.
     pub lag: std::sync::Mutex<crate::metrics::Lag>,
 }

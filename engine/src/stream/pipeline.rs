@@ -99,6 +99,16 @@ pub fn client_config(cfg: &StreamConfig) -> ClientConfig {
     c
 }
 
+/// `c` with the user's properties applied again over Vigil's tuning, so they win (e.g. a
+/// different `linger.ms`, or `batch.num.messages = 1` for a broker that cannot serve a fetch
+/// from inside a batch).
+pub(crate) fn user_wins<'a>(c: &'a mut ClientConfig, cfg: &StreamConfig) -> &'a mut ClientConfig {
+    for (k, v) in &cfg.client {
+        c.set(k, v);
+    }
+    c
+}
+
 /// Creates the topics through the admin API (real brokers), retrying with backoff while the
 /// brokers cannot be reached; topics that exist are left as they are.
 pub fn admin_create_topics(
@@ -281,8 +291,6 @@ pub fn read_effects(
 /// The consumer's `fetch.queue.backoff.ms` (see where it is set).
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
-/// Most events held back for alignment before the oldest goes anyway.
-const ALIGN_WAITING_MAX: usize = 100_000;
 /// Longest an event waits for the other input topic.
 const ALIGN_WAIT_MAX: Duration = Duration::from_secs(2);
 
@@ -410,6 +418,11 @@ impl ConsumerContext for Rebalancer {
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!("cannot take the assignment: {e}");
                 } else {
+                    // librdkafka keeps a partition paused across a revoke and a new
+                    // assignment; the alignment's pauses ended with the revoke.
+                    if let Err(e) = consumer.resume(tpl) {
+                        tracing::warn!("cannot resume the assigned partitions: {e}");
+                    }
                     s.stats
                         .assigned
                         .store(tpl.count() as u64, Ordering::Relaxed);
@@ -664,6 +677,30 @@ fn flush(producer: &ThreadedProducer<Delivery>, timeout: Duration) -> Result<(),
     }
 }
 
+/// Pauses the input sides that run ahead in the alignment and resumes those it has caught up
+/// with.
+fn apply_flow(s: &Shared, consumer: &BaseConsumer<Rebalancer>) {
+    let flow = lock(&s.align).take_flow();
+    let inputs = s.cfg.topics.inputs();
+    for (side, p, pause) in flow {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(inputs[side], p);
+        let done = if pause {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        match done {
+            Ok(()) if pause => {
+                Stats::bump(&s.stats.paused);
+                tracing::debug!("{}/{p}: ahead of the other topic; paused", inputs[side]);
+            }
+            Ok(()) => tracing::debug!("{}/{p}: resumed", inputs[side]),
+            Err(e) => tracing::warn!("{}/{p}: cannot pause or resume: {e}", inputs[side]),
+        }
+    }
+}
+
 fn rebalancing(e: &StreamError) -> bool {
     matches!(
         e,
@@ -812,7 +849,8 @@ impl Pipeline {
 
         // 3. Clients.
         let tracker = Arc::new(Tracker::default());
-        let producer: ThreadedProducer<Delivery> = client_config(cfg)
+        let mut producer = client_config(cfg);
+        producer
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
@@ -822,7 +860,8 @@ impl Pipeline {
             .set("queue.buffering.max.kbytes", "1048576")
             // Retry until delivered: a broker that is away stalls the pipeline (and its
             // commits) instead of losing an output.
-            .set("message.timeout.ms", "0")
+            .set("message.timeout.ms", "0");
+        let producer: ThreadedProducer<Delivery> = user_wins(&mut producer, cfg)
             .create_with_context(Delivery {
                 tracker: tracker.clone(),
                 stats: self.stats.clone(),
@@ -837,7 +876,9 @@ impl Pipeline {
             resume: Mutex::new(resume),
             out_bases: Mutex::new(bases),
             committed: Mutex::new(HashMap::new()),
-            align: Mutex::new(Align::default()),
+            // A side is paused well before the merge is full (with 16 partitions, two sides
+            // paused at an eighth each still leave room).
+            align: Mutex::new(Align::new((cfg.align_max / 8).min(align::PAUSE_AT))),
             highs: Mutex::new(HashMap::new()),
             ledger: self.ledger.clone(),
             ledger_ticket: AtomicU64::new(0),
@@ -847,7 +888,7 @@ impl Pipeline {
         if let Some(id) = &cfg.instance_id {
             consumer_config.set("group.instance.id", id);
         }
-        let consumer: BaseConsumer<Rebalancer> = consumer_config
+        consumer_config
             .set("group.id", &cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -862,8 +903,9 @@ impl Pipeline {
             // Same partition numbers of both input topics to one consumer (see `Align`).
             .set("partition.assignment.strategy", "range")
             // Consumer lag per partition for the metrics (`Rebalancer::stats`).
-            .set("statistics.interval.ms", "5000")
-            .create_with_context(Rebalancer(shared.clone()))?;
+            .set("statistics.interval.ms", "5000");
+        let consumer: BaseConsumer<Rebalancer> =
+            user_wins(&mut consumer_config, cfg).create_with_context(Rebalancer(shared.clone()))?;
         consumer.subscribe(&inputs)?;
         tracing::info!(
             "consuming {} from {} as group '{}'",
@@ -901,6 +943,10 @@ impl Pipeline {
                     if let Err(e) = self.handle(&shared, &effects, &m, &mut scratch, now) {
                         break Err(e);
                     }
+                    drop(m);
+                    if lock(&shared.align).has_flow() {
+                        apply_flow(&shared, &consumer);
+                    }
                     handled += 1;
                     if cfg.max_messages.is_some_and(|n| handled >= n) {
                         tracing::info!("handled {handled} messages: stopping as asked");
@@ -935,6 +981,7 @@ impl Pipeline {
                 if let Err(e) = self.check_alignment(&shared, &consumer, &effects, &mut scratch) {
                     break Err(e);
                 }
+                apply_flow(&shared, &consumer);
             }
             if cfg.state_dir.is_some() {
                 // Nothing new, nothing to snapshot.
@@ -1058,7 +1105,7 @@ impl Pipeline {
                 let over = {
                     let mut al = lock(&s.align);
                     al.push(side, p, item);
-                    al.total() > ALIGN_WAITING_MAX
+                    al.total() > s.cfg.align_max
                 };
                 if over {
                     Stats::bump(&self.stats.unaligned);
@@ -1112,7 +1159,13 @@ impl Pipeline {
         }
         let position = consumer.position()?;
         let inputs = s.cfg.topics.inputs();
-        for (p, empty, oldest) in waiting {
+        for align::Waiting {
+            p,
+            empty,
+            oldest,
+            last_push,
+        } in waiting
+        {
             for side in [align::TX, align::ACCOUNT] {
                 if !empty[side] {
                     continue;
@@ -1154,7 +1207,13 @@ impl Pipeline {
                     lock(&s.align).at_end(side, p);
                 }
             }
-            let late = oldest.elapsed() > ALIGN_WAIT_MAX;
+            // Waited long, and the side it waits for has been silent as long (a side that
+            // still brings events, however far behind, will release it in order).
+            let silent = |side: usize| last_push[side].is_none_or(|t| t.elapsed() > ALIGN_WAIT_MAX);
+            let late = oldest.elapsed() > ALIGN_WAIT_MAX
+                && [align::TX, align::ACCOUNT]
+                    .iter()
+                    .all(|&side| !empty[side] || silent(side));
             if late {
                 Stats::bump(&self.stats.unaligned);
             }

@@ -11,7 +11,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use serde::Deserialize;
 use vigil_rules::catalog::ACCOUNT_EVENT_KINDS;
 
-use super::pipeline::{client_config, log_kafka, log_kafka_error};
+use super::pipeline::{client_config, log_kafka, log_kafka_error, user_wins};
 use super::{StreamConfig, StreamError};
 
 /// What was produced.
@@ -81,15 +81,17 @@ pub fn produce(
     mut progress: impl FnMut(u64),
 ) -> Result<Produced, StreamError> {
     let ctx = Ctx::default();
-    let producer: ThreadedProducer<Ctx> = client_config(cfg)
+    let mut config = client_config(cfg);
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "500000")
-        .set("message.timeout.ms", "0")
-        .create_with_context(ctx.clone())?;
+        .set("message.timeout.ms", "0");
+    let producer: ThreadedProducer<Ctx> =
+        user_wins(&mut config, cfg).create_with_context(ctx.clone())?;
     let mut out = Produced::default();
     let mut line = Vec::new();
     let started = Instant::now();

@@ -16,7 +16,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
-use super::pipeline::{EFFECT_HEADER, client_config, log_kafka, log_kafka_error, now_ms};
+use super::pipeline::{
+    EFFECT_HEADER, client_config, log_kafka, log_kafka_error, now_ms, user_wins,
+};
 use super::{StreamConfig, StreamError, Topics, notify};
 use crate::decision::Decision;
 use crate::engine::Engine;
@@ -131,7 +133,8 @@ impl Publisher {
             counts: Arc::default(),
             metrics,
         };
-        let producer = client_config(cfg)
+        let mut config = client_config(cfg);
+        config
             .set("client.id", "vigil-http")
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -139,8 +142,8 @@ impl Publisher {
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", "200000")
             // Retried until delivered: brokers away for a while lose nothing.
-            .set("message.timeout.ms", "0")
-            .create_with_context(ctx.clone())?;
+            .set("message.timeout.ms", "0");
+        let producer = user_wins(&mut config, cfg).create_with_context(ctx.clone())?;
         Ok(Publisher {
             producer,
             topics: cfg.topics.clone(),
