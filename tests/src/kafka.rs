@@ -56,12 +56,10 @@ pub fn broker(partitions: i32) -> Broker {
     match std::env::var("VIGIL_TEST_BROKERS") {
         Ok(b) if !b.is_empty() => {
             cfg.brokers = b;
-            // tansu 0.6 (memory storage) answers a fetch from an offset inside a record batch
-            // with the batches after it: the rest of that batch is silently skipped. A resume
-            // from a snapshot, a rebalance or a read-back starts anywhere, so every producer
-            // here writes one record per batch. (Real Kafka returns the whole batch and the
-            // client drops the records before the offset.)
-            cfg.client.insert("batch.num.messages".into(), "1".into());
+            // No pausing: a resumed partition is fetched again from the middle of a batch,
+            // which tansu 0.6 cannot serve (see `one_record_batches`; a whole suite of
+            // one-record batches is too slow for it).
+            cfg.pause_at = usize::MAX;
             admin_create_topics(
                 &cfg,
                 partitions,
@@ -270,6 +268,19 @@ pub fn expected_effects(input: &[u8]) -> (Vec<String>, Vec<(String, String)>) {
 /// storage reports it short of the last batch, so there an account event near a partition's
 /// end can be applied after a later transaction. On such a broker (`VIGIL_TEST_BROKERS`) the
 /// tests check what does not depend on it: every event once, no effect repeated.
+/// `cfg` for a producer whose records a consumer may start reading anywhere (after a pause, a
+/// rebalance or a restart). On an external broker each record is its own batch: tansu 0.6
+/// (memory storage) answers a fetch from an offset inside a record batch with the batches
+/// after it, silently skipping the rest of that one. (Real Kafka returns the whole batch and
+/// the client drops the records before the offset.)
+pub fn one_record_batches(cfg: &StreamConfig) -> StreamConfig {
+    let mut cfg = cfg.clone();
+    if !exact_order() {
+        cfg.client.insert("batch.num.messages".into(), "1".into());
+    }
+    cfg
+}
+
 pub fn exact_order() -> bool {
     std::env::var("VIGIL_TEST_BROKERS").map_or(true, |b| b.is_empty())
 }

@@ -118,6 +118,9 @@ pub struct StreamConfig {
     /// Most events held back for event-time alignment of the two input topics before the
     /// oldest goes anyway (counted as unaligned). A side that runs ahead is paused long before.
     pub align_max: usize,
+    /// Events of one side of one partition waiting in the merge at which that side is paused
+    /// (resumed at a quarter of it).
+    pub pause_at: usize,
     /// Largest event accepted; a larger message is dead-lettered (its first bytes kept).
     pub event_bytes_max: usize,
     /// Consumer session timeout (lower means faster rebalances after a crash).
@@ -144,6 +147,7 @@ impl Default for StreamConfig {
             commit_every: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(10),
             align_max: 100_000,
+            pause_at: align::PAUSE_AT,
             event_bytes_max: crate::event::EVENT_BYTES_MAX,
             session_timeout: Duration::from_secs(10),
             max_messages: None,

@@ -876,9 +876,7 @@ impl Pipeline {
             resume: Mutex::new(resume),
             out_bases: Mutex::new(bases),
             committed: Mutex::new(HashMap::new()),
-            // A side is paused well before the merge is full (with 16 partitions, two sides
-            // paused at an eighth each still leave room).
-            align: Mutex::new(Align::new((cfg.align_max / 8).min(align::PAUSE_AT))),
+            align: Mutex::new(Align::new(cfg.pause_at)),
             highs: Mutex::new(HashMap::new()),
             ledger: self.ledger.clone(),
             ledger_ticket: AtomicU64::new(0),
