@@ -27,6 +27,9 @@ pub struct FileConfig {
     pub partitions: Option<i32>,
     /// Latest events kept for `POST /v1/rules/dry-run` (0: none).
     pub recent_events: Option<usize>,
+    /// Events of one input side waiting for the other, per partition, at which that side is
+    /// paused (0: never pause, e.g. on a broker whose fetch stalls once a partition is paused).
+    pub pause_at: Option<usize>,
     #[serde(default)]
     pub topics: TopicNames,
     /// librdkafka properties, e.g. `"security.protocol" = "SASL_SSL"`.
@@ -160,6 +163,13 @@ pub fn resolve(
                 })?;
                 file.recent_events = Some(n);
             }
+            "PAUSE_AT" => {
+                let n = v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("VIGIL_PAUSE_AT: '{v}' is not a number of events"))?;
+                file.pause_at = Some(n);
+            }
             "PARTITIONS" => {
                 file.partitions = Some(
                     v.parse()
@@ -255,6 +265,11 @@ pub fn resolve(
     };
     if let Some(s) = file.snapshot_every {
         stream.snapshot_every = duration(&s, "snapshot_every")?;
+    }
+    match file.pause_at {
+        Some(0) => stream.pause_at = usize::MAX,
+        Some(n) => stream.pause_at = n,
+        None => {}
     }
     if let Some(l) = flags.listen {
         file.api.listen = Some(l);

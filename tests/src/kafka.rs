@@ -56,9 +56,9 @@ pub fn broker(partitions: i32) -> Broker {
     match std::env::var("VIGIL_TEST_BROKERS") {
         Ok(b) if !b.is_empty() => {
             cfg.brokers = b;
-            // No pausing: a resumed partition is fetched again from the middle of a batch,
-            // which tansu 0.6 cannot serve (see `one_record_batches`; a whole suite of
-            // one-record batches is too slow for it).
+            // No pausing: a resumed partition is fetched again from inside a batch, which
+            // tansu 0.6 cannot serve (see `one_record_batches`: too slow for a whole suite;
+            // the kill -9 test uses it and pauses).
             cfg.pause_at = usize::MAX;
             admin_create_topics(
                 &cfg,

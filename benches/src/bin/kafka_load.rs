@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo run --release -p vigil-benches --bin kafka-load -- [--input FILE] [--accounts N]
-//!     [--days D] [--seed S] [--partitions P] [--timeout SECS]
+//!     [--days D] [--seed S] [--partitions P] [--pause-at N] [--timeout SECS]
 //! ```
 //!
 //! Without `--input`, traffic is generated in memory (`vigil gen`'s generator, 20,000 accounts
@@ -40,10 +40,11 @@ struct Args {
     days: u32,
     seed: u64,
     partitions: i32,
+    pause_at: usize,
     timeout: Duration,
 }
 
-const USAGE: &str = "usage: kafka-load [--input FILE] [--accounts N] [--days D] [--seed S] [--partitions P] [--timeout SECS]";
+const USAGE: &str = "usage: kafka-load [--input FILE] [--accounts N] [--days D] [--seed S] [--partitions P] [--pause-at N (0: never)] [--timeout SECS]";
 
 fn args() -> Result<Args, String> {
     let mut a = Args {
@@ -52,6 +53,7 @@ fn args() -> Result<Args, String> {
         days: 14,
         seed: 2027,
         partitions: 16,
+        pause_at: StreamConfig::default().pause_at,
         timeout: Duration::from_secs(300),
     };
     let mut it = std::env::args().skip(1);
@@ -69,6 +71,12 @@ fn args() -> Result<Args, String> {
             "--days" => a.days = value.parse().map_err(|e| bad(&e))?,
             "--seed" => a.seed = value.parse().map_err(|e| bad(&e))?,
             "--partitions" => a.partitions = value.parse().map_err(|e| bad(&e))?,
+            "--pause-at" => {
+                a.pause_at = match value.parse::<usize>().map_err(|e| bad(&e))? {
+                    0 => usize::MAX,
+                    n => n,
+                }
+            }
             "--timeout" => {
                 a.timeout = Duration::from_secs(value.parse().map_err(|e| bad(&e))?);
             }
@@ -275,6 +283,7 @@ fn run() -> Result<(), String> {
         group_id: "kafka-load".into(),
         topics,
         session_timeout: Duration::from_secs(6),
+        pause_at: a.pause_at,
         ..StreamConfig::default()
     };
     let t = Instant::now();
