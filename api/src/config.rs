@@ -410,8 +410,28 @@ mod tests {
         .map(|_| ())
         .unwrap_err();
         assert!(format!("{e}").contains("'decisions' is configured for two purposes"));
+        let e = resolve(
+            None,
+            env(&[("VIGIL_PAUSE_AT", "lots")]),
+            Overrides::default(),
+            "r",
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("VIGIL_PAUSE_AT: 'lots' is not a number"),
+            "{e:#}"
+        );
         let s = resolve(None, vec![], Overrides::default(), "r")?;
         assert!(!s.external, "no brokers: embedded");
+        assert_eq!(s.stream.pause_at, vigil_engine::stream::align::PAUSE_AT);
+        let off = resolve(
+            None,
+            env(&[("VIGIL_PAUSE_AT", "0")]),
+            Overrides::default(),
+            "r",
+        )?;
+        assert_eq!(off.stream.pause_at, usize::MAX, "0: never pause");
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
