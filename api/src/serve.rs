@@ -244,8 +244,18 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     engine.keep_recent(s.recent_events);
     let state =
         AppState::new(engine.clone(), ledger.clone(), tokens, s.limits).with_reloader(reloader);
-    let publisher = Arc::new(Publisher::new(&cfg, Some(state.0.metrics.clone()))?);
-    let state = state.with_publisher(publisher.clone());
+    // HTTP decisions to the output topics (no API, nothing to publish).
+    let publisher = match &s.listen {
+        Some(_) => Some(Arc::new(Publisher::new(
+            &cfg,
+            Some(state.0.metrics.clone()),
+        )?)),
+        None => None,
+    };
+    let state = match &publisher {
+        Some(p) => state.with_publisher(p.clone()),
+        None => state,
+    };
     if let Some(dir) = &s.stream.state_dir {
         let path = dir.join("audit.jsonl");
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -287,7 +297,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     if let Some(api) = api {
         api.stop();
     }
-    if let Err(e) = publisher.flush(s.stream.shutdown_timeout) {
+    if let Some(Err(e)) = publisher.map(|p| p.flush(s.stream.shutdown_timeout)) {
         tracing::error!("HTTP decisions not all published at shutdown: {e}");
     }
     ledger.close();

@@ -90,6 +90,11 @@ async fn http_decisions_go_to_the_output_topics_once_with_their_effects() {
     // The payment service retries one request: the same answer, nothing published again.
     let (status, again) = post(&app, "/v1/authorize", sent[0].clone()).await;
     assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["decision"]["duplicate"], true, "{again}");
+    assert_eq!(
+        again["decision"]["action"], answers["t-ok"]["decision"]["action"],
+        "{again}"
+    );
     publisher.flush(Duration::from_secs(30)).unwrap();
 
     // One decision per transaction, keyed by tx_id, the same JSON the caller got.
@@ -151,6 +156,9 @@ async fn http_decisions_go_to_the_output_topics_once_with_their_effects() {
         ("notification", 2),
     ] {
         let series = format!("vigil_http_published_total{{kind=\"{kind}\",result=\"acked\"}} {n}");
-        assert!(text.contains(&series), "no `{series}` in\n{text}");
+        assert!(
+            text.lines().any(|l| l == series),
+            "no `{series}` in\n{text}"
+        );
     }
 }

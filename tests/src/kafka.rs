@@ -57,8 +57,9 @@ pub fn broker(partitions: i32) -> Broker {
         Ok(b) if !b.is_empty() => {
             cfg.brokers = b;
             // No pausing: a resumed partition is fetched again from inside a batch, which
-            // tansu 0.6 cannot serve (see `one_record_batches`: too slow for a whole suite;
-            // the kill -9 test uses it and pauses).
+            // tansu 0.6 cannot serve (see `one_record_batches`: too slow for a whole suite).
+            // The kill -9 test writes one-record batches and runs `vigil serve` with its
+            // default pausing.
             cfg.pause_at = usize::MAX;
             admin_create_topics(
                 &cfg,
@@ -268,6 +269,10 @@ pub fn expected_effects(input: &[u8]) -> (Vec<String>, Vec<(String, String)>) {
 /// storage reports it short of the last batch, so there an account event near a partition's
 /// end can be applied after a later transaction. On such a broker (`VIGIL_TEST_BROKERS`) the
 /// tests check what does not depend on it: every event once, no effect repeated.
+pub fn exact_order() -> bool {
+    std::env::var("VIGIL_TEST_BROKERS").map_or(true, |b| b.is_empty())
+}
+
 /// `cfg` for a producer whose records a consumer may start reading anywhere (after a pause, a
 /// rebalance or a restart). On an external broker each record is its own batch: tansu 0.6
 /// (memory storage) answers a fetch from an offset inside a record batch with the batches
@@ -279,10 +284,6 @@ pub fn one_record_batches(cfg: &StreamConfig) -> StreamConfig {
         cfg.client.insert("batch.num.messages".into(), "1".into());
     }
     cfg
-}
-
-pub fn exact_order() -> bool {
-    std::env::var("VIGIL_TEST_BROKERS").map_or(true, |b| b.is_empty())
 }
 
 /// Asserts `got == want` on the embedded broker; elsewhere only that `got` has no repeats.

@@ -523,22 +523,29 @@ fn locale(s: &Shared, account: &str) -> Option<String> {
         })
 }
 
-/// The notification `d` asks for, for the answer; with a publisher, the decision and every
-/// effect also go to the output topics.
+/// The notification `d` asks for, for the answer.
 fn notification(s: &Shared, tx: &Transaction, d: &Decision) -> Option<Value> {
-    let (freeze, notice) = notify::effects_of(d);
-    let publisher = s.publisher.get().filter(|_| !d.duplicate);
-    if notice.is_none() && !freeze && publisher.is_none() {
-        return None;
-    }
+    let kind = notify::effects_of(d).1?;
     let locale = locale(s, &tx.account_id);
-    if let Some(p) = publisher {
-        p.decided(&s.engine, tx, d, locale.as_deref());
-    }
-    let kind = notice?;
     let lang = notify::Lang::for_locale(locale.as_deref());
     let text = notify::text(kind, lang, tx)?;
     Some(json!({"kind": kind, "locale": lang.tag(), "text": text}))
+}
+
+/// With a publisher, the decision and its effects go to the output topics — once the ledger
+/// has answered (a request that fails there sets nothing off).
+fn publish(s: &Shared, tx: &Transaction, d: &Decision) {
+    let Some(p) = s.publisher.get() else {
+        return;
+    };
+    let (freeze, notice) = notify::effects_of(d);
+    // The language matters only to notifications.
+    let locale = if freeze || notice.is_some() {
+        locale(s, &tx.account_id)
+    } else {
+        None
+    };
+    p.decided(&s.engine, tx, d, locale.as_deref());
 }
 
 async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, ApiError> {
@@ -592,6 +599,7 @@ async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, A
             vigil_engine::ledger::Status::Pending => 1,
             _ => 2,
         });
+        publish(s, tx, &d);
         return Ok(Decided {
             decline: decline_code(risk, t.decline),
             transfer: Some(views::transfer(t)),
@@ -613,6 +621,7 @@ async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, A
     if let Some(t) = s.ledger.freeze_decided(tx, &d)? {
         s.ledger.durable(t).await?;
     }
+    publish(s, tx, &d);
     Ok(Decided {
         decline: decline_code(risk, ledger_decline),
         transfer: None,

@@ -42,6 +42,9 @@ use vigil_api::http::{AppState, Limits, Role, Token, router};
 use vigil_benches::{START_MS, Workload};
 use vigil_engine::event::{Transaction, format_ts};
 use vigil_engine::ledger::{BookConfig, Command, Ledger, now_ms};
+use vigil_engine::stream::embedded::Embedded;
+use vigil_engine::stream::publish::Publisher;
+use vigil_engine::stream::{StreamConfig, Topics};
 use vigil_engine::{Engine, EngineConfig, packs};
 use vigil_rules::PackOptions;
 
@@ -115,6 +118,10 @@ struct Args {
     /// Seed of the generated events.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Publish every decision, freeze request and notification to Kafka output topics, as
+    /// `vigil serve` does, on an in-process broker (librdkafka's mock cluster).
+    #[arg(long)]
+    publish: bool,
 }
 
 /// One request, but for its `tx_id` digits and `ts`, patched in when it is sent.
@@ -483,6 +490,21 @@ fn run(args: &Args) -> Result<bool, String> {
         }],
         Limits::default(),
     );
+    let (state, publisher, _broker) = if args.publish {
+        let topics = Topics::default();
+        let broker = Embedded::start(1, &topics, 4).map_err(|e| format!("embedded broker: {e}"))?;
+        let cfg = StreamConfig {
+            brokers: broker.bootstrap().to_string(),
+            topics,
+            ..StreamConfig::default()
+        };
+        let p = Arc::new(
+            Publisher::new(&cfg, Some(state.0.metrics.clone())).map_err(|e| e.to_string())?,
+        );
+        (state.with_publisher(p.clone()), Some(p), Some(broker))
+    } else {
+        (state, None, None)
+    };
     let app = router(state);
     let nodelay = args.nodelay;
     server.spawn(async move {
@@ -607,6 +629,14 @@ fn run(args: &Args) -> Result<bool, String> {
         if first_error.is_none() {
             first_error = c.first_error;
         }
+    }
+    if let Some(p) = &publisher {
+        let _ = p.flush(Duration::from_secs(30));
+        let n = p.published();
+        println!(
+            "published           decisions {} acked / {} lost, freezes {} / {}, notifications {} / {} (in-process broker)",
+            n.acked[0], n.failed[0], n.acked[1], n.failed[1], n.acked[2], n.failed[2]
+        );
     }
     let rate = ok as f64 / args.duration;
     let p99 = us(hist.value_at_quantile(0.99));

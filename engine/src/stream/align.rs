@@ -10,8 +10,8 @@
 //!
 //! A side that runs ahead (with a backlog librdkafka hands messages over in fetch order, and
 //! the sparser account-events topic runs days ahead of transactions) is paused once
-//! [`PAUSE_AT`] of its events wait, and resumed when they are down to [`RESUME_AT`]: the merge
-//! stays exact and bounded however far behind the pipeline is. A wait is still bounded: an
+//! [`PAUSE_AT`] of its events wait (by default), and resumed when they are down to a quarter
+//! of that: the merge stays exact and bounded however far behind the pipeline is. A wait is still bounded: an
 //! event held while the other side stays silent, or past a count, goes anyway and is counted
 //! as unaligned.
 
@@ -27,7 +27,7 @@ pub const ACCOUNT: usize = 1;
 /// Events waiting on one side of one partition at which that side is paused (by default).
 pub const PAUSE_AT: usize = 4_096;
 /// Events left waiting at which a paused side is resumed (by default).
-pub const RESUME_AT: usize = 1_024;
+pub const RESUME_AT: usize = PAUSE_AT / 4;
 
 /// An event waiting for its turn.
 #[derive(Debug)]

@@ -116,7 +116,9 @@ pub struct StreamConfig {
     /// How long a graceful shutdown may take to flush and commit.
     pub shutdown_timeout: Duration,
     /// Most events held back for event-time alignment of the two input topics before the
-    /// oldest goes anyway (counted as unaligned). A side that runs ahead is paused long before.
+    /// oldest goes anyway (counted as unaligned). A side that runs ahead is paused at
+    /// `pause_at` per partition, so this is reached only when more than
+    /// `align_max / pause_at` partitions (24 by default) run ahead at once.
     pub align_max: usize,
     /// Events of one side of one partition waiting in the merge at which that side is paused
     /// (resumed at a quarter of it).

@@ -99,11 +99,35 @@ pub fn client_config(cfg: &StreamConfig) -> ClientConfig {
     c
 }
 
+/// Client properties Vigil's guarantees rest on: offsets committed only by Vigil, partitions
+/// of both input topics paired (range assignment, eager rebalances), outputs written once. A
+/// user's value for one of these is ignored (and said so); `group.id` and
+/// `group.instance.id` have settings of their own.
+pub const PROTECTED_PROPERTIES: [&str; 8] = [
+    "group.id",
+    "group.instance.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "partition.assignment.strategy",
+    "auto.offset.reset",
+    "enable.idempotence",
+    "acks",
+];
+
 /// `c` with the user's properties applied again over Vigil's tuning, so they win (e.g. a
 /// different `linger.ms`, or `batch.num.messages = 1` for a broker that cannot serve a fetch
-/// from inside a batch).
+/// from inside a batch) — all but the [`PROTECTED_PROPERTIES`].
 pub(crate) fn user_wins<'a>(c: &'a mut ClientConfig, cfg: &StreamConfig) -> &'a mut ClientConfig {
+    static WARNED: AtomicBool = AtomicBool::new(false);
     for (k, v) in &cfg.client {
+        if PROTECTED_PROPERTIES.contains(&k.as_str()) {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "kafka property {k} = {v} ignored: Vigil sets it itself (its delivery guarantees depend on it)"
+                );
+            }
+            continue;
+        }
         c.set(k, v);
     }
     c
@@ -1352,7 +1376,13 @@ impl Pipeline {
             }
             return Ok(());
         }
-        let locale = self.engine.account_locale(&tx.account_id);
+        // The engine's (from account events), else the ledger's, as on the HTTP path.
+        let locale = self.engine.account_locale(&tx.account_id).or_else(|| {
+            s.ledger.as_ref().and_then(|l| {
+                l.read(|b| b.get_account(&tx.account_id).and_then(|a| a.locale))
+                    .map(Into::into)
+            })
+        });
         let lang = notify::Lang::for_locale(locale.as_deref());
         let mut notes: Vec<&str> = Vec::with_capacity(2);
         if let Some(n) = notice {
@@ -1392,5 +1422,32 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_properties_win_over_tuning_but_not_over_guarantees() {
+        let mut cfg = StreamConfig::default();
+        for (k, v) in [
+            ("linger.ms", "1"),
+            ("batch.num.messages", "1"),
+            ("enable.auto.commit", "true"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+        ] {
+            cfg.client.insert(k.into(), v.into());
+        }
+        let mut c = ClientConfig::new();
+        c.set("linger.ms", "10")
+            .set("enable.auto.commit", "false")
+            .set("partition.assignment.strategy", "range");
+        user_wins(&mut c, &cfg);
+        assert_eq!(c.get("linger.ms"), Some("1"));
+        assert_eq!(c.get("batch.num.messages"), Some("1"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("partition.assignment.strategy"), Some("range"));
     }
 }
