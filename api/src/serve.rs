@@ -314,7 +314,8 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     report(&stats, summary.consumed, summary.seconds);
     let g = Stats::get;
     say(format!(
-        "  ledger: settled {}, held {}, declined {}, refused {}",
+        "  ledger: accounts opened from account_opened events {}; settled {}, held {}, declined {}, refused {}",
+        g(&stats.accounts_opened),
         g(&stats.settlements[0]),
         g(&stats.settlements[1]),
         g(&stats.settlements[2]),

@@ -65,6 +65,7 @@ impl Workload {
             }),
             counterparty_id: None,
             locale: None,
+            currency: Some(self.eur),
         })
     }
 

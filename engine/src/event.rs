@@ -232,6 +232,9 @@ pub struct AccountEvent {
     pub counterparty_id: Option<String>,
     /// The holder's language for notifications (account_opened).
     pub locale: Option<String>,
+    /// The account's currency (account_opened): with it the Kafka path opens the account in
+    /// the ledger.
+    pub currency: Option<Currency>,
 }
 
 /// Either kind of event.
@@ -648,6 +651,13 @@ fn validate(r: RawEvent<'_>) -> Result<Event, EventError> {
             Some(l) if l.len() > 16 => return Err(bad("locale", "is longer than 16 bytes")),
             l => l.map(Cow::into_owned),
         };
+        let currency = match r.currency.as_deref() {
+            Some(code) => Some(
+                Currency::from_code(code)
+                    .ok_or_else(|| bad("currency", format!("unknown currency '{code}'")))?,
+            ),
+            None => None,
+        };
         return Ok(Event::Account(AccountEvent {
             event_id,
             ts_ms,
@@ -658,6 +668,7 @@ fn validate(r: RawEvent<'_>) -> Result<Event, EventError> {
             geo,
             counterparty_id,
             locale,
+            currency,
         }));
     }
     let all: Vec<&str> = TX_KINDS
@@ -826,5 +837,16 @@ mod tests {
             panic!()
         };
         assert_eq!(a.kind.name(), "password_reset");
+        assert_eq!(a.currency, None);
+        let opened = r#"{"schema":1,"event_id":"e-2","ts":"2026-11-23T09:00:00Z","kind":"account_opened","account_id":"a-18","locale":"zh","currency":"JPY"}"#;
+        let Event::Account(a) = decode(opened.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.currency.as_ref().map(Currency::code), Some("JPY"));
+        let bad = opened.replace("JPY", "YEN");
+        assert_eq!(
+            decode(bad.as_bytes()).unwrap_err().to_string(),
+            "currency: unknown currency 'YEN'"
+        );
     }
 }

@@ -444,3 +444,51 @@ fn decided_transactions_settle_in_the_ledger_with_one_settlements_record_each() 
         assert_eq!(last.tx_id.as_deref(), v["tx_id"].as_str());
     }
 }
+
+#[test]
+fn account_opened_events_with_a_currency_open_the_ledger_accounts() {
+    use vigil_engine::ledger::{BookConfig, Ledger};
+
+    let b = broker(2);
+    let input = sample();
+    // What the sample announces: account → (currency, locale, opened at).
+    let mut announced = HashMap::new();
+    for l in lines(&input) {
+        let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+        if v["kind"] == "account_opened" {
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            announced.insert(s("account_id"), (s("currency"), s("locale"), s("ts")));
+        }
+    }
+    assert!(announced.len() > 900, "{}", announced.len());
+    let ledger = Ledger::in_memory(BookConfig::default());
+    let n = feed(&b.cfg, &input);
+    let run = |ledger: &Ledger, group: &str| {
+        let mut cfg = b.cfg.clone();
+        cfg.max_messages = Some(n);
+        cfg.idle_exit = Some(Duration::from_secs(30));
+        cfg.group_id = format!("{}-{group}", cfg.group_id);
+        let p = Pipeline::new(engine(), cfg).with_ledger(ledger.clone());
+        let stats = p.stats();
+        assert_eq!(p.run().unwrap().consumed, n);
+        stats
+    };
+    let stats = run(&ledger, "first");
+    assert_eq!(Stats::get(&stats.accounts_opened), announced.len() as u64);
+    for (id, (currency, locale, ts)) in &announced {
+        let a = ledger
+            .read(|b| b.get_account(id))
+            .unwrap_or_else(|| panic!("{id} not opened"));
+        assert_eq!(a.currency.code(), currency, "{id}");
+        assert_eq!(a.locale.as_deref(), Some(locale.as_str()), "{id}");
+        assert_eq!(vigil_engine::event::format_ts(a.opened_ms), *ts, "{id}");
+    }
+    // With the accounts there (and funded by their top-ups), payments settle.
+    let settled = Stats::get(&stats.settlements[0]);
+    let decided = Stats::get(&stats.decided);
+    assert!(settled * 10 > decided * 8, "{settled} of {decided} settled");
+    // The same stream read again (a new group): every account exists, none opened twice.
+    let again = run(&ledger, "again");
+    assert_eq!(Stats::get(&again.accounts_opened), 0);
+    assert_eq!(ledger.read(|b| b.counts()).0, announced.len());
+}

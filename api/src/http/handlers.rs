@@ -704,6 +704,10 @@ pub async fn account_event(State(s): State<AppState>, req: Request) -> Result<Re
         .field("kind"));
     };
     s.0.engine.observe(a);
+    // An opening with a currency opens the ledger account too, as on the Kafka path.
+    if let Some(t) = s.0.ledger.open_announced(a)? {
+        s.0.ledger.durable(t).await?;
+    }
     Ok(json(
         StatusCode::ACCEPTED,
         &json!({"event_id": a.event_id, "kind": a.kind.name(), "account_id": a.account_id}),

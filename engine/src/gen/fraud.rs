@@ -161,6 +161,7 @@ impl<R: Rng> Fraud<'_, R> {
         } else {
             "en"
         });
+        ev.currency = Some(extra.currency);
         self.p.acct(at, ev);
         let minor = round_to(
             extra

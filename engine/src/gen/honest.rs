@@ -158,6 +158,7 @@ impl Honest<'_> {
         };
         let mut opened = AcctPlan::new(AcctKind::AccountOpened, prof.idx, device, spot);
         opened.locale = Some(if prof.zh { "zh" } else { "en" });
+        opened.currency = Some(prof.currency);
         self.p.acct(prof.opened, opened);
         let ts = prof.opened + minutes(rng, 2, 30);
         let origin = self.origin(Channel::App, device, spot);

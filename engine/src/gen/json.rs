@@ -160,6 +160,10 @@ pub(crate) fn acct_line(buf: &mut String, number: u64, ts: i64, ev: &AcctPlan) {
         push_key(buf, "locale");
         push_str(buf, locale);
     }
+    if let Some(currency) = ev.currency {
+        push_key(buf, "currency");
+        push_str(buf, currency.code());
+    }
     buf.push_str("}\n");
 }
 

@@ -372,10 +372,12 @@ pub(crate) struct AcctPlan {
     pub spot: Spot,
     pub counterparty: Option<Party>,
     pub locale: Option<&'static str>,
+    /// The account's currency (account_opened).
+    pub currency: Option<Currency>,
 }
 
 impl AcctPlan {
-    /// An event without counterparty or locale.
+    /// An event without counterparty, locale or currency.
     pub fn new(kind: AcctKind, account: u32, device: Device, spot: Spot) -> Self {
         AcctPlan {
             kind,
@@ -384,6 +386,7 @@ impl AcctPlan {
             spot,
             counterparty: None,
             locale: None,
+            currency: None,
         }
     }
 }

@@ -211,6 +211,11 @@ fn check_acct(obj: &serde_json::Map<String, Value>, line: &str) {
     if let Some(l) = obj.get("locale") {
         assert!(["en", "zh"].contains(&l.as_str().unwrap()), "{line}");
     }
+    assert_eq!(
+        obj.contains_key("currency"),
+        kind == "account_opened",
+        "{line}"
+    );
 }
 
 #[test]

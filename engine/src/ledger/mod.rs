@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Serialize};
 
 use crate::decision::Decision;
-use crate::event::Transaction;
+use crate::event::{AccountEvent, Transaction};
 
 pub use book::{
     Account, Book, BookConfig, Case, CaseKind, Command, Decline, Entry, FreezeRecord, LedgerError,
@@ -333,6 +333,26 @@ impl Ledger {
     /// Applies `cmd` now. Wait on the ticket before telling anyone.
     pub fn execute(&self, cmd: Command) -> Result<Applied, LedgerError> {
         self.execute_at(cmd, now_ms())
+    }
+
+    /// Opens the account an `account_opened` event with a `currency` announces (the Kafka
+    /// path and `POST /v1/events`), as of the event's time. `Ok(None)` for any other event, and
+    /// for an account the ledger has already (opened through the API, or this event seen
+    /// before); otherwise the ticket to wait for.
+    pub fn open_announced(&self, a: &AccountEvent) -> Result<Option<u64>, LedgerError> {
+        let (true, Some(currency)) = (a.kind.name() == "account_opened", a.currency) else {
+            return Ok(None);
+        };
+        let cmd = Command::Open {
+            account: a.account_id.clone(),
+            currency: currency.code().into(),
+            locale: a.locale.clone(),
+        };
+        match self.execute_at(cmd, a.ts_ms) {
+            Ok(applied) => Ok((!applied.replayed).then_some(applied.ticket)),
+            Err(LedgerError::AccountExists(_) | LedgerError::Conflict(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Applies `cmd` as of `ts_ms`.

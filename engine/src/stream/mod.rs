@@ -170,6 +170,8 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Account events applied.
     pub account_events: AtomicU64,
+    /// Ledger accounts opened from `account_opened` events with a currency.
+    pub accounts_opened: AtomicU64,
     /// Messages sent to the dead-letter topic.
     pub dead_lettered: AtomicU64,
     /// Freeze requests produced.

@@ -1160,6 +1160,23 @@ impl Pipeline {
                 Event::Account(a) => {
                     self.engine.observe(a);
                     Stats::bump(&self.stats.account_events);
+                    if let Some(ledger) = &s.ledger {
+                        match ledger.open_announced(a) {
+                            Ok(Some(ticket)) => {
+                                s.ledger_ticket.fetch_max(ticket, Ordering::SeqCst);
+                                Stats::bump(&self.stats.accounts_opened);
+                            }
+                            Ok(None) => {}
+                            Err(LedgerError::Journal(e)) => {
+                                return Err(StreamError::Other(format!("ledger: {e}")));
+                            }
+                            Err(e) => tracing::warn!(
+                                "{}: account {} not opened in the ledger: {e}",
+                                a.event_id,
+                                a.account_id
+                            ),
+                        }
+                    }
                 }
             }
             s.tracker.ack(item.slot, item.offset);
