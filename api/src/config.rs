@@ -30,6 +30,9 @@ pub struct FileConfig {
     /// Events of one input side waiting for the other, per partition, at which that side is
     /// paused (0: never pause, e.g. on a broker whose fetch stalls once a partition is paused).
     pub pause_at: Option<usize>,
+    /// How far past this machine's clock an event may be dated and still be counted in
+    /// windows, e.g. "5m" ("0s": no check).
+    pub clock_ahead: Option<String>,
     #[serde(default)]
     pub topics: TopicNames,
     /// librdkafka properties, e.g. `"security.protocol" = "SASL_SSL"`.
@@ -93,7 +96,12 @@ pub struct Settings {
     pub limits: Limits,
     /// Latest events kept for dry runs.
     pub recent_events: usize,
+    /// Events dated further past the clock are decided but not counted (`None`: no check).
+    pub clock_ahead: Option<Duration>,
 }
+
+/// Default of `clock_ahead`: producers' clocks may run this far ahead.
+pub const CLOCK_AHEAD_DEFAULT: Duration = Duration::from_secs(300);
 
 /// Default of `recent_events`.
 pub const RECENT_EVENTS_DEFAULT: usize = 50_000;
@@ -157,6 +165,7 @@ pub fn resolve(
             "RULES" => file.rules = Some(v.into()),
             "STATE_DIR" => file.state_dir = Some(v.into()),
             "SNAPSHOT_EVERY" => file.snapshot_every = Some(v),
+            "CLOCK_AHEAD" => file.clock_ahead = Some(v),
             "RECENT_EVENTS" => {
                 let n = v.trim().parse().with_context(|| {
                     format!("VIGIL_RECENT_EVENTS: '{v}' is not a number of events")
@@ -317,6 +326,10 @@ pub fn resolve(
     if recent_events > RECENT_EVENTS_MAX {
         bail!("recent_events: at most {RECENT_EVENTS_MAX}, not {recent_events}");
     }
+    let clock_ahead = match &file.clock_ahead {
+        Some(s) => Some(duration(s, "clock_ahead")?).filter(|d| !d.is_zero()),
+        None => Some(CLOCK_AHEAD_DEFAULT),
+    };
     let journal = file
         .api
         .journal
@@ -331,6 +344,7 @@ pub fn resolve(
         rules: file.rules.unwrap_or_else(|| default_rules.into()),
         partitions,
         recent_events,
+        clock_ahead,
     })
 }
 
@@ -432,6 +446,21 @@ mod tests {
             "r",
         )?;
         assert_eq!(off.stream.pause_at, usize::MAX, "0: never pause");
+        assert_eq!(s.clock_ahead, Some(CLOCK_AHEAD_DEFAULT));
+        let skew = resolve(
+            None,
+            env(&[("VIGIL_CLOCK_AHEAD", "90s")]),
+            Overrides::default(),
+            "r",
+        )?;
+        assert_eq!(skew.clock_ahead, Some(Duration::from_secs(90)));
+        let none = resolve(
+            None,
+            env(&[("VIGIL_CLOCK_AHEAD", "0s")]),
+            Overrides::default(),
+            "r",
+        )?;
+        assert_eq!(none.clock_ahead, None, "0s: no check");
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -168,7 +168,15 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
         Err(code) => return Ok(code),
     };
     tracing::info!("rules: {} from {}", pack.summary(), s.rules.display());
-    let engine = Arc::new(Engine::new(pack, EngineConfig::default()));
+    let engine = Arc::new(Engine::new(
+        pack,
+        EngineConfig {
+            clock_ahead_ms: s
+                .clock_ahead
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            ..EngineConfig::default()
+        },
+    ));
     let mut cfg: StreamConfig = s.stream.clone();
     cfg.max_messages = a.max_messages;
     if let Some(d) = &a.idle_exit {

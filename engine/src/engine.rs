@@ -31,8 +31,14 @@ pub struct EngineConfig {
     /// How far ahead of the stream's watermark an event may be and still be counted; a further
     /// one (a skewed client clock, a forged timestamp) is decided but not counted, so it cannot
     /// push windows or eviction into the future. Off (`None`) by default: a quiet stream or a
-    /// replay legitimately jumps ahead; the live paths set it.
+    /// replay legitimately jumps ahead; the live paths guard with `clock_ahead_ms` instead.
     pub future_ms: Option<i64>,
+    /// How far past the wall clock an event's time may be and still be counted; a further one
+    /// is decided but not counted, like a `future_ms` one. The live paths (`vigil serve`) set
+    /// it, so one producer with a skewed or forged clock cannot move windows, lateness and
+    /// eviction into the future for everyone (every later event would be "late" and go
+    /// uncounted); replays leave it off, their decisions must not depend on when they run.
+    pub clock_ahead_ms: Option<i64>,
     /// State limits.
     pub limits: StateLimits,
     /// Evict idle state every this many events.
@@ -50,6 +56,7 @@ impl Default for EngineConfig {
         EngineConfig {
             lateness_ms: 5 * 60_000,
             future_ms: None,
+            clock_ahead_ms: None,
             limits: StateLimits::default(),
             maintain_every: 1 << 20,
             accounts_capacity: 0,
@@ -330,7 +337,11 @@ impl Engine {
         let future = self
             .config
             .future_ms
-            .is_some_and(|f| wm != i64::MIN && ts > wm.saturating_add(f.max(0)));
+            .is_some_and(|f| wm != i64::MIN && ts > wm.saturating_add(f.max(0)))
+            || self
+                .config
+                .clock_ahead_ms
+                .is_some_and(|a| ts > crate::ledger::now_ms().saturating_add(a.max(0)));
         if future {
             self.future_events.fetch_add(1, Ordering::Relaxed);
         } else {

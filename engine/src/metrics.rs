@@ -115,6 +115,7 @@ pub struct Metrics {
     state_keys: IntGaugeVec,
     state_bytes: IntGaugeVec,
     late_events: IntCounter,
+    future_events: IntCounter,
     duplicate_events: IntCounter,
     http_requests: IntCounterVec,
     audit_entries: IntCounterVec,
@@ -310,6 +311,11 @@ impl Metrics {
                 "Approximate bytes held in memory, by store (account, keyed).",
                 &["store"],
             ),
+            future_events: counter(
+                &r,
+                "vigil_future_events_total",
+                "Events dated further ahead than allowed (a skewed or forged clock): decided, not counted in windows.",
+            ),
             late_events: counter(
                 &r,
                 "vigil_late_events_total",
@@ -488,6 +494,7 @@ impl Metrics {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         sync(&self.late_events, engine.late_events());
+        sync(&self.future_events, engine.future_events());
         sync(&self.duplicate_events, engine.duplicate_events());
         let stream = self
             .stream

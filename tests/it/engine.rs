@@ -138,3 +138,37 @@ fn a_snooze_mutes_one_rule_for_one_account_until_its_time() {
     let d = e.apply(&tx("t-5", "a", 3, "250.00")).expect("a decision");
     assert_eq!(d.action, Action::Block);
 }
+
+#[test]
+fn an_event_dated_past_the_clock_cannot_blind_the_windows() {
+    let forged = decode(
+        br#"{"schema":1,"tx_id":"t-forged","ts":"2099-01-01T00:00:00Z","kind":"payment","account_id":"a","counterparty_id":"m-1","amount":"1.00","currency":"EUR"}"#,
+    )
+    .expect("valid event");
+    let run = |config: EngineConfig| {
+        let e = engine(COUNT3, config);
+        e.apply(&tx("t-0", "a", 0, "10.00"));
+        let f = e.apply(&forged).expect("a transaction is decided");
+        let actions: Vec<Action> = (1..4)
+            .filter_map(|i| e.apply(&tx(&format!("t-{i}"), "a", i, "10.00")))
+            .map(|d| d.action)
+            .collect();
+        (f.future, actions, e.future_events(), e.late_events())
+    };
+    // Unguarded (replays): the forged time becomes the account's (and the payee's, and the
+    // stream's) time, every later event of the account is "late" and goes uncounted, and three
+    // payments in three minutes pass.
+    let (future, actions, _, late) = run(EngineConfig::default());
+    assert!(!future);
+    assert_eq!(actions, [Action::Allow; 3]);
+    assert_eq!(late, 3);
+    // Guarded against the wall clock (`vigil serve`): the forged event is decided, marked and
+    // not counted; the windows go on.
+    let (future, actions, futures, late) = run(EngineConfig {
+        clock_ahead_ms: Some(300_000),
+        ..EngineConfig::default()
+    });
+    assert!(future, "marked in its decision");
+    assert_eq!(actions, [Action::Allow, Action::Review, Action::Review]);
+    assert_eq!((futures, late), (1, 0));
+}
