@@ -701,6 +701,17 @@ fn flush(producer: &ThreadedProducer<Delivery>, timeout: Duration) -> Result<(),
     }
 }
 
+/// The time an event takes its turn at in the merge: its own, but no later than `clock_ahead`
+/// past the wall clock (`now_ms`). An event dated further (a skewed or forged clock, which the
+/// engine will not count anyway) would otherwise hold its side back until the other topic
+/// reaches that date — for ever, while traffic keeps coming.
+fn merge_ts(ts: i64, clock_ahead: Option<i64>, now_ms: impl FnOnce() -> i64) -> i64 {
+    match clock_ahead {
+        Some(a) => ts.min(now_ms().saturating_add(a.max(0))),
+        None => ts,
+    }
+}
+
 /// Pauses the input sides that run ahead in the alignment and resumes those it has caught up
 /// with.
 fn apply_flow(s: &Shared, consumer: &BaseConsumer<Rebalancer>) {
@@ -1115,7 +1126,7 @@ impl Pipeline {
                 let item = Item {
                     slot,
                     offset,
-                    ts: event.ts_ms(),
+                    ts: merge_ts(event.ts_ms(), self.engine.config().clock_ahead_ms, now_ms),
                     event,
                     since: now,
                 };
@@ -1445,6 +1456,15 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_dated_past_the_clock_takes_its_turn_at_the_clock() {
+        let now = || 1_000_000;
+        assert_eq!(merge_ts(999_000, Some(300_000), now), 999_000);
+        assert_eq!(merge_ts(1_200_000, Some(300_000), now), 1_200_000);
+        assert_eq!(merge_ts(4_102_444_800_000, Some(300_000), now), 1_300_000);
+        assert_eq!(merge_ts(4_102_444_800_000, None, now), 4_102_444_800_000);
+    }
 
     #[test]
     fn user_properties_win_over_tuning_but_not_over_guarantees() {
