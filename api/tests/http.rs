@@ -4,48 +4,28 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, to_bytes};
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tower::ServiceExt;
-use vigil_api::http::{AppState, Limits, Role, Token, router};
+use vigil_api::http::{AppState, Limits, router};
 use vigil_engine::ledger::{Book, BookConfig, Ledger};
 use vigil_engine::{Engine, EngineConfig, packs};
 use vigil_rules::PackOptions;
 use vigil_tests::root;
 
-const PAY: &str = "pay-token-123";
-const ANA: &str = "ana-token-123";
-const ADMIN: &str = "admin-token-123";
+mod common;
+use common::{ADMIN, ANA, PAY, tokens};
 
 fn app() -> (axum::Router, Ledger) {
     let pack = packs::load(&root().join("rules/packs/default"), &PackOptions::default())
         .expect("default pack");
     let engine = Arc::new(Engine::new(pack, EngineConfig::default()));
     let ledger = Ledger::in_memory(BookConfig::default());
-    let tokens = vec![
-        Token {
-            name: "wallet".into(),
-            role: Role::PaymentService,
-            token: PAY.into(),
-        },
-        Token {
-            name: "ana".into(),
-            role: Role::Analyst,
-            token: ANA.into(),
-        },
-        Token {
-            name: "root".into(),
-            role: Role::Admin,
-            token: ADMIN.into(),
-        },
-    ];
     let limits = Limits {
         body_bytes: 4096,
         ..Limits::default()
     };
     (
-        router(AppState::new(engine, ledger.clone(), tokens, limits)),
+        router(AppState::new(engine, ledger.clone(), tokens(), limits)),
         ledger,
     )
 }
@@ -69,27 +49,11 @@ async fn call(
     token: Option<&str>,
     body: Option<String>,
 ) -> Answer {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let req = req
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.map_or_else(Body::empty, Body::from))
-        .expect("request");
-    let res = app.clone().oneshot(req).await.expect("infallible");
-    let status = res.status();
-    let content_type = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let bytes = to_bytes(res.into_body(), 1 << 24).await.expect("body");
+    let (status, content_type, text) = common::send(app, method, uri, token, body).await;
     Answer {
         status,
         content_type,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
+        text,
     }
 }
 

@@ -5,19 +5,17 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::body::{Body, to_bytes};
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tower::ServiceExt;
-use vigil_api::http::{AppState, Limits, Role, Token, router};
+use vigil_api::http::{AppState, Limits, router};
 use vigil_engine::ledger::{BookConfig, Ledger};
 use vigil_engine::packs::{self, Reloader};
 use vigil_engine::{Engine, EngineConfig};
 use vigil_rules::PackOptions;
 use vigil_tests::{copy_dir, root};
 
-const PAY: &str = "pay-token-123";
-const ANA: &str = "ana-token-123";
+mod common;
+use common::{ANA, PAY, tokens};
 
 /// A server over a copy of the default pack that the test may edit.
 fn app(name: &str) -> (axum::Router, PathBuf, Arc<Reloader>) {
@@ -32,23 +30,11 @@ fn app_state(name: &str) -> (AppState, PathBuf, Arc<Reloader>) {
     copy_dir(&root().join("rules/packs/default"), &dir);
     let pack = packs::load(&dir, &PackOptions::default()).expect("pack");
     let engine = Arc::new(Engine::new(pack, EngineConfig::default()));
-    let tokens = vec![
-        Token {
-            name: "wallet".into(),
-            role: Role::PaymentService,
-            token: PAY.into(),
-        },
-        Token {
-            name: "ana".into(),
-            role: Role::Analyst,
-            token: ANA.into(),
-        },
-    ];
     let reloader = Arc::new(Reloader::new(&dir, PackOptions::default()));
     let state = AppState::new(
         engine,
         Ledger::in_memory(BookConfig::default()),
-        tokens,
+        tokens(),
         Limits::default(),
     )
     .with_reloader(reloader.clone());
@@ -62,23 +48,10 @@ async fn call(
     token: &str,
     body: Value,
 ) -> (StatusCode, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if !token.is_empty() {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let body = if body.is_null() {
-        Body::empty()
-    } else {
-        Body::from(body.to_string())
-    };
-    let req = req
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .expect("request");
-    let res = app.clone().oneshot(req).await.expect("infallible");
-    let status = res.status();
-    let bytes = to_bytes(res.into_body(), 1 << 24).await.expect("body");
-    (status, String::from_utf8(bytes.to_vec()).expect("utf-8"))
+    let token = (!token.is_empty()).then_some(token);
+    let body = (!body.is_null()).then(|| body.to_string());
+    let (status, _, text) = common::send(app, method, uri, token, body).await;
+    (status, text)
 }
 
 fn parse(text: &str) -> Value {

@@ -10,30 +10,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, to_bytes};
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-use vigil_api::http::{AppState, Limits, Role, Token, router};
+use vigil_api::http::{AppState, Limits, router};
 use vigil_engine::ledger::{BookConfig, Ledger};
 use vigil_engine::stream::publish::Publisher;
 use vigil_tests::kafka::{broker, engine, read_all};
 
-const PAY: &str = "pay-token-123";
+mod common;
+use common::{PAY, tokens};
 
 async fn post(app: &axum::Router, uri: &str, body: Value) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method("POST")
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {PAY}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = to_bytes(res.into_body(), 1 << 20).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap())
+    let (status, _, text) = common::send(app, "POST", uri, Some(PAY), Some(body.to_string())).await;
+    (status, serde_json::from_str(&text).unwrap())
 }
 
 /// A payment of `amount` EUR from `account` to `to` at minute `minute` of a fixed day.
@@ -47,13 +37,8 @@ fn payment(id: &str, account: &str, to: &str, amount: &str, minute: u32) -> Valu
 async fn http_decisions_go_to_the_output_topics_once_with_their_effects() {
     let b = broker(1);
     let engine = engine();
-    let tokens = vec![Token {
-        name: "wallet".into(),
-        role: Role::PaymentService,
-        token: PAY.into(),
-    }];
     let ledger = Ledger::in_memory(BookConfig::default());
-    let state = AppState::new(engine.clone(), ledger, tokens, Limits::default());
+    let state = AppState::new(engine.clone(), ledger, tokens(), Limits::default());
     let publisher = Arc::new(Publisher::new(&b.cfg, Some(state.0.metrics.clone())).unwrap());
     let state = state.with_publisher(publisher.clone());
     let metrics = state.0.metrics.clone();

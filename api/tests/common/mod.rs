@@ -1,0 +1,62 @@
+//! What the router tests share: the tokens of each role, and one request through
+//! `router(state).oneshot(..)`.
+
+// Each test file uses a part of this.
+#![allow(dead_code)]
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use tower::ServiceExt;
+use vigil_api::http::{Role, Token};
+
+pub const PAY: &str = "pay-token-123";
+pub const ANA: &str = "ana-token-123";
+pub const ADMIN: &str = "admin-token-123";
+
+/// One token per role: wallet (payment service), ana (analyst), root (admin).
+pub fn tokens() -> Vec<Token> {
+    [
+        ("wallet", Role::PaymentService, PAY),
+        ("ana", Role::Analyst, ANA),
+        ("root", Role::Admin, ADMIN),
+    ]
+    .into_iter()
+    .map(|(name, role, token)| Token {
+        name: name.into(),
+        role,
+        token: token.into(),
+    })
+    .collect()
+}
+
+/// The answer to one request: status, content type, body text.
+pub async fn send(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (StatusCode, String, String) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.map_or_else(Body::empty, Body::from))
+        .expect("request");
+    let res = app.clone().oneshot(req).await.expect("infallible");
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let bytes = to_bytes(res.into_body(), 1 << 24).await.expect("body");
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
