@@ -512,21 +512,10 @@ fn decline_code(risk: Risk, ledger: Option<Decline>) -> Option<&'static str> {
     }
 }
 
-/// The account's locale: the engine's (from account events), else the ledger's.
-fn locale(s: &Shared, account: &str) -> Option<String> {
-    s.engine
-        .account_locale(account)
-        .map(|l| l.to_string())
-        .or_else(|| {
-            s.ledger
-                .read(|b| b.get_account(account).and_then(|a| a.locale))
-        })
-}
-
 /// The notification `d` asks for, for the answer.
 fn notification(s: &Shared, tx: &Transaction, d: &Decision) -> Option<Value> {
     let kind = notify::effects_of(d).1?;
-    let locale = locale(s, &tx.account_id);
+    let locale = notify::locale(&s.engine, Some(&s.ledger), &tx.account_id);
     let lang = notify::Lang::for_locale(locale.as_deref());
     let text = notify::text(kind, lang, tx)?;
     Some(json!({"kind": kind, "locale": lang.tag(), "text": text}))
@@ -541,7 +530,7 @@ fn publish(s: &Shared, tx: &Transaction, d: &Decision) {
     let (freeze, notice) = notify::effects_of(d);
     // The language matters only to notifications.
     let locale = if freeze || notice.is_some() {
-        locale(s, &tx.account_id)
+        notify::locale(&s.engine, Some(&s.ledger), &tx.account_id)
     } else {
         None
     };

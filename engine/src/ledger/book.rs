@@ -1508,6 +1508,11 @@ impl Book {
         self.accounts.get(id).map(Account::view)
     }
 
+    /// An account's notification language, if it has one.
+    pub fn locale(&self, id: &str) -> Option<&str> {
+        self.accounts.get(id)?.locale.as_deref()
+    }
+
     /// Whether an account exists.
     pub fn has_account(&self, id: &str) -> bool {
         self.accounts.contains_key(id)

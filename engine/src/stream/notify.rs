@@ -111,6 +111,19 @@ pub fn text(kind: &str, lang: Lang, tx: &Transaction) -> Option<String> {
     Some(s)
 }
 
+/// An account holder's language: what the engine learnt from account events, else what the
+/// ledger was told when the account was opened.
+pub fn locale(
+    engine: &Engine,
+    ledger: Option<&crate::ledger::Ledger>,
+    account: &str,
+) -> Option<String> {
+    engine
+        .account_locale(account)
+        .map(String::from)
+        .or_else(|| ledger.and_then(|l| l.read(|b| b.locale(account).map(String::from))))
+}
+
 /// The effects `d` sets off: whether to request a freeze, and the notification the acting rules
 /// ask for. An account whose freeze was already requested is not frozen, or told about
 /// blocks, again; a transaction decided already sets off nothing.

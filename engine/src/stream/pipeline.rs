@@ -1404,13 +1404,7 @@ impl Pipeline {
             }
             return Ok(());
         }
-        // The engine's (from account events), else the ledger's, as on the HTTP path.
-        let locale = self.engine.account_locale(&tx.account_id).or_else(|| {
-            s.ledger.as_ref().and_then(|l| {
-                l.read(|b| b.get_account(&tx.account_id).and_then(|a| a.locale))
-                    .map(Into::into)
-            })
-        });
+        let locale = notify::locale(&self.engine, s.ledger.as_ref(), &tx.account_id);
         let lang = notify::Lang::for_locale(locale.as_deref());
         let mut notes: Vec<&str> = Vec::with_capacity(2);
         if let Some(n) = notice {
