@@ -13,6 +13,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use vigil_rules::catalog::{ACCOUNT_EVENT_KINDS, AccountEventKind, TX_KINDS};
 
+mod fast;
+
 /// Largest encoded event accepted, bytes.
 pub const EVENT_BYTES_MAX: usize = 64 * 1024;
 /// Longest id (tx_id, account_id, device_id, …), bytes.
@@ -290,7 +292,7 @@ fn bad(field: &str, message: impl Into<String>) -> EventError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 struct RawGeo<'a> {
     lat: f64,
     lon: f64,
@@ -298,7 +300,7 @@ struct RawGeo<'a> {
     country: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 struct RawEvent<'a> {
     schema: Option<u32>,
     #[serde(borrow)]
@@ -351,11 +353,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event, EventError> {
             message: "an event is a JSON object: expected '{'".into(),
         });
     }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    // Fast path without path tracking; a bad event is parsed again with it, for the message.
-    let raw = match RawEvent::deserialize(&mut de).and_then(|raw| de.end().map(|()| raw)) {
-        Ok(raw) => raw,
-        Err(_) => decode_tracked(bytes)?,
+    // The shape producers write is read by hand; anything else by serde_json, first without
+    // path tracking, and a bad event is parsed again with it, for the message.
+    let raw = match fast::raw(bytes) {
+        Some(raw) => raw,
+        None => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            match RawEvent::deserialize(&mut de).and_then(|raw| de.end().map(|()| raw)) {
+                Ok(raw) => raw,
+                Err(_) => decode_tracked(bytes)?,
+            }
+        }
     };
     validate(raw)
 }
@@ -414,15 +422,30 @@ fn id(field: &str, v: Option<Cow<'_, str>>, required: bool) -> Result<Option<Str
                 s.len()
             ),
         )),
-        Some(s) if s.chars().any(char::is_control) => {
-            Err(bad(field, "contains control characters"))
-        }
+        Some(s) if has_control(&s) => Err(bad(field, "contains control characters")),
         Some(s) => Ok(Some(s.into_owned())),
+    }
+}
+
+/// Whether `s` holds a control character (C0, DEL or C1).
+fn has_control(s: &str) -> bool {
+    if s.is_ascii() {
+        s.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        s.chars().any(char::is_control)
     }
 }
 
 /// Parses an RFC 3339 timestamp to Unix milliseconds.
 pub fn parse_ts(s: &str) -> Result<i64, EventError> {
+    match fast::ts(s) {
+        Some(ms) => Ok(ms),
+        None => parse_ts_rfc3339(s),
+    }
+}
+
+/// [`parse_ts`] for any RFC 3339 form (offsets, lowercase separators, …).
+fn parse_ts_rfc3339(s: &str) -> Result<i64, EventError> {
     let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
         bad(
             "ts",
@@ -538,10 +561,18 @@ pub fn parse_amount(s: &str, currency: Currency) -> Result<i64, EventError> {
 
 fn amount(raw: Option<Cow<'_, str>>, currency: Currency) -> Result<i64, EventError> {
     let s = raw.ok_or_else(|| bad("amount", "is required"))?;
+    match plain_amount(&s, currency.exponent) {
+        Some(minor) => Ok(minor),
+        None => decimal_amount(&s, currency),
+    }
+}
+
+/// [`amount`] through the decimal parser: any form it accepts, and the error messages.
+fn decimal_amount(s: &str, currency: Currency) -> Result<i64, EventError> {
     if s.len() > 32 || s.contains(['e', 'E']) {
         return Err(bad("amount", format!("'{s}' is not a plain decimal")));
     }
-    let d = Decimal::from_str(&s)
+    let d = Decimal::from_str(s)
         .map_err(|_| bad("amount", format!("'{s}' is not a decimal number")))?;
     if d.is_sign_negative() || d.is_zero() {
         return Err(bad("amount", format!("must be positive, got {s}")));
@@ -564,6 +595,28 @@ fn amount(raw: Option<Cow<'_, str>>, currency: Currency) -> Result<i64, EventErr
     }
     let minor = d * Decimal::from(10i64.pow(u32::from(currency.exponent)));
     rust_decimal::prelude::ToPrimitive::to_i64(&minor).ok_or_else(|| bad("amount", "out of range"))
+}
+
+/// Minor units of a valid amount written as plain digits with an optional fraction; `None` for
+/// anything else (then the decimal parser decides, and names what is wrong).
+fn plain_amount(s: &str, exponent: u8) -> Option<i64> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |d: &str| {
+        (d.len() <= 18 && d.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| d.bytes().fold(0i64, |v, b| v * 10 + i64::from(b - b'0')))
+    };
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    // "1." and ".5" are decimals too.
+    let (major, frac_value, frac_len) = (digits(int)?, digits(frac)?, frac.len());
+    let exp = usize::from(exponent);
+    if frac_len > exp || major > AMOUNT_MAJOR_MAX || (major == AMOUNT_MAJOR_MAX && frac_value > 0) {
+        return None;
+    }
+    let minor =
+        major * 10i64.pow(u32::from(exponent)) + frac_value * 10i64.pow((exp - frac_len) as u32);
+    (minor > 0).then_some(minor)
 }
 
 fn validate(r: RawEvent<'_>) -> Result<Event, EventError> {
@@ -693,6 +746,23 @@ mod tests {
 
     fn err_of(json: &str) -> String {
         decode(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    proptest::proptest! {
+        /// Amounts read without the decimal parser read as it reads them, and every plain
+        /// amount takes that path.
+        #[test]
+        fn plain_amounts_agree_with_the_decimal_parser(
+            text in "[0-9]{0,19}(\\.[0-9]{0,5})?",
+            code in proptest::sample::select(vec!["EUR", "JPY", "KWD", "USD"]),
+        ) {
+            let currency = Currency::from_code(code).expect("known");
+            let reference = decimal_amount(&text, currency).ok();
+            match plain_amount(&text, currency.exponent) {
+                Some(minor) => proptest::prop_assert_eq!(Some(minor), reference, "{}", text),
+                None => proptest::prop_assert!(reference.is_none(), "{} {} not read fast", text, code),
+            }
+        }
     }
 
     #[test]
