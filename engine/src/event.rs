@@ -748,6 +748,22 @@ mod tests {
         decode(json.as_bytes()).unwrap_err().to_string()
     }
 
+    #[test]
+    fn amounts_at_the_limit() {
+        let eur = Currency::from_code("EUR").expect("known");
+        assert_eq!(
+            plain_amount("1000000000000.00", 2),
+            Some(100_000_000_000_000)
+        );
+        assert_eq!(plain_amount("1000000000000.01", 2), None);
+        assert_eq!(plain_amount("999999999999.99", 2), Some(99_999_999_999_999));
+        assert!(decimal_amount("1000000000000.01", eur).is_err());
+        assert_eq!(
+            decimal_amount("999999999999.99", eur).ok(),
+            Some(99_999_999_999_999)
+        );
+    }
+
     proptest::proptest! {
         /// Amounts read without the decimal parser read as it reads them, and every plain
         /// amount takes that path.
@@ -760,7 +776,11 @@ mod tests {
             let reference = decimal_amount(&text, currency).ok();
             match plain_amount(&text, currency.exponent) {
                 Some(minor) => proptest::prop_assert_eq!(Some(minor), reference, "{}", text),
-                None => proptest::prop_assert!(reference.is_none(), "{} {} not read fast", text, code),
+                // Integer parts of 19 digits or more (zero-padded) go to the decimal parser.
+                None => proptest::prop_assert!(
+                    reference.is_none() || text.split('.').next().is_some_and(|i| i.len() > 18),
+                    "{} {} not read fast", text, code
+                ),
             }
         }
     }
