@@ -84,6 +84,13 @@ pub fn broker(partitions: i32) -> Broker {
     }
 }
 
+impl Broker {
+    /// The embedded cluster, when the tests run on it (not on an external broker).
+    pub fn embedded(&self) -> Option<&Embedded> {
+        self._embedded.as_ref()
+    }
+}
+
 pub fn engine() -> Arc<Engine> {
     let pack = packs::load(&root().join("rules/packs/default"), &PackOptions::default()).unwrap();
     Arc::new(Engine::new(pack, EngineConfig::default()))

@@ -43,6 +43,16 @@ impl Embedded {
         Ok(self.cluster.create_topic(topic, partitions, 1)?)
     }
 
+    /// Makes the next requests of kind `api` fail, one per error, in order (fault injection:
+    /// tests of how the pipeline survives a broker refusing it).
+    pub fn fail_requests(
+        &self,
+        api: rdkafka::types::RDKafkaApiKey,
+        errors: &[rdkafka::types::RDKafkaRespErr],
+    ) {
+        self.cluster.request_errors(api, errors);
+    }
+
     /// The `host:port,…` list clients connect to.
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap

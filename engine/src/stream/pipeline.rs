@@ -349,8 +349,8 @@ struct Shared {
     resume: Mutex<HashMap<(u8, i32), i64>>,
     /// Output ends known from the last snapshot or read-back.
     out_bases: Mutex<HashMap<(u8, i32), i64>>,
-    /// Positions committed last, per slot.
-    committed: Mutex<HashMap<u16, i64>>,
+    /// Positions committed last, per slot, and when they were sent.
+    committed: Mutex<HashMap<u16, (i64, Instant)>>,
     /// Events waiting for their turn (see [`align`]).
     align: Mutex<Align>,
     /// Last known offsets of input partitions, by (side, partition).
@@ -539,11 +539,25 @@ impl Shared {
         positions: &[(u16, String, i32, i64)],
         mode: CommitMode,
     ) -> Result<(), StreamError> {
-        let mut committed = lock(&self.committed);
         let mut tpl = TopicPartitionList::new();
-        for (slot, topic, p, off) in positions {
-            if committed.get(slot) != Some(off) {
-                tpl.add_partition_offset(topic, *p, Offset::Offset(*off))?;
+        let mut sent = Vec::with_capacity(positions.len());
+        {
+            // Whether an asynchronous commit succeeded is never reported (librdkafka only logs
+            // a failure), so an unchanged position is sent again after a while, and a
+            // synchronous commit (rebalance, shutdown) sends every position: otherwise one
+            // refused commit would leave the group's offset behind for good, and the next
+            // owner would read, and decide again, from there.
+            let committed = lock(&self.committed);
+            let sync = matches!(mode, CommitMode::Sync);
+            let resend = (self.cfg.commit_every * 5).max(Duration::from_secs(1));
+            for (slot, topic, p, off) in positions {
+                let fresh = committed
+                    .get(slot)
+                    .is_some_and(|(o, at)| o == off && at.elapsed() < resend);
+                if sync || !fresh {
+                    tpl.add_partition_offset(topic, *p, Offset::Offset(*off))?;
+                    sent.push((*slot, *off));
+                }
             }
         }
         if tpl.count() == 0 {
@@ -555,8 +569,10 @@ impl Shared {
                 .map_err(|e| StreamError::Other(format!("ledger: {e}")))?;
         }
         consumer.commit(&tpl, mode)?;
-        for (slot, _, _, off) in positions {
-            committed.insert(*slot, *off);
+        let mut committed = lock(&self.committed);
+        let now = Instant::now();
+        for (slot, off) in sent {
+            committed.insert(slot, (off, now));
         }
         Stats::bump(&self.stats.commits);
         Ok(())
