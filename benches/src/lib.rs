@@ -52,10 +52,10 @@ impl Workload {
     pub fn opened(&self, i: u32) -> Event {
         let (lat, lon, c) = CITIES[i as usize % CITIES.len()];
         Event::Account(AccountEvent {
-            event_id: format!("e-{i}"),
+            event_id: format!("e-{i}").into(),
             ts_ms: START_MS - 400 * 86_400_000,
             kind: AccountEventKind::from_name("account_opened").expect("kind"),
-            account_id: format!("a-{i}"),
+            account_id: format!("a-{i}").into(),
             device_id: None,
             ip: None,
             geo: Some(Geo {
@@ -73,8 +73,8 @@ impl Workload {
     pub fn tx_for(&mut self, i: u32) -> Transaction {
         let mut tx = self.next_tx();
         let home = CITIES[i as usize % CITIES.len()];
-        tx.account_id = format!("a-{i}");
-        tx.device_id = Some(format!("d-{i}-1"));
+        tx.account_id = format!("a-{i}").into();
+        tx.device_id = Some(format!("d-{i}-1").into());
         tx.geo = Some(Geo {
             lat: home.0,
             lon: home.1,
@@ -125,16 +125,16 @@ impl Workload {
             1
         };
         Transaction {
-            tx_id: format!("t-{}", self.next_tx),
+            tx_id: format!("t-{}", self.next_tx).into(),
             ts_ms: self.ts_ms,
             kind,
-            account_id: format!("a-{i}"),
-            counterparty_id: Some(cp),
+            account_id: format!("a-{i}").into(),
+            counterparty_id: Some(cp.into()),
             amount_minor,
             currency: self.eur,
             channel: "app".into(),
-            device_id: Some(format!("d-{i}-{device}")),
-            ip: Some(format!("10.{}.{}.{}", i % 250, (i / 250) % 250, device)),
+            device_id: Some(format!("d-{i}-{device}").into()),
+            ip: Some(format!("10.{}.{}.{}", i % 250, (i / 250) % 250, device).into()),
             geo: Some(Geo {
                 lat: lat + self.rng.random_range(-0.05..0.05),
                 lon: lon + self.rng.random_range(-0.05..0.05),

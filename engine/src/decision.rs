@@ -29,11 +29,11 @@ pub struct Reason {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// The transaction.
-    pub tx_id: String,
+    pub tx_id: crate::event::Id,
     /// Its event time, ms.
     pub ts_ms: i64,
     /// The paying account.
-    pub account_id: String,
+    pub account_id: crate::event::Id,
     /// Kind.
     pub kind: TxKind,
     /// Amount in minor units.

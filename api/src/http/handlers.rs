@@ -541,7 +541,7 @@ async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, A
     if settle && let Some(a) = s.ledger.repeated(tx)? {
         s.ledger.durable(a.ticket).await?;
         let Outcome::Transfer(t) = &a.outcome else {
-            return Err(LedgerError::Conflict(tx.tx_id.clone()).into());
+            return Err(LedgerError::Conflict(tx.tx_id.to_string()).into());
         };
         let pending_step_up =
             t.status == vigil_engine::ledger::Status::Pending && t.risk == Risk::StepUp;
@@ -581,7 +581,7 @@ async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, A
         })?;
         s.ledger.durable(ticket).await?;
         let Outcome::Transfer(t) = &a.outcome else {
-            return Err(LedgerError::Conflict(tx.tx_id.clone()).into());
+            return Err(LedgerError::Conflict(tx.tx_id.to_string()).into());
         };
         s.metrics.http_settlement(match t.status {
             vigil_engine::ledger::Status::Settled => 0,

@@ -344,7 +344,7 @@ impl Ledger {
             return Ok(None);
         };
         let cmd = Command::Open {
-            account: a.account_id.clone(),
+            account: a.account_id.to_string(),
             currency: currency.code().into(),
             locale: a.locale.clone(),
         };
@@ -503,7 +503,7 @@ impl Ledger {
             )
         });
         TransferCmd {
-            tx_id: tx.tx_id.clone(),
+            tx_id: tx.tx_id.to_string(),
             kind: tx.kind,
             from,
             to,
@@ -563,10 +563,10 @@ impl Ledger {
             .or_else(|| d.acting().next())
             .map_or("", |r| r.rule.as_str());
         let a = self.execute(Command::Freeze {
-            account: tx.account_id.clone(),
+            account: tx.account_id.to_string(),
             reason: format!("rule {rule} fired on {}", tx.tx_id),
             by: format!("rule:{rule}"),
-            tx_id: Some(tx.tx_id.clone()),
+            tx_id: Some(tx.tx_id.to_string()),
         })?;
         Ok(Some(a.ticket))
     }
