@@ -69,14 +69,13 @@ impl Default for EngineConfig {
 pub struct Scratch {
     /// The rule program's outcome.
     pub outcome: Outcome,
-    /// Feature values, one per slot.
+    /// Feature values, one per slot, computed on demand.
     pub features: Vec<i64>,
+    /// Which slots of `features` are computed for the event being decided.
+    pub known: Vec<bool>,
     /// Per-rule evaluation times of a sampled decision.
     pub rule_nanos: Vec<u64>,
 }
-
-/// One window aggregate a key kind answers: (feature slot, function, window).
-type AggSlot = (usize, AggFunc, i64);
 
 /// A pack with the state layout its rules need.
 #[derive(Debug)]
@@ -89,8 +88,6 @@ pub struct ActivePack {
     plans: [WindowPlan; 4],
     /// Windows over the account's outgoing transactions, for `usual_amount`.
     outgoing: WindowPlan,
-    /// The aggregates each key kind answers, sorted by window so one pass serves a window.
-    aggs: [Vec<AggSlot>; 4],
     /// Whether any rule reads the payee's account age.
     payee_age: bool,
     /// How long a transaction id must be remembered: the longest window plus lateness.
@@ -102,11 +99,9 @@ impl ActivePack {
     pub fn new(pack: CompiledPack, lateness_ms: i64) -> ActivePack {
         let mut plans: [WindowPlan; 4] = Default::default();
         let mut outgoing = WindowPlan::default();
-        let mut aggs: [Vec<AggSlot>; 4] = Default::default();
-        for (slot, f) in pack.program.features.iter().enumerate() {
+        for f in &pack.program.features {
             match *f {
                 Feature::Agg(a) => {
-                    aggs[a.key as usize].push((slot, a.func, a.window_ms));
                     let p = &mut plans[a.key as usize];
                     match a.func {
                         AggFunc::Distinct(d) => {
@@ -123,9 +118,6 @@ impl ActivePack {
         for p in plans.iter_mut().chain([&mut outgoing]) {
             p.lateness_ms = lateness_ms;
         }
-        for a in &mut aggs {
-            a.sort_by_key(|(_, _, w)| *w);
-        }
         let seen_ms = plans
             .iter()
             .chain([&outgoing])
@@ -139,7 +131,6 @@ impl ActivePack {
             version,
             plans,
             outgoing,
-            aggs,
             payee_age,
             seen_ms,
         }
@@ -447,6 +438,7 @@ impl Engine {
         let Scratch {
             outcome: out,
             features: feats,
+            known,
             rule_nanos,
         } = scratch;
         let future = self.tick(tx.ts_ms);
@@ -470,6 +462,8 @@ impl Engine {
         let n_features = program.features.len().min(FEATURES_MAX);
         feats.clear();
         feats.resize(n_features, 0);
+        known.clear();
+        known.resize(n_features, false);
 
         // Read the payee's opening before locking the payer: both may live in one shard.
         let payee_opened = if active.payee_age {
@@ -508,7 +502,9 @@ impl Engine {
         };
         let counted = counting == Counting::Counted;
 
-        // Devices, IPs and counterparties: record, then read their windows.
+        // Devices, IPs and counterparties: record, and hold their windows (in this order, after
+        // the payer: every decision locks in the same order) for the rules to read.
+        let mut held: [Option<Held<'_>>; 3] = [None, None, None];
         for (kind, h) in [
             (KeyKind::Device, dev_hash),
             (KeyKind::Ip, ip_hash),
@@ -519,18 +515,18 @@ impl Engine {
                 continue;
             }
             let store = &self.state.keyed[kind as usize - 1];
-            if counted {
+            held[kind as usize - 1] = if counted {
                 let mut w = store.entry(h).or_default();
                 // Shared keys hear from many partitions: record whatever is still inside what
                 // the store keeps, and read as of this event.
                 if w.last_ts == 0 || ts > w.last_ts - plan.horizon_ms() {
                     w.record(plan, ts, amount, &distinct);
                 }
-                fill_aggs(&active.aggs[kind as usize], &w, ts, feats);
-            } else if let Some(w) = store.get(&h) {
+                Some(Held::Counted(w))
+            } else {
                 // Not counted: decided on current state.
-                fill_aggs(&active.aggs[kind as usize], &w, w.last_ts, feats);
-            }
+                store.get(&h).map(Held::Current)
+            };
         }
 
         // The account: profile features first (they describe the time before this event).
@@ -542,58 +538,7 @@ impl Engine {
         } else {
             0
         };
-        for (i, f) in program.features[..n_features].iter().enumerate() {
-            feats[i] = match *f {
-                Feature::Agg(_) => continue,
-                Feature::TravelDistanceKm | Feature::TravelSpeedKmh => match (p.last_fix, tx.geo) {
-                    (Some(prev), Some(g)) => {
-                        let d = haversine_km(prev.lat, prev.lon, g.lat, g.lon);
-                        if *f == Feature::TravelDistanceKm {
-                            km(d)
-                        } else {
-                            // A minute's floor keeps GPS jitter between near-simultaneous
-                            // transactions from reading as supersonic.
-                            let hours = ((ts - prev.ts).max(60_000)) as f64 / 3_600_000.0;
-                            km(d / hours)
-                        }
-                    }
-                    _ => 0,
-                },
-                Feature::HomeDistanceKm => match (p.home(), tx.geo) {
-                    (Some((lat, lon)), Some(g)) => km(haversine_km(lat, lon, g.lat, g.lon)),
-                    _ => 0,
-                },
-                Feature::IsNewCountry => i64::from(country.is_some_and(|c| {
-                    p.history_count > 0 && !p.knows_country(c) && p.home_country != Some(c)
-                })),
-                Feature::IsNewDevice => i64::from(dev_hash != 0 && p.is_new_device(dev_hash, ts)),
-                Feature::IsNewPayee => {
-                    i64::from(tx.kind.is_outgoing() && cp_hash != 0 && p.is_new_payee(cp_hash, ts))
-                }
-                Feature::Since(k) => match p.last_event_ms[usize::from(k.0)] {
-                    NEVER => NEVER_MS,
-                    t => (ts - t).max(0),
-                },
-                Feature::AccountAge => p.opened_ms.map_or(NEVER_MS, |o| (ts - o).max(0)),
-                Feature::PayeeAccountAge => payee_opened.map_or(NEVER_MS, |o| (ts - o).max(0)),
-                Feature::UsualAmount { window_ms } => {
-                    let a = acc.outgoing.aggregate(ts, window_ms);
-                    if a.count > 0 { a.sum / a.count } else { 0 }
-                }
-                Feature::Balance => {
-                    if p.balance_known {
-                        p.balance
-                    } else {
-                        UNKNOWN_BALANCE
-                    }
-                }
-                Feature::HistoryCount => num::from_int(i64::from(p.history_count)).unwrap_or(0),
-            };
-        }
         let plan = &active.plans[KeyKind::Account as usize];
-        if counted && tx.kind.is_outgoing() && !active.outgoing.is_empty() {
-            acc.outgoing.record(&active.outgoing, ts, amount, &[0; 5]);
-        }
         let at = if counted {
             if !plan.is_empty() {
                 acc.windows.record(plan, ts, amount, &distinct);
@@ -602,12 +547,20 @@ impl Engine {
         } else {
             acc.windows.last_ts
         };
-        fill_aggs(
-            &active.aggs[KeyKind::Account as usize],
-            &acc.windows,
-            at,
-            feats,
-        );
+        let lazy = Lazy {
+            features: &program.features[..n_features],
+            values: std::cell::Cell::from_mut(&mut feats[..]).as_slice_of_cells(),
+            known: std::cell::Cell::from_mut(&mut known[..]).as_slice_of_cells(),
+            tx,
+            ts,
+            country,
+            dev_hash,
+            cp_hash,
+            payee_opened,
+            acc: &*acc,
+            account_at: at,
+            keyed: [0, 1, 2].map(|i| held[i].as_ref().map(|h| h.read_at(ts))),
+        };
 
         let facts = Facts {
             amount,
@@ -625,7 +578,7 @@ impl Engine {
             ip: tx.ip.as_deref().unwrap_or(""),
             memo: tx.memo.as_deref().unwrap_or(""),
             home_countries: &homes[..n_homes],
-            features: feats,
+            features: &lazy,
         };
         // Snoozes of this account (the map is nearly always empty): a muted rule that would
         // have fired is noted, not applied.
@@ -689,6 +642,9 @@ impl Engine {
                     .collect(),
             });
         }
+        // The shared keys' windows are released before the payer's state changes and before
+        // the payee is credited (which locks the accounts again).
+        drop(held);
         let action = out.action;
         let already_frozen = acc.profile.freeze_requested_ms != NEVER;
         if freeze && counted && !already_frozen {
@@ -697,6 +653,10 @@ impl Engine {
 
         // What this transaction teaches the profile; an uncounted one teaches nothing.
         if counted {
+            // After the rules read `usual_amount`: it describes the time before this event.
+            if tx.kind.is_outgoing() && !active.outgoing.is_empty() {
+                acc.outgoing.record(&active.outgoing, ts, amount, &[0; 5]);
+            }
             acc.last_seen_ms = acc.last_seen_ms.max(ts);
             let p = &mut acc.profile;
             p.last_tx_ms = p.last_tx_ms.max(ts);
@@ -775,36 +735,140 @@ fn new_account(ts: i64) -> AccountState {
     }
 }
 
-/// Fills the slots of one key's aggregates, one window pass per distinct window.
-fn fill_aggs(aggs: &[AggSlot], w: &Windows, at: i64, feats: &mut [i64]) {
-    let mut cached: Option<(i64, crate::state::window::Agg)> = None;
-    for &(slot, func, window_ms) in aggs {
-        let value = match func {
-            AggFunc::Distinct(d) => {
-                num::from_int(w.distinct(d as usize, at, window_ms)).unwrap_or(0)
-            }
-            func => {
-                let g = match cached {
-                    Some((cw, g)) if cw == window_ms => g,
-                    _ => {
-                        let g = w.aggregate(at, window_ms);
-                        cached = Some((window_ms, g));
-                        g
-                    }
+/// The windows of a shared key held for one decision.
+enum Held<'a> {
+    /// Recorded into by this event: read as of the event.
+    Counted(dashmap::mapref::one::RefMut<'a, u64, Windows>),
+    /// Not counted: read as of the key's latest event.
+    Current(dashmap::mapref::one::Ref<'a, u64, Windows>),
+}
+
+impl Held<'_> {
+    /// The windows, and the time they are read at.
+    fn read_at(&self, ts: i64) -> (&Windows, i64) {
+        match self {
+            Held::Counted(w) => (w, ts),
+            Held::Current(w) => (w, w.last_ts),
+        }
+    }
+}
+
+/// The feature values of one decision, each computed when a condition first reads it (and
+/// kept for the next read): a window aggregate or a distance behind a condition that is false
+/// costs nothing.
+#[derive(Debug)]
+struct Lazy<'a> {
+    features: &'a [Feature],
+    values: &'a [std::cell::Cell<i64>],
+    known: &'a [std::cell::Cell<bool>],
+    tx: &'a Transaction,
+    ts: i64,
+    country: Option<[u8; 2]>,
+    dev_hash: u64,
+    cp_hash: u64,
+    payee_opened: Option<i64>,
+    /// The payer, its windows already holding this event when it counts.
+    acc: &'a AccountState,
+    /// The time the payer's windows are read at.
+    account_at: i64,
+    /// Device, IP and counterparty windows, and the time each is read at.
+    keyed: [Option<(&'a Windows, i64)>; 3],
+}
+
+impl vigil_rules::FeatureSource for Lazy<'_> {
+    fn feature(&self, slot: u16) -> i64 {
+        let i = usize::from(slot);
+        let (Some(f), Some(value), Some(known)) =
+            (self.features.get(i), self.values.get(i), self.known.get(i))
+        else {
+            return 0;
+        };
+        if known.get() {
+            return value.get();
+        }
+        let v = self.compute(*f);
+        value.set(v);
+        known.set(true);
+        v
+    }
+}
+
+impl Lazy<'_> {
+    fn compute(&self, f: Feature) -> i64 {
+        let (p, ts) = (&self.acc.profile, self.ts);
+        match f {
+            Feature::Agg(a) => {
+                let held = match a.key {
+                    KeyKind::Account => Some((&self.acc.windows, self.account_at)),
+                    k => self.keyed[k as usize - 1],
                 };
-                match func {
-                    AggFunc::Count => num::from_int(g.count).unwrap_or(i64::MAX),
-                    AggFunc::Sum => g.sum,
-                    AggFunc::Avg if g.count > 0 => g.sum / g.count,
-                    AggFunc::Avg => 0,
-                    AggFunc::Max => g.max,
-                    _ => g.min,
+                held.map_or(0, |(w, at)| aggregate(w, at, a.func, a.window_ms))
+            }
+            Feature::TravelDistanceKm | Feature::TravelSpeedKmh => {
+                match (p.last_fix, self.tx.geo) {
+                    (Some(prev), Some(g)) => {
+                        let d = haversine_km(prev.lat, prev.lon, g.lat, g.lon);
+                        if f == Feature::TravelDistanceKm {
+                            km(d)
+                        } else {
+                            // A minute's floor keeps GPS jitter between near-simultaneous
+                            // transactions from reading as supersonic.
+                            let hours = ((ts - prev.ts).max(60_000)) as f64 / 3_600_000.0;
+                            km(d / hours)
+                        }
+                    }
+                    _ => 0,
                 }
             }
-        };
-        if let Some(f) = feats.get_mut(slot) {
-            *f = value;
+            Feature::HomeDistanceKm => match (p.home(), self.tx.geo) {
+                (Some((lat, lon)), Some(g)) => km(haversine_km(lat, lon, g.lat, g.lon)),
+                _ => 0,
+            },
+            Feature::IsNewCountry => i64::from(self.country.is_some_and(|c| {
+                p.history_count > 0 && !p.knows_country(c) && p.home_country != Some(c)
+            })),
+            Feature::IsNewDevice => {
+                i64::from(self.dev_hash != 0 && p.is_new_device(self.dev_hash, ts))
+            }
+            Feature::IsNewPayee => i64::from(
+                self.tx.kind.is_outgoing() && self.cp_hash != 0 && p.is_new_payee(self.cp_hash, ts),
+            ),
+            Feature::Since(k) => match p.last_event_ms[usize::from(k.0)] {
+                NEVER => NEVER_MS,
+                t => (ts - t).max(0),
+            },
+            Feature::AccountAge => p.opened_ms.map_or(NEVER_MS, |o| (ts - o).max(0)),
+            Feature::PayeeAccountAge => self.payee_opened.map_or(NEVER_MS, |o| (ts - o).max(0)),
+            Feature::UsualAmount { window_ms } => {
+                // The outgoing windows do not hold this event yet.
+                let a = self.acc.outgoing.aggregate(ts, window_ms);
+                if a.count > 0 { a.sum / a.count } else { 0 }
+            }
+            Feature::Balance => {
+                if p.balance_known {
+                    p.balance
+                } else {
+                    UNKNOWN_BALANCE
+                }
+            }
+            Feature::HistoryCount => num::from_int(i64::from(p.history_count)).unwrap_or(0),
         }
+    }
+}
+
+/// One window aggregate of `w` over `(at - window_ms, at]`.
+fn aggregate(w: &Windows, at: i64, func: AggFunc, window_ms: i64) -> i64 {
+    if let AggFunc::Distinct(d) = func {
+        return num::from_int(w.distinct(d as usize, at, window_ms)).unwrap_or(0);
+    }
+    let g = w.aggregate(at, window_ms);
+    match func {
+        AggFunc::Count => num::from_int(g.count).unwrap_or(i64::MAX),
+        AggFunc::Sum => g.sum,
+        AggFunc::Avg if g.count > 0 => g.sum / g.count,
+        AggFunc::Avg => 0,
+        AggFunc::Max => g.max,
+        _ => g.min,
     }
 }
 

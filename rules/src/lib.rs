@@ -28,4 +28,4 @@ mod tests;
 pub use catalog::{AggFunc, AggSpec, DistinctOf, Feature, KeyKind};
 pub use diag::{Diagnostic, Diagnostics, SourceFile};
 pub use pack::{CompiledPack, Expect, PackOptions, TestCase, compile_pack};
-pub use program::{Action, Facts, Fired, Outcome, Program, Value};
+pub use program::{Action, Facts, FeatureSource, Fired, Outcome, Program, Value};

@@ -46,9 +46,27 @@ impl Action {
     }
 }
 
-/// The input of one evaluation: the transaction's fields and the feature values the engine
-/// computed for this program's slots. Everything is borrowed; building it allocates nothing.
-#[derive(Debug, Clone, Copy, Default)]
+/// Where the values of a program's feature slots come from. The engine computes them on
+/// demand, so a feature no reached condition reads (a 30-day average behind
+/// `kind == 'withdrawal'`, say) costs nothing; a slice of values computed up front serves too.
+pub trait FeatureSource: std::fmt::Debug {
+    /// The value of slot `slot`: numbers fixed point, durations in milliseconds, booleans 0 or
+    /// 1; 0 for a slot the source does not have.
+    fn feature(&self, slot: u16) -> i64;
+}
+
+impl<T: AsRef<[i64]> + std::fmt::Debug> FeatureSource for T {
+    #[inline]
+    fn feature(&self, slot: u16) -> i64 {
+        self.as_ref().get(usize::from(slot)).copied().unwrap_or(0)
+    }
+}
+
+const NO_FEATURES: [i64; 0] = [];
+
+/// The input of one evaluation: the transaction's fields and where the feature values for
+/// this program's slots come from. Everything is borrowed; building it allocates nothing.
+#[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
     /// Amount in major units, fixed point ([`crate::num`]).
     pub amount: i64,
@@ -76,9 +94,29 @@ pub struct Facts<'a> {
     pub memo: &'a str,
     /// The account's home countries.
     pub home_countries: &'a [[u8; 2]],
-    /// One value per [`Program::features`] slot: numbers fixed point, durations in
-    /// milliseconds, booleans 0 or 1.
-    pub features: &'a [i64],
+    /// The values of the [`Program::features`] slots, by slot.
+    pub features: &'a dyn FeatureSource,
+}
+
+impl Default for Facts<'_> {
+    fn default() -> Self {
+        Facts {
+            amount: 0,
+            hour: 0,
+            has_geo: false,
+            kind: "",
+            currency: "",
+            channel: "",
+            country: "",
+            account_id: "",
+            counterparty_id: "",
+            device_id: "",
+            ip: "",
+            memo: "",
+            home_countries: &[],
+            features: &NO_FEATURES,
+        }
+    }
 }
 
 impl<'a> Facts<'a> {
@@ -98,7 +136,7 @@ impl<'a> Facts<'a> {
     }
     #[inline]
     fn feature(&self, slot: u16) -> i64 {
-        self.features.get(usize::from(slot)).copied().unwrap_or(0)
+        self.features.feature(slot)
     }
 }
 

@@ -224,7 +224,7 @@ fn facts(amount_major: i64, country: &'static str, features: &'static [i64]) -> 
         country,
         currency: "EUR",
         channel: "app",
-        features,
+        features: Box::leak(Box::new(features)),
         ..Facts::default()
     }
 }
