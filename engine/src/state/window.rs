@@ -120,75 +120,146 @@ struct Bucket {
     min: i64,
 }
 
-/// Buckets of one tier, sorted by start (only hours or days that had events).
-type Buckets = Vec<Bucket>;
-
-/// The bucketed tiers, kept out of line: most keys of most packs never need them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Tiers {
-    hours: Buckets,
-    days: Buckets,
+/// Which bucketed tier a bucket belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Tier {
+    Hours,
+    Days,
 }
 
-fn add_to_buckets(buckets: &mut Buckets, width: i64, ts: i64, amount: i64) {
-    let start = ts.div_euclid(width) * width;
-    match buckets.binary_search_by_key(&start, |b| b.start) {
-        Ok(i) => {
-            let b = &mut buckets[i];
-            b.count = b.count.saturating_add(1);
-            b.sum = b.sum.saturating_add(amount);
-            b.max = b.max.max(amount);
-            b.min = b.min.min(amount);
+impl Tier {
+    fn width(self) -> i64 {
+        match self {
+            Tier::Hours => HOUR_MS,
+            Tier::Days => DAY_MS,
         }
-        Err(i) => buckets.insert(
-            i,
-            Bucket {
-                start,
-                count: 1,
-                sum: amount,
-                max: amount,
-                min: amount,
-            },
-        ),
     }
 }
 
-fn sum_buckets(buckets: &[Bucket], width: i64, from_excl: i64, to_incl: i64) -> Agg {
-    let mut a = Agg::EMPTY;
-    for b in buckets.iter().rev() {
-        if b.start > to_incl {
-            continue;
-        }
-        if b.start + width <= from_excl {
-            break;
-        }
-        a.add(i64::from(b.count), b.sum, b.max, b.min);
-    }
-    a
+/// Hourly then daily buckets (only hours and days that had events), each tier sorted by start,
+/// in one vector: reading them costs one pointer away from the key's entry, not two.
+#[derive(Debug, Clone, Default)]
+struct Buckets {
+    all: Vec<Bucket>,
+    /// How many of `all` are hourly (they come first).
+    hours: usize,
 }
 
-impl Tiers {
+/// Snapshots encode the buckets as they did before they shared one vector (format 1): none,
+/// or the hourly and the daily ones as two lists.
+#[derive(Serialize)]
+struct TiersOut<'a> {
+    hours: &'a [Bucket],
+    days: &'a [Bucket],
+}
+
+#[derive(Deserialize)]
+struct TiersIn {
+    hours: Vec<Bucket>,
+    days: Vec<Bucket>,
+}
+
+impl Serialize for Buckets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = (!self.all.is_empty()).then(|| TiersOut {
+            hours: self.tier(Tier::Hours),
+            days: self.tier(Tier::Days),
+        });
+        t.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Buckets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Option::<TiersIn>::deserialize(d)? {
+            None => Buckets::default(),
+            Some(TiersIn { mut hours, days }) => {
+                let n = hours.len();
+                hours.extend(days);
+                Buckets {
+                    all: hours,
+                    hours: n,
+                }
+            }
+        })
+    }
+}
+
+impl Buckets {
+    fn tier(&self, t: Tier) -> &[Bucket] {
+        match t {
+            Tier::Hours => &self.all[..self.hours],
+            Tier::Days => &self.all[self.hours..],
+        }
+    }
+
+    fn add(&mut self, t: Tier, ts: i64, amount: i64) {
+        let width = t.width();
+        let start = ts.div_euclid(width) * width;
+        let base = if t == Tier::Hours { 0 } else { self.hours };
+        match self.tier(t).binary_search_by_key(&start, |b| b.start) {
+            Ok(i) => {
+                let b = &mut self.all[base + i];
+                b.count = b.count.saturating_add(1);
+                b.sum = b.sum.saturating_add(amount);
+                b.max = b.max.max(amount);
+                b.min = b.min.min(amount);
+            }
+            Err(i) => {
+                self.all.insert(
+                    base + i,
+                    Bucket {
+                        start,
+                        count: 1,
+                        sum: amount,
+                        max: amount,
+                        min: amount,
+                    },
+                );
+                if t == Tier::Hours {
+                    self.hours += 1;
+                }
+            }
+        }
+    }
+
+    /// Drops the tier's buckets that end at or before `keep_from`.
+    fn expire(&mut self, t: Tier, keep_from: i64) {
+        let width = t.width();
+        let drop = self
+            .tier(t)
+            .iter()
+            .take_while(|b| b.start + width <= keep_from)
+            .count();
+        let base = if t == Tier::Hours { 0 } else { self.hours };
+        self.all.drain(base..base + drop);
+        if t == Tier::Hours {
+            self.hours -= drop;
+        }
+    }
+
     fn record(&mut self, plan: &WindowPlan, now: i64, ts: i64, amount: i64) {
-        if plan.hours_ms > 0 {
-            add_to_buckets(&mut self.hours, HOUR_MS, ts, amount);
-            let keep_from = now - plan.hours_ms - HOUR_MS - plan.lateness_ms;
-            let drop = self
-                .hours
-                .iter()
-                .take_while(|b| b.start + HOUR_MS <= keep_from)
-                .count();
-            self.hours.drain(..drop);
+        for (t, window) in [(Tier::Hours, plan.hours_ms), (Tier::Days, plan.days_ms)] {
+            if window > 0 {
+                self.add(t, ts, amount);
+                self.expire(t, now - window - t.width() - plan.lateness_ms);
+            }
         }
-        if plan.days_ms > 0 {
-            add_to_buckets(&mut self.days, DAY_MS, ts, amount);
-            let keep_from = now - plan.days_ms - DAY_MS - plan.lateness_ms;
-            let drop = self
-                .days
-                .iter()
-                .take_while(|b| b.start + DAY_MS <= keep_from)
-                .count();
-            self.days.drain(..drop);
+    }
+
+    fn sum(&self, t: Tier, from_excl: i64, to_incl: i64) -> Agg {
+        let width = t.width();
+        let mut a = Agg::EMPTY;
+        for b in self.tier(t).iter().rev() {
+            if b.start > to_incl {
+                continue;
+            }
+            if b.start + width <= from_excl {
+                break;
+            }
+            a.add(i64::from(b.count), b.sum, b.max, b.min);
         }
+        a
     }
 }
 
@@ -201,7 +272,7 @@ pub struct Windows {
     /// (time, amount), sorted by time.
     exact: SmallVec<[(i64, i64); 4]>,
     /// Hourly and daily buckets, allocated when a plan first needs them.
-    tiers: Option<Box<Tiers>>,
+    tiers: Buckets,
     /// (value hash, last time seen, measure index), all measures together.
     distinct: SmallVec<[(u64, i64, u8); 4]>,
 }
@@ -230,8 +301,7 @@ impl Windows {
             self.exact = SmallVec::new();
         }
         if plan.hours_ms > 0 || plan.days_ms > 0 {
-            let tiers = self.tiers.get_or_insert_with(Box::default);
-            tiers.record(plan, now, ts, amount);
+            self.tiers.record(plan, now, ts, amount);
         }
         for (m, &window) in plan.distinct_ms.iter().enumerate() {
             let (h, m) = (distinct[m], m as u8);
@@ -291,13 +361,9 @@ impl Windows {
             }
             a
         } else if window_ms <= HOUR_TIER_MS_MAX {
-            self.tiers
-                .as_ref()
-                .map_or(Agg::EMPTY, |t| sum_buckets(&t.hours, HOUR_MS, from, at))
+            self.tiers.sum(Tier::Hours, from, at)
         } else {
-            self.tiers
-                .as_ref()
-                .map_or(Agg::EMPTY, |t| sum_buckets(&t.days, DAY_MS, from, at))
+            self.tiers.sum(Tier::Days, from, at)
         };
         a.finish()
     }
@@ -314,9 +380,7 @@ impl Windows {
         let bucket = std::mem::size_of::<Bucket>();
         spilled(self.exact.spilled(), self.exact.capacity(), 16)
             + spilled(self.distinct.spilled(), self.distinct.capacity(), 24)
-            + self.tiers.as_ref().map_or(0, |t| {
-                std::mem::size_of::<Tiers>() + (t.hours.capacity() + t.days.capacity()) * bucket
-            })
+            + self.tiers.all.capacity() * bucket
     }
 }
 
@@ -399,6 +463,47 @@ mod tests {
                 prop_assert!(got.sum >= lo.sum && got.sum <= hi.sum);
             }
         }
+    }
+
+    #[test]
+    fn snapshots_encode_the_buckets_as_format_1_did() {
+        /// The layout before the buckets shared one vector.
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct OldTiers {
+            hours: Vec<Bucket>,
+            days: Vec<Bucket>,
+        }
+        #[derive(Debug, Serialize, Deserialize)]
+        struct OldWindows {
+            last_ts: i64,
+            exact: SmallVec<[(i64, i64); 4]>,
+            tiers: Option<Box<OldTiers>>,
+            distinct: SmallVec<[(u64, i64, u8); 4]>,
+        }
+        let mut p = plan(3 * DAY_MS);
+        p.need(6 * HOUR_MS);
+        p.need(600_000);
+        let mut w = Windows::default();
+        let t0 = 1_700_000_000_000;
+        for i in 0..40 {
+            w.record(&p, t0 + i * 5_400_000, 100 + i, &[7, 0, 0, 0, 0]);
+        }
+        assert!(w.tiers.hours > 0 && w.tiers.all.len() > w.tiers.hours);
+        let bytes = postcard::to_stdvec(&w).unwrap();
+        let old: OldWindows = postcard::from_bytes(&bytes).unwrap();
+        let tiers = old.tiers.as_ref().unwrap();
+        assert_eq!(tiers.hours.as_slice(), w.tiers.tier(Tier::Hours));
+        assert_eq!(tiers.days.as_slice(), w.tiers.tier(Tier::Days));
+        // And back: an old snapshot reads into the same windows.
+        let back: Windows = postcard::from_bytes(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        let at = t0 + 39 * 5_400_000;
+        for window in [600_000, 6 * HOUR_MS, 3 * DAY_MS] {
+            assert_eq!(back.aggregate(at, window), w.aggregate(at, window));
+        }
+        assert_eq!(back.tiers.all, w.tiers.all);
+        let none: OldWindows =
+            postcard::from_bytes(&postcard::to_stdvec(&Windows::default()).unwrap()).unwrap();
+        assert!(none.tiers.is_none());
     }
 
     #[test]
