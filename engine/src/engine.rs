@@ -483,6 +483,7 @@ impl Engine {
             .entry(acct_hash)
             .or_insert_with(|| new_account(ts));
         let acc = &mut *guard;
+        std::hint::black_box(acc.profile.warm() ^ acc.windows.warm() ^ acc.outgoing.warm());
         // Lateness is judged once, on the account's own ordered stream, so an event is either
         // counted everywhere or nowhere.
         let last = acc.profile.last_tx_ms;
@@ -517,6 +518,7 @@ impl Engine {
             let store = &self.state.keyed[kind as usize - 1];
             held[kind as usize - 1] = if counted {
                 let mut w = store.entry(h).or_default();
+                std::hint::black_box(w.warm());
                 // Shared keys hear from many partitions: record whatever is still inside what
                 // the store keeps, and read as of this event.
                 if w.last_ts == 0 || ts > w.last_ts - plan.horizon_ms() {

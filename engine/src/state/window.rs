@@ -345,6 +345,17 @@ impl Windows {
         }
     }
 
+    /// Reads one word from each part of the windows, so their cache misses are in flight
+    /// together (see `Profile::warm`).
+    pub fn warm(&self) -> u64 {
+        self.last_ts as u64
+            ^ self.exact.first().map_or(0, |e| e.0 as u64)
+            ^ self.exact.last().map_or(0, |e| e.0 as u64)
+            ^ self.distinct.first().map_or(0, |e| e.0)
+            ^ self.distinct.last().map_or(0, |e| e.0)
+            ^ self.tiers.all.last().map_or(0, |b| b.start as u64)
+    }
+
     /// Count, sum, max and min over `(at - window_ms, at]`, from the tier that answers it.
     pub fn aggregate(&self, at: i64, window_ms: i64) -> Agg {
         let from = at - window_ms;
