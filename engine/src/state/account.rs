@@ -193,8 +193,6 @@ impl Profile {
         n
     }
 
-    /// Whether `device` is new to this account at `ts`: never used for a transaction, or
-    /// first used less than [`NEW_FOR_MS`] ago — and the account had used another before.
     /// Reads one word from each part of the profile a decision uses, so their cache misses
     /// are in flight together while the decision does other work (a profile spans many
     /// cache lines; read one after another, each miss would wait for the last).
@@ -216,6 +214,8 @@ impl Profile {
             ^ self.balance as u64
     }
 
+    /// Whether `device` is new to this account at `ts`: never used for a transaction, or
+    /// first used less than [`NEW_FOR_MS`] ago — and the account had used another before.
     pub fn is_new_device(&self, device: u64, ts: i64) -> bool {
         !self.devices.is_empty() && is_new(&self.devices, device, ts)
     }

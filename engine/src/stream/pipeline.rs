@@ -550,7 +550,17 @@ impl Shared {
             let committed = lock(&self.committed);
             let sync = matches!(mode, CommitMode::Sync);
             let resend = (self.cfg.commit_every * 5).max(Duration::from_secs(1));
+            // Only this member's partitions: a snapshot's position for a partition the group
+            // gave to another member is not ours to commit (sent again and again, it would
+            // move that member's progress back).
+            let assigned = consumer.assignment().ok();
             for (slot, topic, p, off) in positions {
+                if assigned
+                    .as_ref()
+                    .is_some_and(|a| a.find_partition(topic, *p).is_none())
+                {
+                    continue;
+                }
                 let fresh = committed
                     .get(slot)
                     .is_some_and(|(o, at)| o == off && at.elapsed() < resend);
