@@ -574,3 +574,89 @@ fn a_commit_the_broker_refuses_is_sent_again() {
     stop.store(true, Ordering::Relaxed);
     thread.join().unwrap().unwrap();
 }
+
+#[test]
+fn a_restored_member_starts_where_the_group_is_and_never_commits_behind_it() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let b = broker(2);
+    let mut cfg = b.cfg.clone();
+    cfg.commit_every = Duration::from_millis(100);
+    cfg.snapshot_every = Duration::from_millis(200);
+    let dir = std::env::temp_dir().join(format!("vigil-restored-{}", cfg.group_id));
+    let _ = std::fs::remove_dir_all(&dir);
+    cfg.state_dir = Some(dir.clone());
+    let input = sample();
+    let all = lines(&input);
+    let (first, second) = all.split_at(all.len() / 2);
+    // A snapshot covering the first half, on every partition.
+    let n1 = feed(&cfg, &first.join(&b'\n'));
+    run(engine(), &cfg, n1);
+    feed(&cfg, &second.join(&b'\n'));
+
+    // While that member is away, another one reads everything and commits the ends.
+    let other: BaseConsumer = vigil_engine::stream::client_config(&cfg)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    other.subscribe(&cfg.topics.inputs()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while other.assignment().unwrap().count() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the other member got no partitions"
+        );
+        let _ = other.poll(Duration::from_millis(100));
+    }
+    let mut ends = TopicPartitionList::new();
+    for e in other.assignment().unwrap().elements() {
+        let (_, high) = other
+            .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+            .unwrap();
+        ends.add_partition_offset(e.topic(), e.partition(), Offset::Offset(high))
+            .unwrap();
+    }
+    other.commit(&ends, CommitMode::Sync).unwrap();
+
+    // The restored member comes back: it must not decide the second half again, nor move
+    // the group's offsets back to its snapshot's, while the group rebalances around it.
+    let pipeline = Pipeline::new(engine(), cfg.clone());
+    let stats = pipeline.stats();
+    let stop = pipeline.stop_handle();
+    let thread = std::thread::spawn(move || pipeline.run());
+    while !(other.assignment().unwrap().count() == 2 && Stats::get(&stats.assigned) == 2) {
+        assert!(
+            Instant::now() < deadline,
+            "the group did not split the partitions"
+        );
+        let _ = other.poll(Duration::from_millis(50));
+    }
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let _ = other.poll(Duration::from_millis(100));
+        let committed = other
+            .committed_offsets(ends.clone(), Duration::from_secs(10))
+            .unwrap();
+        for (e, want) in committed.elements().iter().zip(ends.elements()) {
+            assert_eq!(
+                e.offset(),
+                want.offset(),
+                "{}/{}: committed behind the group",
+                e.topic(),
+                e.partition()
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    thread.join().unwrap().unwrap();
+    assert_eq!(
+        Stats::get(&stats.decided),
+        0,
+        "decided the second half again"
+    );
+    drop(other);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -427,11 +427,41 @@ impl ConsumerContext for Rebalancer {
                     if let Some(t) = inputs.iter().position(|t| *t == e.topic())
                         && let Some(&off) = resume.get(&(t as u8, e.partition()))
                     {
-                        seek.push((e.topic().to_string(), e.partition(), off));
+                        seek.push((t as u8, e.topic().to_string(), e.partition(), off));
                     }
                 }
                 drop(resume);
-                for (topic, part, off) in seek {
+                // A partition whose group offset is past the snapshot was read and committed
+                // by another member while this one was away: start where the group is (this
+                // state has not seen those messages) rather than decide them again and commit
+                // behind the group.
+                if !seek.is_empty() {
+                    let mut asked = TopicPartitionList::new();
+                    for (_, topic, part, _) in &seek {
+                        asked.add_partition(topic, *part);
+                    }
+                    match consumer.committed_offsets(asked, Duration::from_secs(10)) {
+                        Ok(group) => seek.retain(|(t, topic, part, off)| {
+                            let ahead = group
+                                .find_partition(topic, *part)
+                                .and_then(|e| match e.offset() {
+                                    Offset::Offset(c) if c > *off => Some(c),
+                                    _ => None,
+                                });
+                            let Some(c) = ahead else { return true };
+                            tracing::warn!(
+                                "{topic}/{part}: the group's offset {c} is past this snapshot's {off}: another member decided {} messages meanwhile; starting at {c} (this state has not seen them)",
+                                c - off
+                            );
+                            lock(&s.resume).remove(&(*t, *part));
+                            false
+                        }),
+                        Err(e) => tracing::warn!(
+                            "cannot read the group's offsets ({e}): resuming at the snapshot's"
+                        ),
+                    }
+                }
+                for (_, topic, part, off) in seek {
                     if let Err(e) = tpl.set_partition_offset(&topic, part, Offset::Offset(off)) {
                         tracing::error!("{topic}/{part}: cannot resume at {off}: {e}");
                     } else {
