@@ -16,7 +16,7 @@ mod serve;
 
 /// jemalloc, built to back large allocations with transparent huge pages (see
 /// `.cargo/config.toml`): at millions of accounts it takes decide()'s p99 from ~20 µs to ~7 µs
-/// (BENCHMARKS.md).
+/// (BENCHMARKS.md). Built unprefixed (workspace Cargo.toml), it is also librdkafka's `malloc`.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

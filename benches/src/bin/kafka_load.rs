@@ -29,7 +29,8 @@ use vigil_engine::stream::{Pipeline, Stats, StreamConfig, Topics, client_config}
 use vigil_engine::{Engine, EngineConfig, packs, replay, traffic};
 use vigil_rules::PackOptions;
 
-/// The `vigil` binary's allocator (see `decide-load`).
+/// The `vigil` binary's allocator (see `decide-load`); built unprefixed, it serves librdkafka's
+/// allocations too.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
