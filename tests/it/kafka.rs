@@ -120,6 +120,41 @@ fn bad_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
 }
 
 #[test]
+fn transactions_are_not_held_back_by_an_account_events_topic_with_nothing_on_it() {
+    let b = broker(2);
+    let input = sample();
+    let txs: Vec<u8> = lines(&input)
+        .into_iter()
+        .filter(|l| l.windows(7).any(|w| w == b"\"tx_id\""))
+        .take(2000)
+        .collect::<Vec<_>>()
+        .join(&b'\n');
+    let n = feed(&b.cfg, &txs);
+    assert_eq!(n, 2000);
+    // Running, not stopping at a message count (which releases whatever waits): the account
+    // side's watermarks must tell the merge that it has nothing to wait for, or each
+    // partition's transactions go out unaligned after ALIGN_WAIT_MAX.
+    let p = Pipeline::new(engine(), b.cfg.clone());
+    let (stats, stop) = (p.stats(), p.stop_handle());
+    let t = std::thread::spawn(move || p.run());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Stats::get(&stats.decided) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} decided",
+            Stats::get(&stats.decided)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    t.join().unwrap().unwrap();
+    assert_eq!(Stats::get(&stats.decided), n);
+    if exact_order() {
+        assert_eq!(Stats::get(&stats.unaligned), 0);
+    }
+}
+
+#[test]
 fn a_transaction_sent_twice_is_decided_and_acted_on_once() {
     let b = broker(1);
     let input = sample();

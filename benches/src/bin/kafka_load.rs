@@ -1,7 +1,9 @@
 //! End-to-end load generator for the Kafka path, on the embedded broker (librdkafka's
 //! in-process mock cluster): produce a recorded file onto the input topics, read it back with a
 //! bare rdkafka consumer, then run the pipeline over the same messages (consume → align →
-//! decide → produce decisions) and compare the two rates, measured in the same run.
+//! decide → produce decisions) and compare the two rates, measured in the same run. Between the
+//! two it measures the floor under any pipeline here: consume every message and produce one
+//! record per transaction with the pipeline's producer settings, deciding nothing.
 //!
 //! ```sh
 //! cargo run --release -p vigil-benches --bin kafka-load -- [--input FILE] [--accounts N]
@@ -20,8 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use vigil_engine::stream::embedded::Embedded;
 use vigil_engine::stream::produce::produce;
@@ -254,6 +258,109 @@ fn bare_consume(
     Ok((n, bytes, elapsed, touch))
 }
 
+/// Counts acknowledged and failed deliveries.
+#[derive(Default)]
+struct Acks {
+    ok: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        let c = if r.is_ok() { &self.ok } else { &self.failed };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The floor under any pipeline on this broker: reads every input message as `bare_consume`
+/// does and produces one record per transaction to `out` (its own key and payload, about the
+/// size of a decision) with the pipeline's producer settings, deciding nothing; returns
+/// (records acknowledged, time from the first message consumed to the last acknowledgement).
+fn consume_produce(
+    cfg: &StreamConfig,
+    ends: &[(String, i32, i64)],
+    out: &str,
+    deadline: Instant,
+) -> Result<(u64, Duration), String> {
+    let c: BaseConsumer = client_config(cfg)
+        .set("group.id", format!("{}-floor", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "50")
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let p: ThreadedProducer<Acks> = client_config(cfg)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create_with_context(Acks::default())
+        .map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    let mut left = std::collections::HashMap::new();
+    for (topic, part, high) in ends {
+        if *high > 0 {
+            tpl.add_partition_offset(topic, *part, Offset::Beginning)
+                .map_err(|e| e.to_string())?;
+            left.insert((*topic == ends[0].0, *part), *high);
+        }
+    }
+    c.assign(&tpl).map_err(|e| e.to_string())?;
+    let (mut sent, mut first) = (0u64, None);
+    while !left.is_empty() {
+        if Instant::now() > deadline {
+            return Err("consume and produce timed out".into());
+        }
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.map_err(|e| format!("consume and produce: {e}"))?;
+        first.get_or_insert_with(Instant::now);
+        let key = (m.topic() == ends[0].0, m.partition());
+        if key.0 {
+            let mut record = BaseRecord::to(out)
+                .key(m.key().unwrap_or_default())
+                .payload(m.payload().unwrap_or_default());
+            loop {
+                match p.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) if Instant::now() < deadline => {
+                        // Queue full: let deliveries drain.
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => return Err(format!("consume and produce: {e}")),
+                }
+            }
+            sent += 1;
+        }
+        if left.get(&key).is_some_and(|h| m.offset() + 1 >= *h) {
+            left.remove(&key);
+        }
+    }
+    p.flush(deadline.saturating_duration_since(Instant::now()))
+        .map_err(|e| format!("consume and produce: flush: {e}"))?;
+    let elapsed = first.map_or(Duration::ZERO, |f| f.elapsed());
+    let acks = p.context();
+    let (ok, failed) = (
+        acks.ok.load(Ordering::Relaxed),
+        acks.failed.load(Ordering::Relaxed),
+    );
+    if ok != sent || failed != 0 {
+        return Err(format!(
+            "consume and produce: {ok} of {sent} records acknowledged, {failed} failed"
+        ));
+    }
+    Ok((ok, elapsed))
+}
+
 fn run() -> Result<(), String> {
     let a = args()?;
     let deadline = Instant::now() + a.timeout;
@@ -337,7 +444,20 @@ fn run() -> Result<(), String> {
         bytes as f64 / 1e6 / bare_time.as_secs_f64().max(1e-9)
     ));
 
-    // 4. End to end.
+    // 4. The floor: consume everything and produce one record per transaction.
+    let floor_topic = "kafka-load.floor";
+    embedded
+        .create_topic(floor_topic, a.partitions)
+        .map_err(|e| e.to_string())?;
+    let (records, floor_time) = consume_produce(&cfg, &ends, floor_topic, deadline)?;
+    let floor = rate(sent, floor_time);
+    say(format!(
+        "consume + produce   {sent} messages in, {records} records out (one per transaction, deciding nothing) in {:.2}s: {floor:.0} events/s, {:.2}× bare consume: the floor under any pipeline here",
+        floor_time.as_secs_f64(),
+        floor / bare
+    ));
+
+    // 5. End to end.
     let pack = packs::load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/packs/default"),
         &PackOptions::default(),
@@ -469,8 +589,9 @@ fn run() -> Result<(), String> {
         process_cpu.as_secs_f64()
     ));
     say(format!(
-        "ratio               end to end / bare consume = {:.2}",
-        e2e / bare
+        "ratio               end to end / bare consume = {:.2}; end to end / consume + produce = {:.2}",
+        e2e / bare,
+        e2e / floor
     ));
     drop(embedded);
     if problems.is_empty() {

@@ -222,6 +222,26 @@ impl Align {
         Some(item)
     }
 
+    /// Whether the event a forced [`Align::next`] would release on partition `p` arrived at or
+    /// before `before`.
+    pub fn head_waited(&self, p: i32, before: Instant) -> bool {
+        let Some(part) = self.parts.get(&p) else {
+            return false;
+        };
+        let head = match [part.queues[TX].front(), part.queues[ACCOUNT].front()] {
+            [Some(t), Some(a)] => {
+                if t.ts <= a.ts {
+                    t
+                } else {
+                    a
+                }
+            }
+            [Some(i), None] | [None, Some(i)] => i,
+            [None, None] => return false,
+        };
+        head.since <= before
+    }
+
     /// Forgets partition `p` (revoked): its waiting events are dropped, not decided; their
     /// offsets were never committed, so the partition's next owner reads them again. Its
     /// pauses go with it (an assignment starts unpaused).
@@ -323,6 +343,21 @@ mod tests {
         assert!(a.has_flow());
         a.forget(2);
         assert!(!a.has_flow(), "a revoked partition is not paused");
+    }
+
+    #[test]
+    fn knows_how_long_the_next_forced_event_waited() {
+        let mut a = Align::default();
+        assert!(!a.head_waited(1, Instant::now()));
+        let mut old = item(10, 1);
+        old.since = Instant::now() - std::time::Duration::from_secs(3);
+        a.push(TX, 1, old);
+        let cutoff = Instant::now() - std::time::Duration::from_secs(2);
+        a.push(TX, 1, item(20, 2));
+        assert!(a.head_waited(1, cutoff));
+        assert_eq!(a.next(1, true).map(|i| i.offset), Some(1));
+        assert!(!a.head_waited(1, cutoff), "the next one arrived just now");
+        assert!(a.head_waited(1, Instant::now()));
     }
 
     #[test]

@@ -324,8 +324,9 @@ struct Slots {
     keys: Vec<(u8, i32)>,
 }
 
-/// A partition's (low, high) offsets, and when they were read.
-type Watermarks = (i64, i64, Instant);
+/// A partition's low (when asked for: only needed before anything is read from it) and high
+/// offsets, and when they were read.
+type Watermarks = (Option<i64>, i64, Instant);
 
 /// What the loop reuses from one message to the next.
 #[derive(Debug, Default)]
@@ -365,6 +366,54 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared").finish_non_exhaustive()
     }
+}
+
+/// The high watermarks of the `(side, partition, low too)`s in `parts`, and the low ones where
+/// asked, in one request for all the highs and one for all the lows (instead of a round trip
+/// per partition, each waiting behind the consumer's fetch); a partition the broker gave no
+/// answer for is left out.
+fn ends(
+    consumer: &BaseConsumer<Rebalancer>,
+    inputs: [&str; 2],
+    parts: &[(usize, i32, bool)],
+    timeout: Duration,
+) -> HashMap<(usize, i32), (Option<i64>, i64)> {
+    let ask = |at: Offset, low: bool| -> HashMap<(usize, i32), i64> {
+        let mut tpl = TopicPartitionList::new();
+        for &(side, p, _) in parts.iter().filter(|part| !low || part.2) {
+            if let Err(err) = tpl.add_partition_offset(inputs[side], p, at) {
+                tracing::debug!("{}/{p}: {err}", inputs[side]);
+            }
+        }
+        match consumer.offsets_for_times(tpl, timeout) {
+            Ok(found) => found
+                .elements()
+                .iter()
+                .filter(|e| e.error().is_ok())
+                .filter_map(|e| {
+                    let side = inputs.iter().position(|t| *t == e.topic())?;
+                    match e.offset() {
+                        Offset::Offset(n) => Some(((side, e.partition()), n)),
+                        _ => None,
+                    }
+                })
+                .collect(),
+            Err(err) => {
+                tracing::debug!("cannot read watermarks: {err}");
+                HashMap::new()
+            }
+        }
+    };
+    let highs = ask(Offset::End, false);
+    let lows = if highs.is_empty() || !parts.iter().any(|p| p.2) {
+        HashMap::new()
+    } else {
+        ask(Offset::Beginning, true)
+    };
+    highs
+        .into_iter()
+        .map(|(k, high)| (k, (lows.get(&k).copied(), high)))
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1265,6 +1314,54 @@ impl Pipeline {
         }
         let position = consumer.position()?;
         let inputs = s.cfg.topics.inputs();
+        // Where this consumer is on a side of a partition: None if not assigned, else the
+        // next offset it will read, if it has read anything.
+        let pos = |side: usize, p: i32| {
+            position
+                .find_partition(inputs[side], p)
+                .map(|e| match e.offset() {
+                    Offset::Offset(n) => Some(n),
+                    _ => None,
+                })
+        };
+        // Behind the last known end, or nothing read yet from a partition known to hold
+        // messages: certainly not at the end, no need to ask. (Asking waits behind the
+        // consumer's fetch, up to fetch.wait.max.ms: asked on every check, with a backlog the
+        // checks took all the time and the pipeline handled ten messages a second.)
+        let behind = |side: usize, p: i32, at: Option<i64>| {
+            lock(&s.highs)
+                .get(&(side, p))
+                .is_some_and(|&(low, high, when)| {
+                    at.map_or(low.is_some_and(|l| l < high), |n| n < high)
+                        && when.elapsed() < Duration::from_secs(5)
+                })
+        };
+        // The ends still unknown, asked for together: one round trip, not one per partition
+        // (and the beginnings of those nothing was read from yet: a second one).
+        let ask: Vec<(usize, i32, bool)> = waiting
+            .iter()
+            .flat_map(|w| {
+                [align::TX, align::ACCOUNT]
+                    .into_iter()
+                    .filter(|&side| w.empty[side])
+                    .map(move |side| (side, w.p))
+            })
+            .filter_map(|(side, p)| match pos(side, p) {
+                Some(at) if !behind(side, p, at) => Some((side, p, at.is_none())),
+                _ => None,
+            })
+            .collect();
+        let answered = if ask.is_empty() {
+            HashMap::new()
+        } else {
+            let answered = ends(consumer, inputs, &ask, Duration::from_millis(500));
+            let now = Instant::now();
+            let mut highs = lock(&s.highs);
+            for (&k, &(low, high)) in &answered {
+                highs.insert(k, (low, high, now));
+            }
+            answered
+        };
         for align::Waiting {
             p,
             empty,
@@ -1276,38 +1373,13 @@ impl Pipeline {
                 if !empty[side] {
                     continue;
                 }
-                let topic = inputs[side];
-                let at_end = match position.find_partition(topic, p) {
+                let at_end = match pos(side, p) {
                     None => true,
-                    Some(e) => {
-                        let pos = match e.offset() {
-                            Offset::Offset(n) => Some(n),
-                            _ => None,
-                        };
-                        // Behind the last known end, or nothing read yet from a partition
-                        // known to hold messages: certainly not at the end, no need to ask.
-                        // (Asking waits behind the consumer's fetch, up to fetch.wait.max.ms:
-                        // asked on every check, with a backlog the checks took all the time and
-                        // the pipeline handled ten messages a second.)
-                        let known = lock(&s.highs).get(&(side, p)).copied();
-                        if let Some((low, high, at)) = known
-                            && pos.map_or(low < high, |n| n < high)
-                            && at.elapsed() < Duration::from_secs(5)
-                        {
-                            false
-                        } else {
-                            match consumer.fetch_watermarks(topic, p, Duration::from_millis(500)) {
-                                Ok((low, high)) => {
-                                    lock(&s.highs).insert((side, p), (low, high, Instant::now()));
-                                    pos.map_or(low == high, |n| n >= high)
-                                }
-                                Err(err) => {
-                                    tracing::debug!("{topic}/{p}: cannot read watermarks: {err}");
-                                    false
-                                }
-                            }
-                        }
-                    }
+                    Some(at) if behind(side, p, at) => false,
+                    // Unanswered (the broker did not say): not known to be at the end.
+                    Some(at) => answered
+                        .get(&(side, p))
+                        .is_some_and(|&(low, high)| at.map_or(low == Some(high), |n| n >= high)),
                 };
                 if at_end {
                     lock(&s.align).at_end(side, p);
@@ -1321,9 +1393,16 @@ impl Pipeline {
                     .iter()
                     .all(|&side| !empty[side] || silent(side));
             if late {
-                Stats::bump(&self.stats.unaligned);
+                // Everything that waited as long goes (each counted), not one event per check:
+                // when the broker never tells the ends, the merge still drains at the speed
+                // events come in, ALIGN_WAIT_MAX late, instead of a few events a second.
+                let cutoff = Instant::now().checked_sub(ALIGN_WAIT_MAX);
+                while cutoff.is_some_and(|c| lock(&s.align).head_waited(p, c)) {
+                    Stats::bump(&self.stats.unaligned);
+                    self.step(s, effects, scratch, p, true)?;
+                }
             }
-            self.step(s, effects, scratch, p, late)?;
+            self.step(s, effects, scratch, p, false)?;
         }
         Ok(())
     }
