@@ -48,7 +48,13 @@ struct Part {
 impl Part {
     /// The count of outputs still awaited by the pending message at `offset`.
     fn awaited(&mut self, offset: i64) -> Option<&mut u32> {
-        let i = self.pending.partition_point(|(o, _)| *o < offset);
+        // Nearly always the newest (its outputs are being produced) or the oldest (the
+        // acknowledgements come in order): no search for those.
+        let i = match (self.pending.front(), self.pending.back()) {
+            (_, Some(&(o, _))) if o == offset => self.pending.len() - 1,
+            (Some(&(o, _)), _) if o == offset => 0,
+            _ => self.pending.partition_point(|(o, _)| *o < offset),
+        };
         self.pending
             .get_mut(i)
             .filter(|(o, _)| *o == offset)
@@ -63,6 +69,8 @@ pub struct Tracker {
     /// (output topic, partition) → one past the last acknowledged offset.
     out_ends: Mutex<HashMap<(u8, i32), i64>>,
     failed: Mutex<Option<String>>,
+    /// Whether `failed` holds a failure (read on every turn of the loop, without the lock).
+    has_failed: std::sync::atomic::AtomicBool,
     /// Outputs produced whose delivery report has not been handled yet.
     unreported: AtomicI64,
 }
@@ -164,8 +172,18 @@ impl Tracker {
         true
     }
 
+    /// Records a delivery failure (the first one is kept).
+    fn fail(&self, msg: String) {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert(msg);
+        self.has_failed.store(true, Ordering::Release);
+    }
+
     /// The first delivery failure, if any.
     pub fn failure(&self) -> Option<String> {
+        if !self.has_failed.load(Ordering::Acquire) {
+            return None;
+        }
         self.failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -222,12 +240,7 @@ impl ProducerContext for Delivery {
                     m.topic()
                 );
                 tracing::error!("{msg}");
-                let mut f = self
-                    .tracker
-                    .failed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                f.get_or_insert(msg);
+                self.tracker.fail(msg);
             }
         }
     }
@@ -236,6 +249,36 @@ impl ProducerContext for Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_delivery_failure_is_kept() {
+        let t = Tracker::default();
+        assert_eq!(t.failure(), None);
+        t.fail("first".into());
+        t.fail("second".into());
+        assert_eq!(t.failure().as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn acknowledgements_out_of_order_and_at_either_end() {
+        let t = Tracker::default();
+        for o in 10..15 {
+            t.begin(0, o);
+            t.add(0, o);
+            t.ack(0, o);
+        }
+        // Outputs acknowledged newest first, then one in the middle, then the oldest.
+        t.ack(0, 14);
+        t.ack(0, 12);
+        assert_eq!(t.done(0), Some(10));
+        t.ack(0, 10);
+        assert_eq!(t.done(0), Some(11));
+        t.ack(0, 11);
+        assert_eq!(t.done(0), Some(13));
+        t.ack(0, 13);
+        assert_eq!(t.done(0), Some(15));
+        assert!(!t.in_flight(0));
+    }
 
     #[test]
     fn outputs_of_a_message_held_back_count_against_it() {
