@@ -174,6 +174,8 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
             clock_ahead_ms: s
                 .clock_ahead
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            // Swept by `maintain_state`, not by whichever decision reaches the count.
+            maintain_every: 0,
             ..EngineConfig::default()
         },
     ));
@@ -288,6 +290,12 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
             .name("vigil-rules-watch".into())
             .spawn(move || watch_rules(&state, &stop))?
     };
+    let maintainer = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("vigil-state".into())
+            .spawn(move || maintain_state(&engine, &stop))?
+    };
     let api = match &s.listen {
         Some(addr) => Some(start_api(
             addr,
@@ -318,6 +326,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
         let _ = w.join();
     }
     let _ = rules_watch.join();
+    let _ = maintainer.join();
     let summary = result?;
     report(&stats, summary.consumed, summary.seconds);
     let g = Stats::get;
@@ -380,6 +389,27 @@ impl Api {
 /// Every second: reloads the rules when a file of the directory changed (a bad pack is
 /// refused — logged, counted, audited — and the running pack stays), and ends the snoozes
 /// whose time is up.
+/// How often `vigil serve` evicts idle state.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// Evicts idle state every [`MAINTAIN_EVERY`] until `stop`.
+fn maintain_state(engine: &Engine, stop: &AtomicBool) {
+    let mut since = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if since.elapsed() < MAINTAIN_EVERY {
+            continue;
+        }
+        let t = std::time::Instant::now();
+        engine.maintain();
+        since = std::time::Instant::now();
+        tracing::debug!(
+            "idle state evicted in {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
+
 fn watch_rules(state: &AppState, stop: &AtomicBool) {
     let reloader = state.0.reloader.get();
     if let Some(r) = reloader {

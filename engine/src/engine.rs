@@ -41,7 +41,10 @@ pub struct EngineConfig {
     pub clock_ahead_ms: Option<i64>,
     /// State limits.
     pub limits: StateLimits,
-    /// Evict idle state every this many events.
+    /// Evict idle state every this many events, inline in the decision that reaches the count
+    /// (deterministic: replays). 0: never inline — the caller runs [`Engine::maintain`]
+    /// itself, as `vigil serve` does on a thread of its own, so no decision waits for a sweep
+    /// of the whole state (tens of milliseconds at a million accounts).
     pub maintain_every: u64,
     /// Accounts to reserve room for up front (0: grow as needed). Growing a large table
     /// moves every entry, so a deployment that knows its size should say it.
@@ -345,7 +348,8 @@ impl Engine {
         future
     }
 
-    /// Evicts idle state now (also done every `maintain_every` events).
+    /// Evicts idle state now (also done every `maintain_every` events, unless that is 0). Each
+    /// store is swept a shard at a time: a decision meets at most one shard's sweep.
     pub fn maintain(&self) {
         let active = self.active.load();
         let now = self.watermark.load(Ordering::Relaxed);

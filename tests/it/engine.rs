@@ -90,6 +90,28 @@ fn idle_state_is_evicted_and_limits_hold() {
 }
 
 #[test]
+fn with_maintain_every_0_state_is_evicted_only_when_asked() {
+    let limits = StateLimits {
+        accounts_max: 10,
+        ..StateLimits::default()
+    };
+    let e = engine(
+        COUNT3,
+        EngineConfig {
+            limits,
+            maintain_every: 0,
+            ..EngineConfig::default()
+        },
+    );
+    for i in 0..50 {
+        e.apply(&tx(&format!("t-{i}"), &format!("a-{i}"), i, "1.00"));
+    }
+    assert_eq!(e.state_stats().accounts, 50, "not swept inline");
+    e.maintain();
+    assert_eq!(e.state_stats().accounts, 10);
+}
+
+#[test]
 fn account_events_feed_since_and_account_age() {
     let rules = "[[rule]]\nid = \"reset\"\naction = \"step_up\"\nwhen = \"since(password_reset) < 1h and account_age > 30d\"\n";
     let e = engine(rules, EngineConfig::default());

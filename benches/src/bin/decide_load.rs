@@ -127,6 +127,11 @@ fn main() {
         flagged += u64::from(d.action != vigil_rules::Action::Allow);
     }
     let secs = t.elapsed().as_secs_f64();
+    // One sweep for idle state, as `vigil serve` runs on its own thread (and the loop above
+    // runs inline every `maintain_every` events: its max latency).
+    let t = Instant::now();
+    engine.maintain();
+    let sweep_ms = t.elapsed().as_secs_f64() * 1e3;
     println!("accounts            {accounts}");
     println!(
         "warm-up             {} decisions in {warm_secs:.2}s ({:.0}/s)",
@@ -145,6 +150,7 @@ fn main() {
         hist.max() as f64 / 1e3
     );
     println!("flagged             {flagged}");
+    println!("sweep               idle-state eviction over the whole state: {sweep_ms:.1} ms");
     println!(
         "state               {} accounts, {} devices, {} ips, {} counterparties, {} tx ids",
         stats.accounts, stats.keyed[0], stats.keyed[1], stats.keyed[2], stats.seen_tx
