@@ -147,3 +147,80 @@ async fn http_decisions_go_to_the_output_topics_once_with_their_effects() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_settlements_go_to_the_settlements_topic_once() {
+    let b = broker(1);
+    let engine = engine();
+    let ledger = Ledger::in_memory(BookConfig::default());
+    let state = AppState::new(engine.clone(), ledger, tokens(), Limits::default());
+    let publisher = Arc::new(Publisher::new(&b.cfg, Some(state.0.metrics.clone())).unwrap());
+    let state = state.with_publisher(publisher.clone());
+    let metrics = state.0.metrics.clone();
+    let app = router(state);
+    for id in ["alice", "bob"] {
+        let (status, body) = post(&app, "/v1/accounts", json!({"id": id, "currency": "EUR"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = post(
+        &app,
+        "/v1/accounts/alice/deposits",
+        json!({"op_id": "dep-1", "amount": "100.00"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // A transfer that settles, retried; an authorization with settle=true that the ledger
+    // declines (more than alice has).
+    let transfer = json!({"tx_id": "t-1", "kind": "transfer", "account_id": "alice",
+        "counterparty_id": "bob", "amount": "25.00", "currency": "EUR",
+        "ts": "2026-11-23T10:00:00Z"});
+    for _ in 0..2 {
+        let (status, body) = post(&app, "/v1/transfers", transfer.clone()).await;
+        assert!(status.is_success(), "{status} {body}");
+        assert_eq!(body["transfer"]["status"], "settled", "{body}");
+    }
+    let (status, body) = post(
+        &app,
+        "/v1/authorize?settle=true",
+        payment("t-2", "alice", "m-1", "500.00", 1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["transfer"]["status"], "declined", "{body}");
+    publisher.flush(Duration::from_secs(30)).unwrap();
+
+    let records = read_all(&b.cfg, &b.cfg.topics.settlements);
+    let got: BTreeMap<String, Value> = records
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                r.headers.get("vigil-effect"),
+                Some(&format!("settlement:{}", r.key)),
+                "{r:?}"
+            );
+            assert_eq!(
+                r.headers.get("vigil-source").map(String::as_str),
+                Some("http")
+            );
+            (r.key.clone(), serde_json::from_str(&r.value).unwrap())
+        })
+        .collect();
+    assert_eq!(
+        records.len(),
+        2,
+        "one each, the retry publishing nothing: {records:?}"
+    );
+    assert_eq!(got["t-1"]["status"], "settled");
+    assert_eq!(got["t-1"]["amount"], "25.00");
+    assert_eq!(got["t-1"]["from"], "alice");
+    assert_eq!(got["t-1"]["to"], "bob");
+    assert_eq!(got["t-2"]["status"], "declined");
+    assert_eq!(got["t-2"]["decline_code"], "insufficient_funds");
+    let text = metrics.render(&engine);
+    let series = "vigil_http_published_total{kind=\"settlement\",result=\"acked\"} 2";
+    assert!(
+        text.lines().any(|l| l == series),
+        "no `{series}` in\n{text}"
+    );
+}

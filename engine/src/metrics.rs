@@ -120,7 +120,7 @@ pub struct Metrics {
     http_requests: IntCounterVec,
     audit_entries: IntCounterVec,
     snoozes_active: IntGauge,
-    published: [[IntCounter; 2]; 3],
+    published: [[IntCounter; 2]; 4],
     /// The pipeline's counters, synced into the counters above on every scrape.
     stream: Mutex<Option<Arc<Stats>>>,
     timing_tick: AtomicU64,
@@ -225,7 +225,7 @@ impl Metrics {
         let published_v = counter_vec(
             &r,
             "vigil_http_published_total",
-            "Records of HTTP decisions published to the output topics, by kind (decision, freeze, notification) and result (acked, failed: lost).",
+            "Records of HTTP decisions published to the output topics, by kind (decision, freeze, notification, settlement) and result (acked, failed: lost).",
             &["kind", "result"],
         );
         let published = crate::stream::publish::KINDS

@@ -589,6 +589,11 @@ async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, A
             _ => 2,
         });
         publish(s, tx, &d);
+        if !a.replayed
+            && let Some(p) = s.publisher.get()
+        {
+            p.settled(tx, t);
+        }
         return Ok(Decided {
             decline: decline_code(risk, t.decline),
             transfer: Some(views::transfer(t)),

@@ -181,6 +181,24 @@ pub fn freeze_request(engine: &Engine, tx: &Transaction, d: &Decision, now_ms: i
     serde_json::to_vec(&req).unwrap_or_default()
 }
 
+/// The settlements record of `tx`: what the ledger did with it (`t`).
+pub fn settlement(tx: &Transaction, t: &crate::ledger::book::Transfer) -> Vec<u8> {
+    let body = serde_json::json!({
+        "tx_id": t.tx_id,
+        "account_id": tx.account_id,
+        "status": crate::ledger::book::status_name(t.status),
+        "decline_code": t.decline.map(|c| c.code()),
+        "from": t.from.name(),
+        "to": t.to.name(),
+        "amount": t.currency.format(t.amount),
+        "currency": t.currency.code(),
+        "risk": t.risk.name(),
+        "hold_expires_at": t.expires_ms.map(format_ts),
+        "at": format_ts(t.created_ms),
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
 #[derive(Serialize)]
 struct Notification<'a> {
     kind: &'a str,

@@ -20,7 +20,7 @@ use super::align::{self, Align, Item};
 use super::track::{Delivery, SLOTS_MAX, Tracker, opaque};
 use super::{Out, Stats, StreamConfig, StreamError, notify};
 use crate::engine::{Engine, Scratch};
-use crate::event::{Event, Transaction, decode, format_ts};
+use crate::event::{Event, Transaction, decode};
 use crate::ledger::{Ledger, LedgerError, Outcome, Status as LedgerStatus};
 use crate::state::key_hash;
 
@@ -1440,7 +1440,7 @@ impl Pipeline {
         slot: u16,
         offset: i64,
     ) -> Result<(), StreamError> {
-        let body = match ledger.settle_decided(tx, d) {
+        let bytes = match ledger.settle_decided(tx, d) {
             Ok((applied, ticket)) => {
                 s.ledger_ticket.fetch_max(ticket, Ordering::SeqCst);
                 let Outcome::Transfer(t) = &applied.outcome else {
@@ -1452,35 +1452,23 @@ impl Pipeline {
                     _ => 2,
                 };
                 Stats::bump(&self.stats.settlements[i]);
-                serde_json::json!({
-                    "tx_id": t.tx_id,
-                    "account_id": tx.account_id,
-                    "status": crate::ledger::book::status_name(t.status),
-                    "decline_code": t.decline.map(|c| c.code()),
-                    "from": t.from.name(),
-                    "to": t.to.name(),
-                    "amount": t.currency.format(t.amount),
-                    "currency": t.currency.code(),
-                    "risk": t.risk.name(),
-                    "hold_expires_at": t.expires_ms.map(format_ts),
-                    "at": format_ts(t.created_ms),
-                })
+                notify::settlement(tx, t)
             }
             Err(LedgerError::Journal(e)) => {
                 return Err(StreamError::Other(format!("ledger: {e}")));
             }
             Err(e) => {
                 Stats::bump(&self.stats.settlements[3]);
-                serde_json::json!({
+                let body = serde_json::json!({
                     "tx_id": tx.tx_id,
                     "account_id": tx.account_id,
                     "status": "refused",
                     "error": e.code(),
                     "message": e.to_string(),
-                })
+                });
+                serde_json::to_vec(&body).map_err(|e| StreamError::Other(e.to_string()))?
             }
         };
-        let bytes = serde_json::to_vec(&body).map_err(|e| StreamError::Other(e.to_string()))?;
         s.send(
             effects,
             Out::Settlements,

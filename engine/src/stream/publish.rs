@@ -1,7 +1,7 @@
 //! Decisions made outside the stream (`POST /v1/authorize`) onto the same output topics as the
-//! Kafka path: the decision, a freeze request when a freezing rule fired, and the notifications
-//! — so the services that act on freezes and tell users see every decision, whichever way it
-//! came in.
+//! Kafka path: the decision, a freeze request when a freezing rule fired, the notifications,
+//! and what the ledger did when the request settled — so the services that act on freezes, tell
+//! users and follow settlements see every decision, whichever way it came in.
 //!
 //! The inline caller never waits for Kafka: records are handed to librdkafka, which retries
 //! until the brokers take them. What cannot be queued (a full queue, i.e. brokers away for
@@ -26,12 +26,12 @@ use crate::event::Transaction;
 use crate::metrics::Metrics;
 
 /// The kinds of record published, in the order of the counters.
-pub const KINDS: [&str; 3] = ["decision", "freeze", "notification"];
+pub const KINDS: [&str; 4] = ["decision", "freeze", "notification", "settlement"];
 
 #[derive(Debug, Default)]
 struct Counts {
-    acked: [AtomicU64; 3],
-    failed: [AtomicU64; 3],
+    acked: [AtomicU64; 4],
+    failed: [AtomicU64; 4],
     last_log_ms: AtomicI64,
 }
 
@@ -118,9 +118,9 @@ impl std::fmt::Debug for Publisher {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Published {
     /// Acknowledged by the brokers.
-    pub acked: [u64; 3],
+    pub acked: [u64; 4],
     /// Dropped: refused by the brokers or not queued.
-    pub failed: [u64; 3],
+    pub failed: [u64; 4],
 }
 
 impl Publisher {
@@ -173,6 +173,13 @@ impl Publisher {
         }
     }
 
+    /// Publishes what the ledger did with `tx` (`t`), as the Kafka path's settlements record.
+    pub fn settled(&self, tx: &Transaction, t: &crate::ledger::book::Transfer) {
+        let body = notify::settlement(tx, t);
+        let topic = &self.topics.settlements;
+        self.send(3, topic, &tx.tx_id, &body, "settlement", tx);
+    }
+
     fn notify(&self, kind: &str, lang: notify::Lang, tx: &Transaction) {
         if let Some(body) = notify::notification(kind, lang, tx) {
             let effect = format!("notification:{kind}");
@@ -212,7 +219,7 @@ impl Publisher {
 
     /// What was published so far.
     pub fn published(&self) -> Published {
-        let load = |a: &[AtomicU64; 3]| a.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let load = |a: &[AtomicU64; 4]| a.each_ref().map(|c| c.load(Ordering::Relaxed));
         Published {
             acked: load(&self.ctx.counts.acked),
             failed: load(&self.ctx.counts.failed),
