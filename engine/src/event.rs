@@ -127,6 +127,23 @@ impl Currency {
     pub fn format(&self, minor: i64) -> String {
         Decimal::new(minor, u32::from(self.exponent)).to_string()
     }
+    /// Appends [`Currency::format`]'s text to `out`, without a `Decimal` or a `String`.
+    pub fn write_amount(&self, out: &mut Vec<u8>, minor: i64) {
+        use std::io::Write as _;
+        let exp = u32::from(self.exponent);
+        let Some(unit) = 10u64.checked_pow(exp) else {
+            out.extend_from_slice(self.format(minor).as_bytes());
+            return;
+        };
+        if minor < 0 {
+            out.push(b'-');
+        }
+        let abs = minor.unsigned_abs();
+        let _ = write!(out, "{}", abs / unit);
+        if exp > 0 {
+            let _ = write!(out, ".{:0width$}", abs % unit, width = exp as usize);
+        }
+    }
     /// Formats a total in minor units (sums of many amounts need more than 64 bits).
     pub fn format_wide(&self, minor: i128) -> String {
         Decimal::try_from_i128_with_scale(minor, u32::from(self.exponent))
