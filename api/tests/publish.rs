@@ -14,9 +14,11 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use vigil_api::http::{AppState, Limits, router};
+use vigil_engine::Engine;
 use vigil_engine::ledger::{BookConfig, Ledger};
+use vigil_engine::metrics::Metrics;
 use vigil_engine::stream::publish::Publisher;
-use vigil_tests::kafka::{broker, engine, read_all};
+use vigil_tests::kafka::{Broker, broker, engine, read_all};
 
 mod common;
 use common::{PAY, tokens};
@@ -24,6 +26,17 @@ use common::{PAY, tokens};
 async fn post(app: &axum::Router, uri: &str, body: Value) -> (StatusCode, Value) {
     let (status, _, text) = common::send(app, "POST", uri, Some(PAY), Some(body.to_string())).await;
     (status, serde_json::from_str(&text).unwrap())
+}
+
+/// An app with an in-memory ledger that publishes to `b`'s topics.
+fn publishing_app(b: &Broker) -> (axum::Router, Arc<Engine>, Arc<Publisher>, Arc<Metrics>) {
+    let engine = engine();
+    let ledger = Ledger::in_memory(BookConfig::default());
+    let state = AppState::new(engine.clone(), ledger, tokens(), Limits::default());
+    let publisher = Arc::new(Publisher::new(&b.cfg, Some(state.0.metrics.clone())).unwrap());
+    let state = state.with_publisher(publisher.clone());
+    let metrics = state.0.metrics.clone();
+    (router(state), engine, publisher, metrics)
 }
 
 /// A payment of `amount` EUR from `account` to `to` at minute `minute` of a fixed day.
@@ -36,13 +49,7 @@ fn payment(id: &str, account: &str, to: &str, amount: &str, minute: u32) -> Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_decisions_go_to_the_output_topics_once_with_their_effects() {
     let b = broker(1);
-    let engine = engine();
-    let ledger = Ledger::in_memory(BookConfig::default());
-    let state = AppState::new(engine.clone(), ledger, tokens(), Limits::default());
-    let publisher = Arc::new(Publisher::new(&b.cfg, Some(state.0.metrics.clone())).unwrap());
-    let state = state.with_publisher(publisher.clone());
-    let metrics = state.0.metrics.clone();
-    let app = router(state);
+    let (app, engine, publisher, metrics) = publishing_app(&b);
 
     // The card tester's account reads Chinese.
     let (status, body) = post(
@@ -151,13 +158,7 @@ async fn http_decisions_go_to_the_output_topics_once_with_their_effects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_settlements_go_to_the_settlements_topic_once() {
     let b = broker(1);
-    let engine = engine();
-    let ledger = Ledger::in_memory(BookConfig::default());
-    let state = AppState::new(engine.clone(), ledger, tokens(), Limits::default());
-    let publisher = Arc::new(Publisher::new(&b.cfg, Some(state.0.metrics.clone())).unwrap());
-    let state = state.with_publisher(publisher.clone());
-    let metrics = state.0.metrics.clone();
-    let app = router(state);
+    let (app, engine, publisher, metrics) = publishing_app(&b);
     for id in ["alice", "bob"] {
         let (status, body) = post(&app, "/v1/accounts", json!({"id": id, "currency": "EUR"})).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");

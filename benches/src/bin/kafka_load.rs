@@ -29,7 +29,9 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{Offset, TopicPartitionList};
 use vigil_engine::stream::embedded::Embedded;
 use vigil_engine::stream::produce::produce;
-use vigil_engine::stream::{Pipeline, Stats, StreamConfig, Topics, client_config};
+use vigil_engine::stream::{
+    Pipeline, Stats, StreamConfig, Topics, client_config, output_producer_config,
+};
 use vigil_engine::{Engine, EngineConfig, packs, replay, traffic};
 use vigil_rules::PackOptions;
 
@@ -200,26 +202,27 @@ fn check_kept(
     Ok(w)
 }
 
-/// Reads every input partition from its beginning to its high watermark with a plain
-/// consumer (assigned, no group join); returns (messages, payload bytes, time from the first
-/// message to the last, a checksum of the payload bytes).
-fn bare_consume(
+/// What is left to read: (transactions topic?, partition) → its high watermark.
+type Left = std::collections::HashMap<(bool, i32), i64>;
+
+/// A plain consumer (no group join) assigned every non-empty input partition from its
+/// beginning, with the pipeline's consumer settings (without the lower fetch.queue.backoff.ms,
+/// the consumer idles up to a second whenever its queue is full, and timings swing 3×).
+fn assigned(
     cfg: &StreamConfig,
     ends: &[(String, i32, i64)],
-    deadline: Instant,
-) -> Result<(u64, u64, Duration, u64), String> {
+    group: &str,
+) -> Result<(BaseConsumer, Left), String> {
     let c: BaseConsumer = client_config(cfg)
-        .set("group.id", format!("{}-bare", cfg.group_id))
+        .set("group.id", format!("{}-{group}", cfg.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        // The pipeline's consumer settings (without the lower fetch.queue.backoff.ms, the
-        // consumer idles up to a second whenever its queue is full, and timings swing 3×).
         .set("fetch.wait.max.ms", "50")
         .set("fetch.queue.backoff.ms", "10")
         .create()
         .map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
-    let mut left = std::collections::HashMap::new();
+    let mut left = Left::new();
     for (topic, p, high) in ends {
         if *high > 0 {
             tpl.add_partition_offset(topic, *p, Offset::Beginning)
@@ -228,6 +231,18 @@ fn bare_consume(
         }
     }
     c.assign(&tpl).map_err(|e| e.to_string())?;
+    Ok((c, left))
+}
+
+/// Reads every input partition from its beginning to its high watermark with a plain
+/// consumer (assigned, no group join); returns (messages, payload bytes, time from the first
+/// message to the last, a checksum of the payload bytes).
+fn bare_consume(
+    cfg: &StreamConfig,
+    ends: &[(String, i32, i64)],
+    deadline: Instant,
+) -> Result<(u64, u64, Duration, u64), String> {
+    let (c, mut left) = assigned(cfg, ends, "bare")?;
     let (mut n, mut bytes, mut touch) = (0u64, 0u64, 0u64);
     let mut first = None;
     while !left.is_empty() {
@@ -285,34 +300,10 @@ fn consume_produce(
     out: &str,
     deadline: Instant,
 ) -> Result<(u64, Duration), String> {
-    let c: BaseConsumer = client_config(cfg)
-        .set("group.id", format!("{}-floor", cfg.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "50")
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let p: ThreadedProducer<Acks> = client_config(cfg)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "10")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "500000")
-        .set("queue.buffering.max.kbytes", "1048576")
+    let (c, mut left) = assigned(cfg, ends, "floor")?;
+    let p: ThreadedProducer<Acks> = output_producer_config(cfg)
         .create_with_context(Acks::default())
         .map_err(|e| e.to_string())?;
-    let mut tpl = TopicPartitionList::new();
-    let mut left = std::collections::HashMap::new();
-    for (topic, part, high) in ends {
-        if *high > 0 {
-            tpl.add_partition_offset(topic, *part, Offset::Beginning)
-                .map_err(|e| e.to_string())?;
-            left.insert((*topic == ends[0].0, *part), *high);
-        }
-    }
-    c.assign(&tpl).map_err(|e| e.to_string())?;
     let (mut sent, mut first) = (0u64, None);
     while !left.is_empty() {
         if Instant::now() > deadline {

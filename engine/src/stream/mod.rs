@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use pipeline::{Pipeline, Summary, admin_create_topics, client_config, read_effects};
+pub use pipeline::{
+    Pipeline, Summary, admin_create_topics, client_config, output_producer_config, read_effects,
+};
 
 /// Topic names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -368,6 +368,22 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// The pipeline's output producer settings (before the user's own, which win where allowed).
+pub fn output_producer_config(cfg: &StreamConfig) -> ClientConfig {
+    let mut c = client_config(cfg);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        // Retry until delivered: a broker that is away stalls the pipeline (and its commits)
+        // instead of losing an output.
+        .set("message.timeout.ms", "0");
+    c
+}
+
 /// The high watermarks of the `(side, partition, low too)`s in `parts`, and the low ones where
 /// asked, in one request for all the highs and one for all the lows (instead of a round trip
 /// per partition, each waiting behind the consumer's fetch); a partition the broker gave no
@@ -989,18 +1005,7 @@ impl Pipeline {
 
         // 3. Clients.
         let tracker = Arc::new(Tracker::default());
-        let mut producer = client_config(cfg);
-        producer
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "10")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "500000")
-            .set("queue.buffering.max.kbytes", "1048576")
-            // Retry until delivered: a broker that is away stalls the pipeline (and its
-            // commits) instead of losing an output.
-            .set("message.timeout.ms", "0");
+        let mut producer = output_producer_config(cfg);
         let producer: ThreadedProducer<Delivery> = user_wins(&mut producer, cfg)
             .create_with_context(Delivery {
                 tracker: tracker.clone(),
