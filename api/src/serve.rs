@@ -386,9 +386,6 @@ impl Api {
     }
 }
 
-/// Every second: reloads the rules when a file of the directory changed (a bad pack is
-/// refused — logged, counted, audited — and the running pack stays), and ends the snoozes
-/// whose time is up.
 /// How often `vigil serve` evicts idle state.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(10);
 
@@ -410,6 +407,9 @@ fn maintain_state(engine: &Engine, stop: &AtomicBool) {
     }
 }
 
+/// Every second: reloads the rules when a file of the directory changed (a bad pack is
+/// refused — logged, counted, audited — and the running pack stays), and ends the snoozes
+/// whose time is up.
 fn watch_rules(state: &AppState, stop: &AtomicBool) {
     let reloader = state.0.reloader.get();
     if let Some(r) = reloader {

@@ -91,21 +91,27 @@ fn idle_state_is_evicted_and_limits_hold() {
 
 #[test]
 fn with_maintain_every_0_state_is_evicted_only_when_asked() {
-    let limits = StateLimits {
-        accounts_max: 10,
-        ..StateLimits::default()
+    let run = |maintain_every: u64| {
+        let limits = StateLimits {
+            accounts_max: 10,
+            ..StateLimits::default()
+        };
+        let e = engine(
+            COUNT3,
+            EngineConfig {
+                limits,
+                maintain_every,
+                ..EngineConfig::default()
+            },
+        );
+        for i in 0..50 {
+            e.apply(&tx(&format!("t-{i}"), &format!("a-{i}"), i, "1.00"));
+        }
+        e
     };
-    let e = engine(
-        COUNT3,
-        EngineConfig {
-            limits,
-            maintain_every: 0,
-            ..EngineConfig::default()
-        },
-    );
-    for i in 0..50 {
-        e.apply(&tx(&format!("t-{i}"), &format!("a-{i}"), i, "1.00"));
-    }
+    // Swept inline every 5 events: never more than 10 + 4 accounts.
+    assert!(run(5).state_stats().accounts <= 14);
+    let e = run(0);
     assert_eq!(e.state_stats().accounts, 50, "not swept inline");
     e.maintain();
     assert_eq!(e.state_stats().accounts, 10);

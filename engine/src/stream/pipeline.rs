@@ -324,8 +324,8 @@ struct Slots {
     keys: Vec<(u8, i32)>,
 }
 
-/// A partition's low (when asked for: only needed before anything is read from it) and high
-/// offsets, and when they were read.
+/// Where reading a partition starts (asked for only while nothing was read from it: see
+/// [`ends`]) and its high watermark, and when they were learnt.
 type Watermarks = (Option<i64>, i64, Instant);
 
 /// What the loop reuses from one message to the next.
@@ -384,52 +384,101 @@ pub fn output_producer_config(cfg: &StreamConfig) -> ClientConfig {
     c
 }
 
-/// The high watermarks of the `(side, partition, low too)`s in `parts`, and the low ones where
-/// asked, in one request for all the highs and one for all the lows (instead of a round trip
-/// per partition, each waiting behind the consumer's fetch); a partition the broker gave no
-/// answer for is left out.
+/// Where each `(side, partition, unread)` of `parts` ends (its high watermark) and, for the
+/// unread ones (nothing read from them yet), where reading starts: the snapshot's resume
+/// offset or the group's committed one, else the beginning. All the highs in one request (and
+/// the starts in two more) instead of a round trip per partition, each waiting behind the
+/// consumer's fetch; when the broker fails the batch (one partition's error fails it whole),
+/// each partition is asked alone. A partition nothing could be learnt about is left out.
 fn ends(
     consumer: &BaseConsumer<Rebalancer>,
     inputs: [&str; 2],
     parts: &[(usize, i32, bool)],
+    resume: &HashMap<(u8, i32), i64>,
     timeout: Duration,
 ) -> HashMap<(usize, i32), (Option<i64>, i64)> {
-    let ask = |at: Offset, low: bool| -> HashMap<(usize, i32), i64> {
+    let ask = |at: Offset, unread_only: bool| -> Option<HashMap<(usize, i32), i64>> {
         let mut tpl = TopicPartitionList::new();
-        for &(side, p, _) in parts.iter().filter(|part| !low || part.2) {
+        for &(side, p, _) in parts.iter().filter(|part| !unread_only || part.2) {
             if let Err(err) = tpl.add_partition_offset(inputs[side], p, at) {
                 tracing::debug!("{}/{p}: {err}", inputs[side]);
             }
         }
         match consumer.offsets_for_times(tpl, timeout) {
-            Ok(found) => found
-                .elements()
-                .iter()
-                .filter(|e| e.error().is_ok())
-                .filter_map(|e| {
-                    let side = inputs.iter().position(|t| *t == e.topic())?;
-                    match e.offset() {
-                        Offset::Offset(n) => Some(((side, e.partition()), n)),
-                        _ => None,
-                    }
-                })
-                .collect(),
+            Ok(found) => Some(
+                found
+                    .elements()
+                    .iter()
+                    .filter(|e| e.error().is_ok())
+                    .filter_map(|e| {
+                        let side = inputs.iter().position(|t| *t == e.topic())?;
+                        match e.offset() {
+                            Offset::Offset(n) => Some(((side, e.partition()), n)),
+                            _ => None,
+                        }
+                    })
+                    .collect(),
+            ),
             Err(err) => {
-                tracing::debug!("cannot read watermarks: {err}");
-                HashMap::new()
+                tracing::debug!("cannot read the partitions' ends together: {err}");
+                None
             }
         }
     };
-    let highs = ask(Offset::End, false);
-    let lows = if highs.is_empty() || !parts.iter().any(|p| p.2) {
-        HashMap::new()
-    } else {
-        ask(Offset::Beginning, true)
+    let mut found: HashMap<(usize, i32), (Option<i64>, i64)> = match ask(Offset::End, false) {
+        Some(highs) => highs.into_iter().map(|(k, h)| (k, (None, h))).collect(),
+        None => parts
+            .iter()
+            .filter_map(
+                |&(side, p, _)| match consumer.fetch_watermarks(inputs[side], p, timeout) {
+                    Ok((low, high)) => Some(((side, p), (Some(low), high))),
+                    Err(err) => {
+                        tracing::debug!("{}/{p}: cannot read watermarks: {err}", inputs[side]);
+                        None
+                    }
+                },
+            )
+            .collect(),
     };
-    highs
-        .into_iter()
-        .map(|(k, high)| (k, (lows.get(&k).copied(), high)))
-        .collect()
+    let unread: Vec<(usize, i32)> = parts
+        .iter()
+        .filter(|part| part.2 && found.contains_key(&(part.0, part.1)))
+        .map(|part| (part.0, part.1))
+        .collect();
+    if unread.is_empty() {
+        return found;
+    }
+    let lows = if unread.iter().any(|k| found[k].0.is_none()) {
+        ask(Offset::Beginning, true).unwrap_or_default()
+    } else {
+        HashMap::new()
+    };
+    let mut tpl = TopicPartitionList::new();
+    for &(side, p) in &unread {
+        tpl.add_partition(inputs[side], p);
+    }
+    let committed = match consumer.committed_offsets(tpl, timeout) {
+        Ok(c) => Some(c),
+        Err(err) => {
+            tracing::debug!("cannot read the group's offsets: {err}");
+            None
+        }
+    };
+    for k @ (side, p) in unread {
+        let Some(f) = found.get_mut(&k) else { continue };
+        let low = f.0.or_else(|| lows.get(&k).copied());
+        let from = resume.get(&(side as u8, p)).copied().or_else(|| {
+            committed
+                .as_ref()?
+                .find_partition(inputs[side], p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(n) => Some(n),
+                    _ => None,
+                })
+        });
+        f.0 = low.map(|low| from.map_or(low, |o| o.max(low)));
+    }
+    found
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1336,8 +1385,8 @@ impl Pipeline {
         let behind = |side: usize, p: i32, at: Option<i64>| {
             lock(&s.highs)
                 .get(&(side, p))
-                .is_some_and(|&(low, high, when)| {
-                    at.map_or(low.is_some_and(|l| l < high), |n| n < high)
+                .is_some_and(|&(start, high, when)| {
+                    at.map_or(start.is_some_and(|from| from < high), |n| n < high)
                         && when.elapsed() < Duration::from_secs(5)
                 })
         };
@@ -1359,7 +1408,8 @@ impl Pipeline {
         let answered = if ask.is_empty() {
             HashMap::new()
         } else {
-            let answered = ends(consumer, inputs, &ask, Duration::from_millis(500));
+            let resume = lock(&s.resume).clone();
+            let answered = ends(consumer, inputs, &ask, &resume, Duration::from_millis(500));
             let now = Instant::now();
             let mut highs = lock(&s.highs);
             for (&k, &(low, high)) in &answered {
@@ -1382,9 +1432,9 @@ impl Pipeline {
                     None => true,
                     Some(at) if behind(side, p, at) => false,
                     // Unanswered (the broker did not say): not known to be at the end.
-                    Some(at) => answered
-                        .get(&(side, p))
-                        .is_some_and(|&(low, high)| at.map_or(low == Some(high), |n| n >= high)),
+                    Some(at) => answered.get(&(side, p)).is_some_and(|&(start, high)| {
+                        at.map_or(start.is_some_and(|from| from >= high), |n| n >= high)
+                    }),
                 };
                 if at_end {
                     lock(&s.align).at_end(side, p);
@@ -1397,17 +1447,18 @@ impl Pipeline {
                 && [align::TX, align::ACCOUNT]
                     .iter()
                     .all(|&side| !empty[side] || silent(side));
+            // What may go in order goes first (an end just learnt releases it aligned).
+            self.step(s, effects, scratch, p, false)?;
             if late {
-                // Everything that waited as long goes (each counted), not one event per check:
-                // when the broker never tells the ends, the merge still drains at the speed
-                // events come in, ALIGN_WAIT_MAX late, instead of a few events a second.
+                // Everything that still waited as long goes (each counted), not one event per
+                // check: when the broker never tells the ends, the merge still drains at the
+                // speed events come in, ALIGN_WAIT_MAX late, instead of a few events a second.
                 let cutoff = Instant::now().checked_sub(ALIGN_WAIT_MAX);
                 while cutoff.is_some_and(|c| lock(&s.align).head_waited(p, c)) {
                     Stats::bump(&self.stats.unaligned);
                     self.step(s, effects, scratch, p, true)?;
                 }
             }
-            self.step(s, effects, scratch, p, false)?;
         }
         Ok(())
     }
