@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use vigil_engine::event::{Currency, Event, Transaction, format_ts, parse_ts};
 use vigil_engine::ledger::{
     Applied, Command, Decline, LedgerError, Outcome, PostBy, Risk, Verdict, VoidReason,
@@ -521,23 +522,56 @@ fn notification(s: &Shared, tx: &Transaction, d: &Decision) -> Option<Value> {
     Some(json!({"kind": kind, "locale": lang.tag(), "text": text}))
 }
 
-/// With a publisher, the decision and its effects go to the output topics — once the ledger
-/// has answered (a request that fails there sets nothing off).
-fn publish(s: &Shared, tx: &Transaction, d: &Decision) {
-    let Some(p) = s.publisher.get() else {
+/// With a publisher, the decision and its effects (and the settlement, `settled`, when the
+/// ledger applied the transfer now) go to the output topics once the ledger's answer is
+/// durable (`ticket`; a request that fails there sets nothing off) — on a task of their own
+/// when that means waiting, so a caller that hangs up meanwhile loses nothing: its retry
+/// replays the stored answer and publishes nothing again.
+fn publish(
+    s: &Arc<Shared>,
+    ticket: Option<u64>,
+    tx: &Transaction,
+    d: &Decision,
+    settled: Option<&vigil_engine::ledger::book::Transfer>,
+) {
+    fn now(
+        s: &Shared,
+        tx: &Transaction,
+        d: &Decision,
+        settled: Option<&vigil_engine::ledger::book::Transfer>,
+    ) {
+        let Some(p) = s.publisher.get() else {
+            return;
+        };
+        let (freeze, notice) = notify::effects_of(d);
+        // The language matters only to notifications.
+        let locale = if freeze || notice.is_some() {
+            notify::locale(&s.engine, Some(&s.ledger), &tx.account_id)
+        } else {
+            None
+        };
+        p.decided(&s.engine, tx, d, locale.as_deref());
+        if let Some(t) = settled {
+            p.settled(tx, t);
+        }
+    }
+    if s.publisher.get().is_none() {
         return;
-    };
-    let (freeze, notice) = notify::effects_of(d);
-    // The language matters only to notifications.
-    let locale = if freeze || notice.is_some() {
-        notify::locale(&s.engine, Some(&s.ledger), &tx.account_id)
-    } else {
-        None
-    };
-    p.decided(&s.engine, tx, d, locale.as_deref());
+    }
+    match ticket {
+        Some(ticket) if !s.ledger.is_durable(ticket).unwrap_or(false) => {
+            let (s, tx, d, settled) = (s.clone(), tx.clone(), d.clone(), settled.cloned());
+            tokio::spawn(async move {
+                if s.ledger.durable(ticket).await.is_ok() {
+                    now(&s, &tx, &d, settled.as_ref());
+                }
+            });
+        }
+        _ => now(s, tx, d, settled),
+    }
 }
 
-async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, ApiError> {
+async fn decide(s: &Arc<Shared>, tx: &Transaction, settle: bool) -> Result<Decided, ApiError> {
     if settle && let Some(a) = s.ledger.repeated(tx)? {
         s.ledger.durable(a.ticket).await?;
         let Outcome::Transfer(t) = &a.outcome else {
@@ -579,6 +613,9 @@ async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, A
                 s.metrics.http_settlement(3);
             }
         })?;
+        if let Outcome::Transfer(t) = &a.outcome {
+            publish(s, Some(ticket), tx, &d, (!a.replayed).then_some(t));
+        }
         s.ledger.durable(ticket).await?;
         let Outcome::Transfer(t) = &a.outcome else {
             return Err(LedgerError::Conflict(tx.tx_id.to_string()).into());
@@ -588,12 +625,6 @@ async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, A
             vigil_engine::ledger::Status::Pending => 1,
             _ => 2,
         });
-        publish(s, tx, &d);
-        if !a.replayed
-            && let Some(p) = s.publisher.get()
-        {
-            p.settled(tx, t);
-        }
         return Ok(Decided {
             decline: decline_code(risk, t.decline),
             transfer: Some(views::transfer(t)),
@@ -612,10 +643,11 @@ async fn decide(s: &Shared, tx: &Transaction, settle: bool) -> Result<Decided, A
                 .flatten()
         })
         .filter(|d| *d != Decline::UnknownAccount && *d != Decline::RiskBlocked);
-    if let Some(t) = s.ledger.freeze_decided(tx, &d)? {
+    let ticket = s.ledger.freeze_decided(tx, &d)?;
+    publish(s, ticket, tx, &d, None);
+    if let Some(t) = ticket {
         s.ledger.durable(t).await?;
     }
-    publish(s, tx, &d);
     Ok(Decided {
         decline: decline_code(risk, ledger_decline),
         transfer: None,

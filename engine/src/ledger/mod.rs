@@ -442,7 +442,7 @@ impl Ledger {
     }
 
     /// Whether `ticket` is durable; an error once the journal failed.
-    fn is_durable(&self, ticket: u64) -> Result<bool, LedgerError> {
+    pub fn is_durable(&self, ticket: u64) -> Result<bool, LedgerError> {
         if self.shared.memory || self.shared.durable_seq.load(Ordering::Acquire) >= ticket {
             return Ok(true);
         }
