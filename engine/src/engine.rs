@@ -487,7 +487,6 @@ impl Engine {
             .entry(acct_hash)
             .or_insert_with(|| new_account(ts));
         let acc = &mut *guard;
-        std::hint::black_box(acc.profile.warm() ^ acc.windows.warm() ^ acc.outgoing.warm());
         // Lateness is judged once, on the account's own ordered stream, so an event is either
         // counted everywhere or nowhere.
         let last = acc.profile.last_tx_ms;
@@ -521,18 +520,29 @@ impl Engine {
             }
             let store = &self.state.keyed[kind as usize - 1];
             held[kind as usize - 1] = if counted {
-                let mut w = store.entry(h).or_default();
-                std::hint::black_box(w.warm());
-                // Shared keys hear from many partitions: record whatever is still inside what
-                // the store keeps, and read as of this event.
-                if w.last_ts == 0 || ts > w.last_ts - plan.horizon_ms() {
-                    w.record(plan, ts, amount, &distinct);
-                }
-                Some(Held::Counted(w))
+                Some(Held::Counted(store.entry(h).or_default()))
             } else {
                 // Not counted: decided on current state.
                 store.get(&h).map(Held::Current)
             };
+        }
+        // Every entry is locked: read one word of each part of each (the payer's and the
+        // shared keys') so their cache misses are in flight together — a lock taken after a
+        // miss waits for it, so warming each entry as it is locked overlapped far less.
+        let warm = held.iter().flatten().fold(
+            acc.profile.warm() ^ acc.windows.warm() ^ acc.outgoing.warm(),
+            |x, h| x ^ h.read_at(ts).0.warm(),
+        );
+        std::hint::black_box(warm);
+        for (i, h) in held.iter_mut().enumerate() {
+            if let Some(Held::Counted(w)) = h {
+                // Shared keys hear from many partitions: record whatever is still inside what
+                // the store keeps, and read as of this event.
+                let plan = &active.plans[i + 1];
+                if w.last_ts == 0 || ts > w.last_ts - plan.horizon_ms() {
+                    w.record(plan, ts, amount, &distinct);
+                }
+            }
         }
 
         // The account: profile features first (they describe the time before this event).
