@@ -34,6 +34,27 @@ pub const TS_YEAR_MAX: i32 = 2100;
 /// The only schema version this build reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The keys of an event on the wire (transactions and account events together).
+pub const FIELDS: [&str; 17] = [
+    "schema",
+    "tx_id",
+    "event_id",
+    "ts",
+    "kind",
+    "account_id",
+    "counterparty_id",
+    "amount",
+    "currency",
+    "channel",
+    "device_id",
+    "ip",
+    "geo",
+    "memo",
+    "locale",
+    "is_fraud",
+    "fraud_scenario",
+];
+
 /// ISO 4217 currencies accepted, with their decimal places.
 pub const CURRENCIES: [(&str, u8); 48] = [
     ("AED", 2),

@@ -116,29 +116,21 @@ impl CaseResult {
 }
 
 /// Keys a test event may have: the wire fields plus the test conveniences.
-const EVENT_KEYS: [&str; 21] = [
-    "schema",
-    "tx_id",
-    "event_id",
-    "ts",
-    "kind",
-    "account_id",
-    "counterparty_id",
-    "amount",
-    "currency",
-    "channel",
-    "device_id",
-    "ip",
-    "geo",
-    "memo",
-    "locale",
-    "is_fraud",
-    "fraud_scenario",
-    "repeat",
-    "every",
-    "after",
-    "note",
-];
+const EVENT_KEYS: [&str; 21] = {
+    let extra = ["repeat", "every", "after", "note"];
+    let fields = crate::event::FIELDS;
+    let mut out = [""; 21];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = if i < fields.len() {
+            fields[i]
+        } else {
+            extra[i - fields.len()]
+        };
+        i += 1;
+    }
+    out
+};
 
 /// Where a case's events start when the first has no `ts`.
 const DEFAULT_START: &str = "2026-01-05T12:00:00Z";
