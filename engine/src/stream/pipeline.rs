@@ -412,10 +412,7 @@ fn ends(
                     .filter(|e| e.error().is_ok())
                     .filter_map(|e| {
                         let side = inputs.iter().position(|t| *t == e.topic())?;
-                        match e.offset() {
-                            Offset::Offset(n) => Some(((side, e.partition()), n)),
-                            _ => None,
-                        }
+                        Some(((side, e.partition()), offset_of(e)?))
                     })
                     .collect(),
             ),
@@ -471,14 +468,19 @@ fn ends(
             committed
                 .as_ref()?
                 .find_partition(inputs[side], p)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(n) => Some(n),
-                    _ => None,
-                })
+                .and_then(|e| offset_of(&e))
         });
         f.0 = low.map(|low| from.map_or(low, |o| o.max(low)));
     }
     found
+}
+
+/// A list element's offset when it is a real one (not beginning, end, stored or invalid).
+fn offset_of(e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>) -> Option<i64> {
+    match e.offset() {
+        Offset::Offset(n) => Some(n),
+        _ => None,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -558,10 +560,8 @@ impl ConsumerContext for Rebalancer {
                         Ok(group) => seek.retain(|(t, topic, part, off)| {
                             let ahead = group
                                 .find_partition(topic, *part)
-                                .and_then(|e| match e.offset() {
-                                    Offset::Offset(c) if c > *off => Some(c),
-                                    _ => None,
-                                });
+                                .and_then(|e| offset_of(&e))
+                                .filter(|c| c > off);
                             let Some(c) = ahead else { return true };
                             tracing::warn!(
                                 "{topic}/{part}: the group's offset {c} is past this snapshot's {off}: another member decided {} messages meanwhile; starting at {c} (this state has not seen them)",
@@ -1373,10 +1373,7 @@ impl Pipeline {
         let pos = |side: usize, p: i32| {
             position
                 .find_partition(inputs[side], p)
-                .map(|e| match e.offset() {
-                    Offset::Offset(n) => Some(n),
-                    _ => None,
-                })
+                .map(|e| offset_of(&e))
         };
         // Behind the last known end, or nothing read yet from a partition known to hold
         // messages: certainly not at the end, no need to ask. (Asking waits behind the
