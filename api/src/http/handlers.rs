@@ -613,13 +613,12 @@ async fn decide(s: &Arc<Shared>, tx: &Transaction, settle: bool) -> Result<Decid
                 s.metrics.http_settlement(3);
             }
         })?;
-        if let Outcome::Transfer(t) = &a.outcome {
-            publish(s, Some(ticket), tx, &d, (!a.replayed).then_some(t));
-        }
-        s.ledger.durable(ticket).await?;
         let Outcome::Transfer(t) = &a.outcome else {
+            s.ledger.durable(ticket).await?;
             return Err(LedgerError::Conflict(tx.tx_id.to_string()).into());
         };
+        publish(s, Some(ticket), tx, &d, (!a.replayed).then_some(t));
+        s.ledger.durable(ticket).await?;
         s.metrics.http_settlement(match t.status {
             vigil_engine::ledger::Status::Settled => 0,
             vigil_engine::ledger::Status::Pending => 1,
