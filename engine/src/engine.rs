@@ -449,11 +449,9 @@ impl Engine {
         let active = self.active.load();
         let program = &active.pack.program;
         let ts = tx.ts_ms;
-        let duplicate = self
-            .state
-            .seen_tx
-            .insert(key_hash(9, &tx.tx_id), ts)
-            .is_some();
+        // Whether the tx id was seen is asked last (see `State::lock_seen`); its shard is
+        // locked first.
+        let seen = self.state.lock_seen(key_hash(9, &tx.tx_id));
         let amount =
             num::from_minor(tx.amount_minor, u32::from(tx.currency.exponent)).unwrap_or(i64::MAX);
         let country = tx.geo.and_then(|g| g.country);
@@ -490,21 +488,9 @@ impl Engine {
         // Lateness is judged once, on the account's own ordered stream, so an event is either
         // counted everywhere or nowhere.
         let last = acc.profile.last_tx_ms;
-        let counting = if duplicate {
-            Counting::Duplicate
-        } else if future {
-            Counting::Future
-        } else if last != NEVER && ts < last - self.config.lateness_ms {
-            Counting::Late
-        } else {
-            Counting::Counted
-        };
-        match counting {
-            Counting::Duplicate => self.duplicate_events.fetch_add(1, Ordering::Relaxed),
-            Counting::Late => self.late_events.fetch_add(1, Ordering::Relaxed),
-            Counting::Future | Counting::Counted => 0,
-        };
-        let counted = counting == Counting::Counted;
+        let late = last != NEVER && ts < last - self.config.lateness_ms;
+        // Counted unless it turns out to be a duplicate (known once the entries are read).
+        let counts = !future && !late;
 
         // Devices, IPs and counterparties: record, and hold their windows (in this order, after
         // the payer: every decision locks in the same order) for the rules to read.
@@ -519,7 +505,7 @@ impl Engine {
                 continue;
             }
             let store = &self.state.keyed[kind as usize - 1];
-            held[kind as usize - 1] = if counted {
+            held[kind as usize - 1] = if counts {
                 Some(Held::Counted(store.entry(h).or_default()))
             } else {
                 // Not counted: decided on current state.
@@ -534,8 +520,33 @@ impl Engine {
             |x, h| x ^ h.read_at(ts).0.warm(),
         );
         std::hint::black_box(warm);
+        let duplicate = seen(ts);
+        let counting = if duplicate {
+            Counting::Duplicate
+        } else if future {
+            Counting::Future
+        } else if late {
+            Counting::Late
+        } else {
+            Counting::Counted
+        };
+        match counting {
+            Counting::Duplicate => self.duplicate_events.fetch_add(1, Ordering::Relaxed),
+            Counting::Late => self.late_events.fetch_add(1, Ordering::Relaxed),
+            Counting::Future | Counting::Counted => 0,
+        };
+        let counted = counting == Counting::Counted;
+        if duplicate {
+            // Decided on current state: the keys are read as of their latest event (a key
+            // only just made for it reads as absent, as it was; the sweep removes it).
+            for h in &mut held {
+                if let Some(Held::Counted(w)) = h.take() {
+                    *h = (w.last_ts != 0).then(|| Held::Current(w.downgrade()));
+                }
+            }
+        }
         for (i, h) in held.iter_mut().enumerate() {
-            if let Some(Held::Counted(w)) = h {
+            if counted && let Some(Held::Counted(w)) = h {
                 // Shared keys hear from many partitions: record whatever is still inside what
                 // the store keeps, and read as of this event.
                 let plan = &active.plans[i + 1];

@@ -42,6 +42,29 @@ fn a_redelivered_transaction_is_not_counted_twice() {
 }
 
 #[test]
+fn a_redelivered_transaction_reads_shared_keys_as_of_their_latest_event() {
+    let rule = "[[rule]]\nid = \"dev\"\naction = \"review\"\nwhen = \"sum(amount by device over 1h) > 1000\"\n";
+    let e = engine(rule, EngineConfig::default());
+    assert_eq!(
+        e.apply(&tx("t-1", "a", 0, "600.00")).unwrap().action,
+        Action::Allow
+    );
+    assert_eq!(
+        e.apply(&tx("t-2", "b", 30, "500.00")).unwrap().action,
+        Action::Review
+    );
+    // t-1 again: as of its own time the device had 600, as of now 1,100; it adds nothing.
+    let d = e.apply(&tx("t-1", "a", 0, "600.00")).unwrap();
+    assert!(d.duplicate);
+    assert_eq!(d.action, Action::Review, "{d:?}");
+    assert_eq!(
+        e.apply(&tx("t-3", "c", 31, "0.01")).unwrap().action,
+        Action::Review
+    );
+    assert_eq!(e.duplicate_events(), 1);
+}
+
+#[test]
 fn the_same_pack_and_events_give_the_same_decisions_on_two_engines() {
     let events: Vec<Event> = (0..50)
         .map(|i| tx(&format!("t-{i}"), &format!("a-{}", i % 7), i % 60, "120.00"))

@@ -127,6 +127,30 @@ impl State {
         }
     }
 
+    /// Locks the shard of the transaction-id set that holds `tx` (a [`key_hash`]) and returns
+    /// what records it, at an event time, and says whether it was already there.
+    ///
+    /// A decision locks the shard first and records last: the lookup's cache misses then
+    /// overlap with those of the account and key entries it reads in between, where taking the
+    /// lock after them would wait for them all (a locked instruction waits for earlier loads).
+    /// Lock order: this shard, then the account, then the shared keys.
+    pub fn lock_seen(&self, tx: u64) -> impl FnOnce(i64) -> bool + '_ {
+        let map = &self.seen_tx;
+        let hash = map.hash_usize(&tx);
+        let mut shard = map.shards()[map.determine_shard(hash)].write();
+        move |ts| {
+            let hash = hash as u64;
+            if let Some((_, at)) = shard.get_mut(hash, |(k, _)| *k == tx) {
+                *at.get_mut() = ts;
+                return true;
+            }
+            shard.insert(hash, (tx, dashmap::SharedValue::new(ts)), |(k, _)| {
+                map.hash_usize(k) as u64
+            });
+            false
+        }
+    }
+
     /// Evicts what is idle at event time `now`: keys whose windows are past `horizon_ms`
     /// (per store), accounts idle past the limit, remembered tx ids past theirs.
     pub fn maintain(&self, now: i64, horizons_ms: [i64; 3], limits: &StateLimits) {
