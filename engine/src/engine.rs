@@ -449,9 +449,9 @@ impl Engine {
         let active = self.active.load();
         let program = &active.pack.program;
         let ts = tx.ts_ms;
-        // Whether the tx id was seen is asked last (see `State::lock_seen`); its shard is
-        // locked first.
-        let seen = self.state.lock_seen(key_hash(9, &tx.tx_id));
+        // Whether the tx id was seen is asked after the entries are read; its shard is locked
+        // first and unlocked at the end (see `State::lock_seen`).
+        let mut seen = self.state.lock_seen(key_hash(9, &tx.tx_id));
         let amount =
             num::from_minor(tx.amount_minor, u32::from(tx.currency.exponent)).unwrap_or(i64::MAX);
         let country = tx.geo.and_then(|g| g.country);
@@ -717,6 +717,7 @@ impl Engine {
         }
         // Release the payer before touching the payee: both may live in one shard.
         drop(guard);
+        drop(seen);
         if counted
             && tx.kind == TxKind::Transfer
             && action != Action::Block
