@@ -543,14 +543,7 @@ fn publish(
         let Some(p) = s.publisher.get() else {
             return;
         };
-        let (freeze, notice) = notify::effects_of(d);
-        // The language matters only to notifications.
-        let locale = if freeze || notice.is_some() {
-            notify::locale(&s.engine, Some(&s.ledger), &tx.account_id)
-        } else {
-            None
-        };
-        p.decided(&s.engine, tx, d, locale.as_deref());
+        p.decided(&s.engine, Some(&s.ledger), tx, d);
         if let Some(t) = settled {
             p.settled(tx, t);
         }

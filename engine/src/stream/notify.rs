@@ -139,6 +139,55 @@ pub fn effects_of(d: &Decision) -> (bool, Option<&str>) {
     (freeze, notice)
 }
 
+/// A record a decision sets off besides itself, keyed by the account: a freeze request or a
+/// notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowUp {
+    /// Its topic: [`Out::Freezes`] or [`Out::Notifications`].
+    pub out: super::Out,
+    /// The record.
+    pub body: Vec<u8>,
+    /// Its effect id (`freeze:{tx_id}`, `notification:{kind}:{tx_id}`), what de-duplicates it.
+    pub effect: String,
+}
+
+/// What `d` (the decision on `tx`) sets off besides itself, in the order both paths send it: the
+/// freeze request (requested at `now_ms`), then the notification the acting rules ask for,
+/// then `account_frozen` — in the holder's language (see [`locale`], asked only when there is
+/// a notification). Nothing for a transaction decided already (see [`effects_of`]).
+pub fn follow_ups(
+    engine: &Engine,
+    ledger: Option<&crate::ledger::Ledger>,
+    tx: &Transaction,
+    d: &Decision,
+    now_ms: i64,
+) -> Vec<FollowUp> {
+    let (freeze, notice) = effects_of(d);
+    let mut out = Vec::new();
+    if freeze {
+        out.push(FollowUp {
+            out: super::Out::Freezes,
+            body: freeze_request(engine, tx, d, now_ms),
+            effect: format!("freeze:{}", tx.tx_id),
+        });
+    }
+    let kinds = notice.into_iter().chain(freeze.then_some("account_frozen"));
+    let mut lang = None;
+    for kind in kinds {
+        let lang = *lang.get_or_insert_with(|| {
+            Lang::for_locale(locale(engine, ledger, &tx.account_id).as_deref())
+        });
+        if let Some(body) = notification(kind, lang, tx) {
+            out.push(FollowUp {
+                out: super::Out::Notifications,
+                body,
+                effect: format!("notification:{kind}:{}", tx.tx_id),
+            });
+        }
+    }
+    out
+}
+
 #[derive(Serialize)]
 struct FreezeRequest<'a> {
     account_id: &'a str,

@@ -1573,50 +1573,20 @@ impl Pipeline {
         if let Some(ledger) = &s.ledger {
             self.settle(s, ledger, effects, tx, &d, slot, offset)?;
         }
-        let (freeze, notice) = notify::effects_of(&d);
-        if !freeze && notice.is_none() {
-            if d.already_frozen && (d.freeze || d.notify.is_some()) {
-                Stats::bump(&self.stats.repeats_skipped);
-            }
-            return Ok(());
+        if notify::effects_of(&d) == (false, None)
+            && d.already_frozen
+            && (d.freeze || d.notify.is_some())
+        {
+            Stats::bump(&self.stats.repeats_skipped);
         }
-        let locale = notify::locale(&self.engine, s.ledger.as_ref(), &tx.account_id);
-        let lang = notify::Lang::for_locale(locale.as_deref());
-        let mut notes: Vec<&str> = Vec::with_capacity(2);
-        if let Some(n) = notice {
-            notes.push(n);
-        }
-        if freeze {
-            let body = notify::freeze_request(&self.engine, tx, &d, now_ms());
-            if s.send(
-                effects,
-                Out::Freezes,
-                tx.account_id.as_bytes(),
-                &body,
-                &format!("freeze:{}", tx.tx_id),
-                &[],
-                slot,
-                offset,
-            )? {
-                Stats::bump(&self.stats.freezes);
-            }
-            notes.push("account_frozen");
-        }
-        for kind in notes {
-            let Some(body) = notify::notification(kind, lang, tx) else {
-                continue;
-            };
-            if s.send(
-                effects,
-                Out::Notifications,
-                tx.account_id.as_bytes(),
-                &body,
-                &format!("notification:{kind}:{}", tx.tx_id),
-                &[],
-                slot,
-                offset,
-            )? {
-                Stats::bump(&self.stats.notifications);
+        for f in notify::follow_ups(&self.engine, s.ledger.as_ref(), tx, &d, now_ms()) {
+            let key = tx.account_id.as_bytes();
+            if s.send(effects, f.out, key, &f.body, &f.effect, &[], slot, offset)? {
+                Stats::bump(if f.out == Out::Freezes {
+                    &self.stats.freezes
+                } else {
+                    &self.stats.notifications
+                });
             }
         }
         Ok(())

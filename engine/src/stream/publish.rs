@@ -19,7 +19,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use super::pipeline::{
     EFFECT_HEADER, client_config, log_kafka, log_kafka_error, now_ms, user_wins,
 };
-use super::{StreamConfig, StreamError, Topics, notify};
+use super::{Out, StreamConfig, StreamError, Topics, notify};
 use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::event::Transaction;
@@ -151,57 +151,45 @@ impl Publisher {
         })
     }
 
-    /// Publishes what `d` (the decision on `tx`) sets off, as the Kafka path would: the
-    /// decision, a freeze request, the notifications in the account's language (`locale`).
-    /// Nothing for a transaction decided already.
-    pub fn decided(&self, engine: &Engine, tx: &Transaction, d: &Decision, locale: Option<&str>) {
+    /// Publishes what `d` (the decision on `tx`) sets off, as the Kafka path does: the
+    /// decision, then its follow-ups ([`notify::follow_ups`]: a freeze request, notifications
+    /// in the holder's language). Nothing for a transaction decided already.
+    pub fn decided(
+        &self,
+        engine: &Engine,
+        ledger: Option<&crate::ledger::Ledger>,
+        tx: &Transaction,
+        d: &Decision,
+    ) {
         if d.duplicate {
             return;
         }
         let mut json = Vec::with_capacity(512);
         d.write_json(&mut json);
-        self.send(0, &self.topics.decisions, &tx.tx_id, &json, "decision", tx);
-        let (freeze, notice) = notify::effects_of(d);
-        let lang = notify::Lang::for_locale(locale);
-        if let Some(kind) = notice {
-            self.notify(kind, lang, tx);
-        }
-        if freeze {
-            let body = notify::freeze_request(engine, tx, d, now_ms());
-            self.send(1, &self.topics.freezes, &tx.account_id, &body, "freeze", tx);
-            self.notify("account_frozen", lang, tx);
+        let effect = format!("decision:{}", tx.tx_id);
+        self.send(0, &self.topics.decisions, &tx.tx_id, &json, &effect);
+        for f in notify::follow_ups(engine, ledger, tx, d, now_ms()) {
+            let (kind, topic) = if f.out == Out::Freezes {
+                (1, &self.topics.freezes)
+            } else {
+                (2, &self.topics.notifications)
+            };
+            self.send(kind, topic, &tx.account_id, &f.body, &f.effect);
         }
     }
 
     /// Publishes what the ledger did with `tx` (`t`), as the Kafka path's settlements record.
     pub fn settled(&self, tx: &Transaction, t: &crate::ledger::book::Transfer) {
         let body = notify::settlement(tx, t);
-        let topic = &self.topics.settlements;
-        self.send(3, topic, &tx.tx_id, &body, "settlement", tx);
+        let effect = format!("settlement:{}", tx.tx_id);
+        self.send(3, &self.topics.settlements, &tx.tx_id, &body, &effect);
     }
 
-    fn notify(&self, kind: &str, lang: notify::Lang, tx: &Transaction) {
-        if let Some(body) = notify::notification(kind, lang, tx) {
-            let effect = format!("notification:{kind}");
-            let topic = &self.topics.notifications;
-            self.send(2, topic, &tx.account_id, &body, &effect, tx);
-        }
-    }
-
-    fn send(
-        &self,
-        kind: usize,
-        topic: &str,
-        key: &str,
-        body: &[u8],
-        effect: &str,
-        tx: &Transaction,
-    ) {
-        let effect = format!("{effect}:{}", tx.tx_id);
+    fn send(&self, kind: usize, topic: &str, key: &str, body: &[u8], effect: &str) {
         let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
                 key: EFFECT_HEADER,
-                value: Some(effect.as_str()),
+                value: Some(effect),
             })
             .insert(Header {
                 key: "vigil-source",
