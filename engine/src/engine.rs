@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use dashmap::mapref::entry::Entry;
 use rustc_hash::FxHashMap;
 use vigil_rules::catalog::{ACCOUNT_EVENT_KINDS, AggFunc, KeyKind};
 use vigil_rules::compile::FEATURES_MAX;
@@ -450,7 +451,8 @@ impl Engine {
         let program = &active.pack.program;
         let ts = tx.ts_ms;
         // Whether the tx id was seen is asked after the entries are read; its shard is locked
-        // first and unlocked at the end (see `State::lock_seen`).
+        // first and unlocked at the end (see `State::lock_seen`) — after `tick`, whose inline
+        // sweep locks every shard.
         let mut seen = self.state.lock_seen(key_hash(9, &tx.tx_id));
         let amount =
             num::from_minor(tx.amount_minor, u32::from(tx.currency.exponent)).unwrap_or(i64::MAX);
@@ -495,6 +497,8 @@ impl Engine {
         // Devices, IPs and counterparties: record, and hold their windows (in this order, after
         // the payer: every decision locks in the same order) for the rules to read.
         let mut held: [Option<Held<'_>>; 3] = [None, None, None];
+        // Keys made here, and so to remove again if the event turns out to be a duplicate.
+        let mut made = [false; 3];
         for (kind, h) in [
             (KeyKind::Device, dev_hash),
             (KeyKind::Ip, ip_hash),
@@ -504,9 +508,11 @@ impl Engine {
             if plan.is_empty() || h == 0 {
                 continue;
             }
-            let store = &self.state.keyed[kind as usize - 1];
-            held[kind as usize - 1] = if counts {
-                Some(Held::Counted(store.entry(h).or_default()))
+            let (i, store) = (kind as usize - 1, &self.state.keyed[kind as usize - 1]);
+            held[i] = if counts {
+                let e = store.entry(h);
+                made[i] = matches!(e, Entry::Vacant(_));
+                Some(Held::Counted(e.or_default()))
             } else {
                 // Not counted: decided on current state.
                 store.get(&h).map(Held::Current)
@@ -515,10 +521,10 @@ impl Engine {
         // Every entry is locked: read one word of each part of each (the payer's and the
         // shared keys') so their cache misses are in flight together — a lock taken after a
         // miss waits for it, so warming each entry as it is locked overlapped far less.
-        let warm = held.iter().flatten().fold(
-            acc.profile.warm() ^ acc.windows.warm() ^ acc.outgoing.warm(),
-            |x, h| x ^ h.read_at(ts).0.warm(),
-        );
+        let warm = held
+            .iter()
+            .flatten()
+            .fold(acc.warm(), |x, h| x ^ h.read_at(ts).0.warm());
         std::hint::black_box(warm);
         let duplicate = seen(ts);
         let counting = if duplicate {
@@ -537,13 +543,17 @@ impl Engine {
         };
         let counted = counting == Counting::Counted;
         if duplicate {
-            // Decided on current state: the keys are read as of their latest event (a key
-            // only just made for it reads as absent, as it was; the sweep removes it).
-            for h in &mut held {
-                if let Some(Held::Counted(w)) = h.take() {
-                    *h = (w.last_ts != 0).then(|| Held::Current(w.downgrade()));
+            // Decided on current state: the keys are read as of their latest event; a key only
+            // just made for it reads as absent, as it was, and goes again at the end.
+            for (h, made) in held.iter_mut().zip(&mut made) {
+                if let Some(Held::Counted(w)) = h.take()
+                    && !*made
+                {
+                    *h = Some(Held::Current(w.downgrade()));
                 }
             }
+        } else {
+            made = [false; 3];
         }
         for (i, h) in held.iter_mut().enumerate() {
             if counted && let Some(Held::Counted(w)) = h {
@@ -672,6 +682,13 @@ impl Engine {
         // The shared keys' windows are released before the payer's state changes and before
         // the payee is credited (which locks the accounts again).
         drop(held);
+        let unmade = [dev_hash, ip_hash, cp_hash].into_iter().zip(made);
+        for (store, (h, made)) in self.state.keyed.iter().zip(unmade) {
+            if made {
+                // Unless another decision has recorded into it since.
+                store.remove_if(&h, |_, w| w.is_empty());
+            }
+        }
         let action = out.action;
         let already_frozen = acc.profile.freeze_requested_ms != NEVER;
         if freeze && counted && !already_frozen {

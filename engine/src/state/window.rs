@@ -345,6 +345,14 @@ impl Windows {
         }
     }
 
+    /// Whether nothing was ever recorded (or all of it was dropped).
+    pub fn is_empty(&self) -> bool {
+        self.last_ts == 0
+            && self.exact.is_empty()
+            && self.tiers.all.is_empty()
+            && self.distinct.is_empty()
+    }
+
     /// Reads one word from each part of the windows, so their cache misses are in flight
     /// together (see `Profile::warm`).
     pub fn warm(&self) -> u64 {

@@ -152,7 +152,7 @@ pub struct FollowUp {
 }
 
 /// What `d` (the decision on `tx`) sets off besides itself, in the order both paths send it: the
-/// freeze request (requested at `now_ms`), then the notification the acting rules ask for,
+/// freeze request (requested at `now_ms()`, read only for one), then the notification the acting rules ask for,
 /// then `account_frozen` — in the holder's language (see [`locale`], asked only when there is
 /// a notification). Nothing for a transaction decided already (see [`effects_of`]).
 pub fn follow_ups(
@@ -160,14 +160,14 @@ pub fn follow_ups(
     ledger: Option<&crate::ledger::Ledger>,
     tx: &Transaction,
     d: &Decision,
-    now_ms: i64,
+    now_ms: impl FnOnce() -> i64,
 ) -> Vec<FollowUp> {
     let (freeze, notice) = effects_of(d);
     let mut out = Vec::new();
     if freeze {
         out.push(FollowUp {
             out: super::Out::Freezes,
-            body: freeze_request(engine, tx, d, now_ms),
+            body: freeze_request(engine, tx, d, now_ms()),
             effect: format!("freeze:{}", tx.tx_id),
         });
     }

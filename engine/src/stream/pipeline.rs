@@ -1579,7 +1579,7 @@ impl Pipeline {
         {
             Stats::bump(&self.stats.repeats_skipped);
         }
-        for f in notify::follow_ups(&self.engine, s.ledger.as_ref(), tx, &d, now_ms()) {
+        for f in notify::follow_ups(&self.engine, s.ledger.as_ref(), tx, &d, now_ms) {
             let key = tx.account_id.as_bytes();
             if s.send(effects, f.out, key, &f.body, &f.effect, &[], slot, offset)? {
                 Stats::bump(if f.out == Out::Freezes {

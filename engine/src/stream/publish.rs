@@ -168,7 +168,7 @@ impl Publisher {
         d.write_json(&mut json);
         let effect = format!("decision:{}", tx.tx_id);
         self.send(0, &self.topics.decisions, &tx.tx_id, &json, &effect);
-        for f in notify::follow_ups(engine, ledger, tx, d, now_ms()) {
+        for f in notify::follow_ups(engine, ledger, tx, d, now_ms) {
             let (kind, topic) = if f.out == Out::Freezes {
                 (1, &self.topics.freezes)
             } else {
