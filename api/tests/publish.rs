@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +31,15 @@ async fn post(app: &axum::Router, uri: &str, body: Value) -> (StatusCode, Value)
 
 /// An app with an in-memory ledger that publishes to `b`'s topics.
 fn publishing_app(b: &Broker) -> (axum::Router, Arc<Engine>, Arc<Publisher>, Arc<Metrics>) {
+    publishing_app_on(b, Ledger::in_memory(BookConfig::default()))
+}
+
+/// The same with `ledger`.
+fn publishing_app_on(
+    b: &Broker,
+    ledger: Ledger,
+) -> (axum::Router, Arc<Engine>, Arc<Publisher>, Arc<Metrics>) {
     let engine = engine();
-    let ledger = Ledger::in_memory(BookConfig::default());
     let state = AppState::new(engine.clone(), ledger, tokens(), Limits::default());
     let publisher = Arc::new(Publisher::new(&b.cfg, Some(state.0.metrics.clone())).unwrap());
     let state = state.with_publisher(publisher.clone());
@@ -224,4 +232,70 @@ async fn http_settlements_go_to_the_settlements_topic_once() {
         text.lines().any(|l| l == series),
         "no `{series}` in\n{text}"
     );
+}
+
+/// A caller that hangs up while the ledger makes its answer durable (axum then drops the
+/// handler) loses no record: the transfer's decision and settlement still go out, once — its
+/// retry gets the stored answer and publishes nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_hangs_up_before_the_answer_loses_no_record() {
+    let dir = std::env::temp_dir().join(format!("vigil-hangup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ledger, _) = Ledger::open(&dir.join("journal"), BookConfig::default()).unwrap();
+    let b = broker(1);
+    let (app, _, publisher, _) = publishing_app_on(&b, ledger);
+    for id in ["alice", "bob"] {
+        let (status, body) = post(&app, "/v1/accounts", json!({"id": id, "currency": "EUR"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let deposit = json!({"op_id": "dep-1", "amount": "100.00"});
+    let (status, body) = post(&app, "/v1/accounts/alice/deposits", deposit).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Each request is polled once and dropped: the caller hangs up. One that was answered in
+    // that first poll (the journal was quick) did not hang up; the next one is tried.
+    let transfer = |i: u32| {
+        json!({"tx_id": format!("t-{i}"), "kind": "transfer", "account_id": "alice",
+            "counterparty_id": "bob", "amount": "1.00", "currency": "EUR",
+            "ts": format!("2026-11-23T10:{i:02}:00Z")})
+    };
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let hung_up = (0..50)
+        .find(|&i| {
+            let body = Some(transfer(i).to_string());
+            let mut req = Box::pin(common::send(&app, "POST", "/v1/transfers", Some(PAY), body));
+            req.as_mut().poll(&mut cx).is_pending()
+        })
+        .expect("a request still waiting for the journal after its first poll");
+    let tx_id = format!("t-{hung_up}");
+
+    // Its records arrive (the wait for the journal goes on without the caller).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let of = |topic: &str| {
+        read_all(&b.cfg, topic)
+            .into_iter()
+            .filter(|r| r.key == tx_id)
+            .count()
+    };
+    loop {
+        publisher.flush(Duration::from_secs(10)).unwrap();
+        if of(&b.cfg.topics.decisions) == 1 && of(&b.cfg.topics.settlements) == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{tx_id}: records lost"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The caller's retry: the stored answer, nothing published again.
+    let (status, body) = post(&app, "/v1/transfers", transfer(hung_up)).await;
+    assert!(status.is_success(), "{status} {body}");
+    assert_eq!(body["transfer"]["status"], "settled", "{body}");
+    assert_eq!(body["replayed"], true, "{body}");
+    publisher.flush(Duration::from_secs(10)).unwrap();
+    assert_eq!(of(&b.cfg.topics.decisions), 1);
+    assert_eq!(of(&b.cfg.topics.settlements), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }
