@@ -448,6 +448,9 @@ impl Engine {
         } = scratch;
         let future = self.tick(tx.ts_ms);
         let active = self.active.load();
+        // Loaded here, with the pack: a load fences (a sequentially consistent store), and
+        // later it would wait for the lookups' misses.
+        let snoozes = self.snoozes.load();
         let program = &active.pack.program;
         let ts = tx.ts_ms;
         // Whether the tx id was seen is asked after the entries are read; its shard is locked
@@ -619,7 +622,6 @@ impl Engine {
         };
         // Snoozes of this account (the map is nearly always empty): a muted rule that would
         // have fired is noted, not applied.
-        let snoozes = self.snoozes.load();
         let muted_here: &[(Box<str>, i64)] = if snoozes.is_empty() {
             &[]
         } else {
