@@ -143,7 +143,7 @@ pub fn effects_of(d: &Decision) -> (bool, Option<&str>) {
 /// notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowUp {
-    /// Its topic: [`Out::Freezes`] or [`Out::Notifications`].
+    /// Its topic: [`super::Out::Freezes`] or [`super::Out::Notifications`].
     pub out: super::Out,
     /// The record.
     pub body: Vec<u8>,
@@ -151,10 +151,11 @@ pub struct FollowUp {
     pub effect: String,
 }
 
-/// What `d` (the decision on `tx`) sets off besides itself, in the order both paths send it: the
-/// freeze request (requested at `now_ms()`, read only for one), then the notification the acting rules ask for,
-/// then `account_frozen` — in the holder's language (see [`locale`], asked only when there is
-/// a notification). Nothing for a transaction decided already (see [`effects_of`]).
+/// What `d` (the decision on `tx`) sets off besides itself, in the order both paths send it:
+/// the freeze request (requested at `now_ms()`, read only for one), then the notification the
+/// acting rules ask for, then `account_frozen` — in the holder's language (see [`locale`],
+/// asked only when there is a notification). Nothing for a transaction decided already (see
+/// [`effects_of`]).
 pub fn follow_ups(
     engine: &Engine,
     ledger: Option<&crate::ledger::Ledger>,
