@@ -20,7 +20,16 @@ use crate::decision::{Decision, Reason};
 use crate::event::{AccountEvent, Event, Transaction, TxKind};
 use crate::state::account::{COUNTRIES_MAX, NEVER, Profile, haversine_km};
 use crate::state::window::{WindowPlan, Windows};
-use crate::state::{AccountState, State, StateLimits, StateStats, key_hash};
+use crate::state::{
+    AccountState, State, StateLimits, StateStats, key_hash, prefetch_entry, prefetch_slot,
+};
+
+/// How much of the payer's entry, and of a device's, IP's or counterparty's, a decision
+/// starts loading ahead: all of it (a decision reads nearly every cache line of them). Of the
+/// payee's it reads only the opening, in the entry's first line.
+const ACCOUNT_ENTRY_BYTES: usize = std::mem::size_of::<(u64, AccountState)>();
+const KEY_ENTRY_BYTES: usize = std::mem::size_of::<(u64, Windows)>();
+const PAYEE_ENTRY_BYTES: usize = 64;
 
 /// Engine settings.
 #[derive(Debug, Clone, Copy)]
@@ -414,6 +423,32 @@ impl Engine {
         (w != i64::MIN).then_some(w)
     }
 
+    /// Starts loading, without waiting, the entries a decision reads: the payee's (0: not
+    /// read), the payer's, and the device's, IP's and counterparty's (0: absent) whose stores
+    /// the rules use. First where each one is, then, once that is in, the entries themselves;
+    /// each stage's cache misses are in flight together instead of one after another, and the
+    /// lookups that follow find them in cache. With the lists loaded ahead below (see
+    /// `decide_inner`), 1M accounts: 382k-392k → 407k-410k decisions/s, p50 2.05-2.10 →
+    /// 1.91-1.92 µs (alternating runs).
+    fn start_loading(&self, active: &ActivePack, payee: u64, payer: u64, keys: [u64; 3]) {
+        let (accounts, stores) = (&self.state.accounts, &self.state.keyed);
+        let keyed = || (0..3).filter(|&i| keys[i] != 0 && !active.plans[i + 1].is_empty());
+        if payee != 0 {
+            prefetch_slot(accounts, payee);
+        }
+        prefetch_slot(accounts, payer);
+        for i in keyed() {
+            prefetch_slot(&stores[i], keys[i]);
+        }
+        if payee != 0 {
+            prefetch_entry(accounts, payee, PAYEE_ENTRY_BYTES);
+        }
+        prefetch_entry(accounts, payer, ACCOUNT_ENTRY_BYTES);
+        for i in keyed() {
+            prefetch_entry(&stores[i], keys[i], KEY_ENTRY_BYTES);
+        }
+    }
+
     /// Decides one transaction and updates state.
     pub fn decide(&self, tx: &Transaction) -> Decision {
         self.decide_into(tx, &mut Scratch::default())
@@ -466,6 +501,11 @@ impl Engine {
         let acct_hash = key_hash(0, &tx.account_id);
         let country_hash = country.map_or(0, |c| u64::from(u16::from_le_bytes(c)) + 1);
         let distinct = [cp_hash, dev_hash, ip_hash, country_hash, acct_hash];
+        let payee_hash = match (&tx.counterparty_id, active.payee_age) {
+            (Some(c), true) => key_hash(0, c),
+            _ => 0,
+        };
+        self.start_loading(&active, payee_hash, acct_hash, [dev_hash, ip_hash, cp_hash]);
         let n_features = program.features.len().min(FEATURES_MAX);
         feats.clear();
         feats.resize(n_features, 0);
@@ -473,16 +513,10 @@ impl Engine {
         known.resize(n_features, false);
 
         // Read the payee's opening before locking the payer: both may live in one shard.
-        let payee_opened = if active.payee_age {
-            tx.counterparty_id.as_deref().and_then(|c| {
-                self.state
-                    .accounts
-                    .get(&key_hash(0, c))
-                    .and_then(|a| a.profile.opened_ms)
-            })
-        } else {
-            None
-        };
+        let payee_opened = (payee_hash != 0)
+            .then(|| self.state.accounts.get(&payee_hash))
+            .flatten()
+            .and_then(|a| a.profile.opened_ms);
 
         let mut guard = self
             .state
@@ -521,14 +555,14 @@ impl Engine {
                 store.get(&h).map(Held::Current)
             };
         }
-        // Every entry is locked: read one word of each part of each (the payer's and the
-        // shared keys') so their cache misses are in flight together — a lock taken after a
-        // miss waits for it, so warming each entry as it is locked overlapped far less.
-        let warm = held
-            .iter()
-            .flatten()
-            .fold(acc.warm(), |x, h| x ^ h.read_at(ts).0.warm());
-        std::hint::black_box(warm);
+        // Every entry is locked (and its lines were loaded ahead): start loading the lists
+        // their windows keep outside them, all together, after the last lock (reading where
+        // they are is a load, which a later lock would wait for). These were loads of one
+        // word of each list until session 11, and the decision stalled on them.
+        acc.prefetch_heap();
+        for h in held.iter().flatten() {
+            h.read_at(ts).0.prefetch_heap();
+        }
         let duplicate = seen(ts);
         let counting = if duplicate {
             Counting::Duplicate

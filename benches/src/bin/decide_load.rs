@@ -118,6 +118,14 @@ fn main() {
     let txs: Vec<_> = (0..events).map(|_| w.next_tx()).collect();
     let mut out = Scratch::default();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 1_000_000_000, 3).expect("histogram");
+    // `perf record --control fifo:PATH -D -1` with VIGIL_PERF_CTL=PATH profiles the timed pass
+    // alone.
+    let perf_ctl = |cmd: &str| {
+        if let Some(path) = std::env::var_os("VIGIL_PERF_CTL") {
+            let _ = std::fs::write(path, cmd);
+        }
+    };
+    perf_ctl("enable\n");
     let t = Instant::now();
     let mut flagged = 0u64;
     for tx in &txs {
@@ -127,6 +135,8 @@ fn main() {
         flagged += u64::from(d.action != vigil_rules::Action::Allow);
     }
     let secs = t.elapsed().as_secs_f64();
+    perf_ctl("disable\n");
+    let rss2 = rss_bytes().unwrap_or(0);
     // One sweep for idle state, as `vigil serve` runs on its own thread (and the loop above
     // runs inline every `maintain_every` events: its max latency).
     let t = Instant::now();
@@ -159,5 +169,9 @@ fn main() {
         "memory              accounts ~{} B/account (estimate); RSS growth {} B/account (all stores, tx ids included)",
         stats.account_bytes / stats.accounts.max(1),
         rss1.saturating_sub(rss0) / u64::from(accounts.max(1))
+    );
+    println!(
+        "                    RSS growth during the timed pass: {} MB",
+        rss2.saturating_sub(rss1) >> 20
     );
 }

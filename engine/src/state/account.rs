@@ -193,27 +193,6 @@ impl Profile {
         n
     }
 
-    /// Reads one word from each part of the profile a decision uses, so their cache misses
-    /// are in flight together while the decision does other work (a profile spans many
-    /// cache lines; read one after another, each miss would wait for the last).
-    pub fn warm(&self) -> u64 {
-        let first = |s: &[Seen]| s.first().map_or(0, |x| u64::from(x.id));
-        let last = |s: &[Seen]| s.last().map_or(0, |x| u64::from(x.id));
-        first(&self.payees)
-            ^ last(&self.payees)
-            ^ self.payees.get(8).map_or(0, |x| u64::from(x.id))
-            ^ first(&self.devices)
-            ^ last(&self.devices)
-            ^ self.places.first().map_or(0, |x| x.count.into())
-            ^ self.places.last().map_or(0, |x| x.count.into())
-            ^ self.countries.first().map_or(0, |x| x.1.into())
-            ^ self.countries.last().map_or(0, |x| x.1.into())
-            ^ self.last_fix.map_or(0, |f| f.ts as u64)
-            ^ self.last_event_ms[0] as u64
-            ^ self.last_event_ms[ACCOUNT_EVENT_KINDS.len() - 1] as u64
-            ^ self.balance as u64
-    }
-
     /// Whether `device` is new to this account at `ts`: never used for a transaction, or
     /// first used less than [`NEW_FOR_MS`] ago — and the account had used another before.
     pub fn is_new_device(&self, device: u64, ts: i64) -> bool {

@@ -6,6 +6,7 @@
 //! past a limit, the least recently active ones.
 
 pub mod account;
+pub mod prefetch;
 pub mod window;
 
 use serde::{Deserialize, Serialize};
@@ -69,10 +70,10 @@ pub struct AccountState {
 }
 
 impl AccountState {
-    /// Reads one word of each part of the entry, so their cache misses are in flight together
-    /// (see `Profile::warm`).
-    pub fn warm(&self) -> u64 {
-        self.profile.warm() ^ self.windows.warm() ^ self.outgoing.warm()
+    /// Starts loading the windows' lists kept outside the entry.
+    pub fn prefetch_heap(&self) {
+        self.windows.prefetch_heap();
+        self.outgoing.prefetch_heap();
     }
 }
 
@@ -122,6 +123,38 @@ fn evict<V>(
     }
 }
 
+/// A lookup started ahead, stage one: starts loading the control bytes that `key`'s probe
+/// in `map` begins with, holding the shard's read lock only to read the table's address and
+/// size. Then [`prefetch_entry`], then the lookup itself.
+pub fn prefetch_slot<V>(map: &DashMap<u64, V, FxBuild>, key: u64) {
+    let hash = map.hash_usize(&key);
+    let shard = map.shards()[map.determine_shard(hash)].read();
+    // hashbrown keeps its control bytes right after its buckets (`RawTable::data_end`), a
+    // 16-byte group per probe.
+    let ctrl = shard.data_end().as_ptr().cast::<u8>().cast_const();
+    let pos = hash & (shard.buckets() - 1);
+    prefetch::line(ctrl.wrapping_add(pos));
+    prefetch::line(ctrl.wrapping_add(pos + 15));
+}
+
+/// A lookup started ahead, stage two, once the control bytes are in: starts loading the
+/// first `bytes` bytes of the entry whose 7-bit tag matches `key`'s (nearly always `key`'s
+/// own; the entry itself is not read).
+pub fn prefetch_entry<V>(map: &DashMap<u64, V, FxBuild>, key: u64, bytes: usize) {
+    if let Some(p) = tagged_entry(map, key) {
+        prefetch::bytes(p, bytes);
+    }
+}
+
+/// Where `key`'s entry is, nearly always: the first entry on its probe whose 7-bit tag
+/// matches (found from the control bytes alone; the entry is not read).
+fn tagged_entry<V>(map: &DashMap<u64, V, FxBuild>, key: u64) -> Option<*const u8> {
+    let hash = map.hash_usize(&key);
+    let shard = map.shards()[map.determine_shard(hash)].read();
+    let b = shard.find(hash as u64, |_| true)?;
+    Some(b.as_ptr().cast::<u8>().cast_const())
+}
+
 impl State {
     /// State with room for `accounts` accounts (and as many devices, IPs, counterparties and
     /// four transaction ids per account) before any table grows.
@@ -154,6 +187,8 @@ impl State {
         let map = &self.seen_tx;
         let hash = map.hash_usize(&tx);
         let mut shard = map.shards()[map.determine_shard(hash)].write();
+        let ctrl = shard.data_end().as_ptr().cast::<u8>().cast_const();
+        prefetch::line(ctrl.wrapping_add(hash & (shard.buckets() - 1)));
         move |ts| {
             let hash = hash as u64;
             if let Some((_, at)) = shard.get_mut(hash, |(k, _)| *k == tx) {
@@ -250,5 +285,42 @@ mod tests {
         for &id in &ids {
             assert_eq!(s.lock_seen(id)(3), id % 3 != 0);
         }
+    }
+
+    /// The entry a lookup is started ahead for is the key's own (but for the rare key whose
+    /// 7-bit tag another entry on its probe shares), and starting lookups ahead on an empty
+    /// store, for absent keys, or past removed ones changes nothing.
+    #[test]
+    fn lookups_started_ahead_find_the_entries_and_change_nothing() {
+        let map: DashMap<u64, [u64; 20], FxBuild> = DashMap::default();
+        let keys: Vec<u64> = (0..20_000u64)
+            .map(|i| key_hash(1, &format!("d-{i}")))
+            .collect();
+        for &k in &keys {
+            prefetch_slot(&map, k);
+            prefetch_entry(&map, k, 160);
+            assert_eq!(tagged_entry(&map, k), None);
+        }
+        for (i, &k) in keys.iter().enumerate() {
+            map.insert(k, [i as u64; 20]);
+        }
+        map.retain(|k, _| k % 5 != 0);
+        let entry_bytes = std::mem::size_of::<(u64, dashmap::SharedValue<[u64; 20]>)>();
+        let mut own = 0;
+        for (i, &k) in keys.iter().enumerate() {
+            prefetch_slot(&map, k);
+            prefetch_entry(&map, k, entry_bytes);
+            let Some(v) = map.get(&k) else {
+                assert_eq!(k % 5, 0);
+                continue;
+            };
+            assert_eq!(v[0], i as u64);
+            let value = std::ptr::from_ref(v.value()).cast::<u8>();
+            let entry = tagged_entry(&map, k).expect("a present key has a tag match");
+            own += usize::from((value as usize).wrapping_sub(entry as usize) < entry_bytes);
+        }
+        let present = map.len();
+        assert_eq!(present, keys.iter().filter(|k| *k % 5 != 0).count());
+        assert!(own * 100 >= present * 97, "{own} of {present} found");
     }
 }

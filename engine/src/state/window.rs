@@ -353,15 +353,13 @@ impl Windows {
             && self.distinct.is_empty()
     }
 
-    /// Reads one word from each part of the windows, so their cache misses are in flight
-    /// together (see `Profile::warm`).
-    pub fn warm(&self) -> u64 {
-        self.last_ts as u64
-            ^ self.exact.first().map_or(0, |e| e.0 as u64)
-            ^ self.exact.last().map_or(0, |e| e.0 as u64)
-            ^ self.distinct.first().map_or(0, |e| e.0)
-            ^ self.distinct.last().map_or(0, |e| e.0)
-            ^ self.tiers.all.last().map_or(0, |b| b.start as u64)
+    /// Starts loading the first and last of each list kept outside the entry (see
+    /// [`super::prefetch`]).
+    pub fn prefetch_heap(&self) {
+        use super::prefetch::ends;
+        ends(&self.exact);
+        ends(&self.distinct);
+        ends(&self.tiers.all);
     }
 
     /// Count, sum, max and min over `(at - window_ms, at]`, from the tier that answers it.
