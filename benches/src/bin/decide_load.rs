@@ -137,6 +137,7 @@ fn main() {
     let secs = t.elapsed().as_secs_f64();
     perf_ctl("disable\n");
     let rss2 = rss_bytes().unwrap_or(0);
+    let after = engine.state_stats();
     // One sweep for idle state, as `vigil serve` runs on its own thread (and the loop above
     // runs inline every `maintain_every` events: its max latency).
     let t = Instant::now();
@@ -164,6 +165,14 @@ fn main() {
     println!(
         "state               {} accounts, {} devices, {} ips, {} counterparties, {} tx ids",
         stats.accounts, stats.keyed[0], stats.keyed[1], stats.keyed[2], stats.seen_tx
+    );
+    println!(
+        "                    after the timed pass: {} devices, {} counterparties, {} tx ids; ~{} B/account, ~{} B per other key",
+        after.keyed[0],
+        after.keyed[2],
+        after.seen_tx,
+        after.account_bytes / after.accounts.max(1),
+        after.keyed_bytes / after.keyed.iter().sum::<usize>().max(1)
     );
     println!(
         "memory              accounts ~{} B/account (estimate); RSS growth {} B/account (all stores, tx ids included)",

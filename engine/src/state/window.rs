@@ -76,6 +76,17 @@ impl WindowPlan {
     }
 }
 
+/// How long before a key's latest event a value of distinct measure `m` can still be read:
+/// its longest window plus the allowed lateness (0 window: the measure is no longer kept).
+fn distinct_keep_ms(plan: &WindowPlan, m: u8) -> i64 {
+    let window = plan.distinct_ms.get(usize::from(m)).copied().unwrap_or(0);
+    if window == 0 {
+        0
+    } else {
+        window + plan.lateness_ms
+    }
+}
+
 /// What an aggregate computes over a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Agg {
@@ -308,24 +319,39 @@ impl Windows {
             if window == 0 || h == 0 {
                 continue;
             }
-            if let Some(e) = self
-                .distinct
-                .iter_mut()
-                .find(|(v, _, k)| *v == h && *k == m)
-            {
-                e.1 = e.1.max(ts);
+            // One pass: the value's own entry; else how many this measure holds, and an entry
+            // no window can read any more (of any measure) for the new value to take over,
+            // so a key's set holds about what its windows cover instead of growing to the cap
+            // (and a hot key's set is not rewritten on every event).
+            let expired = now - window - plan.lateness_ms;
+            let (mut held, mut free) = (0, None);
+            let mut own = None;
+            for (i, e) in self.distinct.iter().enumerate() {
+                if e.2 == m {
+                    if e.0 == h {
+                        own = Some(i);
+                        break;
+                    }
+                    held += 1;
+                }
+                if free.is_none() && e.1 <= now - distinct_keep_ms(plan, e.2) {
+                    free = Some(i);
+                }
+            }
+            if let Some(i) = own {
+                self.distinct[i].1 = self.distinct[i].1.max(ts);
                 continue;
             }
-            // Values age out lazily: only a full set drops what its window no longer covers,
-            // so a hot key does not rewrite its set on every event.
-            let expired = now - window - plan.lateness_ms;
-            let mut held = self.distinct.iter().filter(|e| e.2 == m).count();
             if held >= DISTINCT_VALUES_MAX {
                 self.distinct.retain(|e| e.2 != m || e.1 > expired);
                 held = self.distinct.iter().filter(|e| e.2 == m).count();
+                free = None;
             }
             if held < DISTINCT_VALUES_MAX {
-                self.distinct.push((h, ts, m));
+                match free {
+                    Some(i) => self.distinct[i] = (h, ts, m),
+                    None => self.distinct.push((h, ts, m)),
+                }
             } else if let Some(oldest) = self
                 .distinct
                 .iter_mut()
@@ -521,6 +547,34 @@ mod tests {
         let none: OldWindows =
             postcard::from_bytes(&postcard::to_stdvec(&Windows::default()).unwrap()).unwrap();
         assert!(none.tiers.is_none());
+    }
+
+    /// A key's distinct values take over the entries of values its windows no longer read, of
+    /// any measure, so a quiet key holds what its windows cover, not the cap; a busy key still
+    /// counts every value in its window.
+    #[test]
+    fn distinct_sets_hold_what_their_windows_cover() {
+        let mut p = plan(600_000);
+        p.distinct_ms[1] = 3_600_000;
+        p.lateness_ms = 60_000;
+        let mut w = Windows::default();
+        let t0 = 1_700_000_000_000;
+        for i in 0..500u64 {
+            // A new counterparty every 20 minutes, and a new device every 40.
+            let t = t0 + i as i64 * 1_200_000;
+            w.record(&p, t, 1, &[i + 1, i / 2 + 1, 0, 0, 0]);
+            assert_eq!(w.distinct(0, t, 600_000), 1);
+            // The last hour holds the events 20 and 40 minutes back: two devices.
+            assert_eq!(w.distinct(1, t, 3_600_000), if i < 2 { 1 } else { 2 });
+            assert!(w.distinct.len() <= 6, "{} entries at {i}", w.distinct.len());
+        }
+        // Busy: 30 values in 5 minutes all count, and the set grows to hold them.
+        let t1 = t0 + 600 * 1_200_000;
+        for i in 0..30u64 {
+            w.record(&p, t1 + i as i64 * 10_000, 1, &[1_000 + i, 7, 0, 0, 0]);
+        }
+        assert_eq!(w.distinct(0, t1 + 290_000, 600_000), 30);
+        assert!(w.distinct.len() >= 31);
     }
 
     #[test]
