@@ -29,6 +29,22 @@ pub fn ends<T>(s: &[T]) {
     line(s.as_ptr().wrapping_add(s.len().saturating_sub(1)));
 }
 
+/// Starts loading the last `bytes` bytes of `s` (all of it when it is shorter).
+#[inline(always)]
+pub fn tail<T>(s: &[T], bytes: usize) {
+    let len = std::mem::size_of_val(s);
+    let from = len.saturating_sub(bytes);
+    let p = s.as_ptr().cast::<u8>();
+    let mut off = from;
+    while off < len {
+        line(p.wrapping_add(off));
+        off += 64;
+    }
+    if len > 0 {
+        line(p.wrapping_add(len - 1));
+    }
+}
+
 /// Starts loading the first `bytes` bytes from `p`, a cache line at a time.
 #[inline(always)]
 pub fn bytes<T>(p: *const T, bytes: usize) {

@@ -382,9 +382,12 @@ impl Windows {
     /// Starts loading the first and last of each list kept outside the entry (see
     /// [`super::prefetch`]).
     pub fn prefetch_heap(&self) {
-        use super::prefetch::ends;
+        use super::prefetch::{ends, tail};
         ends(&self.exact);
-        ends(&self.distinct);
+        // Scanned whole on every event (up to 64 values per measure: a busy merchant's is 24
+        // lines); its first and last alone left the scan stalling on the rest, 1M accounts:
+        // 459-483k -> 496-537k decisions/s.
+        tail(&self.distinct, 2048);
         ends(&self.tiers.all);
     }
 
