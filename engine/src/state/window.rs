@@ -353,19 +353,30 @@ impl Windows {
         self.last_ts = self.last_ts.max(ts);
         let now = self.last_ts;
         if plan.exact_ms > 0 {
-            let pos = self
-                .exact
-                .iter()
-                .rposition(|(t, _)| *t <= ts)
-                .map_or(0, |p| p + 1);
-            self.exact.insert(pos, (ts, amount));
-            let expired = self
-                .exact
-                .iter()
-                .take_while(|(t, _)| *t <= now - plan.exact_ms - plan.lateness_ms)
-                .count();
-            let over = self.exact.len().saturating_sub(EXACT_EVENTS_MAX);
-            self.exact.drain(..expired.max(over));
+            // What has aged out goes first, so the common case (a key's last event is older
+            // than its window) moves nothing; an event that is itself that old is not kept.
+            let cutoff = now - plan.exact_ms - plan.lateness_ms;
+            let expired = self.exact.iter().take_while(|(t, _)| *t <= cutoff).count();
+            if expired == self.exact.len() {
+                self.exact.clear();
+            } else if expired > 0 {
+                self.exact.drain(..expired);
+            }
+            if ts > cutoff {
+                let pos = self
+                    .exact
+                    .iter()
+                    .rposition(|(t, _)| *t <= ts)
+                    .map_or(0, |p| p + 1);
+                if pos == self.exact.len() {
+                    self.exact.push((ts, amount));
+                } else {
+                    self.exact.insert(pos, (ts, amount));
+                }
+                if self.exact.len() > EXACT_EVENTS_MAX {
+                    self.exact.remove(0);
+                }
+            }
         } else if !self.exact.is_empty() {
             self.exact = SmallVec::new();
         }
