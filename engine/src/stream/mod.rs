@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use pipeline::{
-    Pipeline, Summary, admin_create_topics, client_config, output_producer_config, read_effects,
+    EFFECT_HEADER, Effect, Pipeline, Summary, admin_create_topics, client_config,
+    output_producer_config, read_effects,
 };
 
 /// Topic names.

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::pipeline::Effect;
 use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::event::{Transaction, TxKind, format_ts};
@@ -147,7 +148,7 @@ pub struct FollowUp {
     pub out: super::Out,
     /// The record.
     pub body: Vec<u8>,
-    /// Its effect id (`freeze:{tx_id}`, `notification:{kind}:{tx_id}`), what de-duplicates it.
+    /// Its effect id ([`Effect::Freeze`], [`Effect::Notification`]), what de-duplicates it.
     pub effect: String,
 }
 
@@ -169,7 +170,7 @@ pub fn follow_ups(
         out.push(FollowUp {
             out: super::Out::Freezes,
             body: freeze_request(engine, tx, d, now_ms()),
-            effect: format!("freeze:{}", tx.tx_id),
+            effect: Effect::Freeze.id(&tx.tx_id),
         });
     }
     let kinds = notice.into_iter().chain(freeze.then_some("account_frozen"));
@@ -182,7 +183,7 @@ pub fn follow_ups(
             out.push(FollowUp {
                 out: super::Out::Notifications,
                 body,
-                effect: format!("notification:{kind}:{}", tx.tx_id),
+                effect: Effect::Notification(kind).id(&tx.tx_id),
             });
         }
     }

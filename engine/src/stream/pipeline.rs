@@ -27,6 +27,46 @@ use crate::state::key_hash;
 /// The header naming the effect a record is, e.g. `decision:t-1`; read back after a crash so
 /// no effect is produced twice.
 pub const EFFECT_HEADER: &str = "vigil-effect";
+
+/// An effect of a transaction, produced once however often the transaction is redelivered: its
+/// id (see [`Effect::write_id`]) goes in the [`EFFECT_HEADER`] on the Kafka pipeline and on
+/// HTTP publishing alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect<'a> {
+    /// `decision:{tx_id}`.
+    Decision,
+    /// `settlement:{tx_id}`.
+    Settlement,
+    /// `freeze:{tx_id}`.
+    Freeze,
+    /// `notification:{kind}:{tx_id}`.
+    Notification(&'a str),
+}
+
+impl Effect<'_> {
+    /// Writes the effect's id for transaction `tx_id` into `out` (cleared first).
+    pub fn write_id(self, tx_id: &str, out: &mut String) {
+        out.clear();
+        match self {
+            Effect::Decision => out.push_str("decision:"),
+            Effect::Settlement => out.push_str("settlement:"),
+            Effect::Freeze => out.push_str("freeze:"),
+            Effect::Notification(kind) => {
+                out.push_str("notification:");
+                out.push_str(kind);
+                out.push(':');
+            }
+        }
+        out.push_str(tx_id);
+    }
+
+    /// The effect's id for transaction `tx_id`.
+    pub fn id(self, tx_id: &str) -> String {
+        let mut s = String::with_capacity(tx_id.len() + 24);
+        self.write_id(tx_id, &mut s);
+        s
+    }
+}
 const SNAPSHOT_FILE: &str = "state.snap";
 
 /// What a run did.
@@ -1527,7 +1567,7 @@ impl Pipeline {
             Out::Settlements,
             tx.tx_id.as_bytes(),
             &bytes,
-            &format!("settlement:{}", tx.tx_id),
+            &Effect::Settlement.id(&tx.tx_id),
             &[],
             slot,
             offset,
@@ -1557,9 +1597,7 @@ impl Pipeline {
         Stats::bump(&self.stats.actions[action_index(d.action)]);
         scratch.json.clear();
         d.write_json(&mut scratch.json);
-        scratch.effect.clear();
-        scratch.effect.push_str("decision:");
-        scratch.effect.push_str(&tx.tx_id);
+        Effect::Decision.write_id(&tx.tx_id, &mut scratch.effect);
         s.send(
             effects,
             Out::Decisions,
@@ -1596,6 +1634,19 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Effect ids are what de-duplicates records after a restart, so their text is fixed: a
+    /// change would produce every effect of a redelivered transaction again.
+    #[test]
+    fn effect_ids_keep_their_format() {
+        let mut buf = String::from("left over");
+        Effect::Decision.write_id("t-1", &mut buf);
+        assert_eq!(buf, "decision:t-1");
+        Effect::Notification("held_for_review").write_id("t-1", &mut buf);
+        assert_eq!(buf, "notification:held_for_review:t-1");
+        assert_eq!(Effect::Settlement.id("t-2"), "settlement:t-2");
+        assert_eq!(Effect::Freeze.id("t:3"), "freeze:t:3");
+    }
 
     #[test]
     fn an_event_dated_past_the_clock_takes_its_turn_at_the_clock() {

@@ -17,7 +17,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use super::pipeline::{
-    EFFECT_HEADER, client_config, log_kafka, log_kafka_error, now_ms, user_wins,
+    EFFECT_HEADER, Effect, client_config, log_kafka, log_kafka_error, now_ms, user_wins,
 };
 use super::{Out, StreamConfig, StreamError, Topics, notify};
 use crate::decision::Decision;
@@ -166,7 +166,7 @@ impl Publisher {
         }
         let mut json = Vec::with_capacity(512);
         d.write_json(&mut json);
-        let effect = format!("decision:{}", tx.tx_id);
+        let effect = Effect::Decision.id(&tx.tx_id);
         self.send(0, &self.topics.decisions, &tx.tx_id, &json, &effect);
         for f in notify::follow_ups(engine, ledger, tx, d, now_ms) {
             let (kind, topic) = if f.out == Out::Freezes {
@@ -181,7 +181,7 @@ impl Publisher {
     /// Publishes what the ledger did with `tx` (`t`), as the Kafka path's settlements record.
     pub fn settled(&self, tx: &Transaction, t: &crate::ledger::book::Transfer) {
         let body = notify::settlement(tx, t);
-        let effect = format!("settlement:{}", tx.tx_id);
+        let effect = Effect::Settlement.id(&tx.tx_id);
         self.send(3, &self.topics.settlements, &tx.tx_id, &body, &effect);
     }
 
