@@ -242,3 +242,60 @@ fn an_event_dated_past_the_clock_cannot_blind_the_windows() {
     assert_eq!(actions, [Action::Allow, Action::Review, Action::Review]);
     assert_eq!((futures, late), (1, 0));
 }
+
+/// A counterparty hears from many partitions: a payer's transfer from a partition half an hour
+/// behind still counts every payer in its own window, though the key has moved on since.
+#[test]
+fn a_shared_key_counts_for_an_event_from_a_partition_behind_it() {
+    let rule = "[[rule]]\nid = \"fan_in\"\naction = \"review\"\nwhen = \"kind == 'transfer' and distinct(account by counterparty over 6h) >= 5\"\n";
+    let e = engine(rule, EngineConfig::default());
+    let t = |id: &str, account: &str, hm: &str| {
+        let json = format!(
+            r#"{{"schema":1,"tx_id":"{id}","ts":"2026-11-02T{hm}:00Z","kind":"transfer","account_id":"{account}","counterparty_id":"mule","amount":"10.00","currency":"EUR"}}"#
+        );
+        decode(json.as_bytes()).expect("valid event")
+    };
+    let early = [
+        ("1", "a1", "00:00"),
+        ("2", "a2", "00:30"),
+        ("3", "a3", "01:00"),
+    ];
+    for (id, a, hm) in early
+        .into_iter()
+        .chain([("4", "a4", "01:30"), ("5", "a2", "06:20")])
+    {
+        assert_eq!(
+            e.apply(&t(id, a, hm)).expect("decided").action,
+            Action::Allow
+        );
+    }
+    // a5's first transfer, dated 05:50: five payers in (23:50, 05:50], a1 among them although
+    // the key's latest event (06:20) is more than 6h after a1's.
+    let d = e.apply(&t("6", "a5", "05:50")).expect("decided");
+    assert!(!d.late, "a5's own first event is not late");
+    assert_eq!(d.action, Action::Review, "{:?}", d.reasons);
+}
+
+/// The same for a shared key's exact window: a device's event from a partition behind it
+/// still counts the device's events in its own 10 minutes.
+#[test]
+fn a_shared_keys_exact_window_counts_for_an_event_from_a_partition_behind_it() {
+    let rule = "[[rule]]\nid = \"busy_device\"\naction = \"review\"\nwhen = \"count(tx by device over 10m) >= 2\"\n";
+    let e = engine(rule, EngineConfig::default());
+    let t = |id: &str, account: &str, hm: &str| {
+        let json = format!(
+            r#"{{"schema":1,"tx_id":"{id}","ts":"2026-11-02T{hm}:00Z","kind":"payment","account_id":"{account}","counterparty_id":"m-1","amount":"10.00","currency":"EUR","device_id":"d-1"}}"#
+        );
+        decode(json.as_bytes()).expect("valid event")
+    };
+    for (id, a, hm) in [("1", "a1", "10:00"), ("2", "a2", "10:20")] {
+        assert_eq!(
+            e.apply(&t(id, a, hm)).expect("decided").action,
+            Action::Allow
+        );
+    }
+    // a3's event at 10:08: the device was used at 10:00 and now, though its latest use
+    // (10:20) is more than the window and the lateness after 10:00.
+    let d = e.apply(&t("3", "a3", "10:08")).expect("decided");
+    assert_eq!(d.action, Action::Review, "{:?}", d.reasons);
+}

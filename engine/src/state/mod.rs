@@ -11,6 +11,7 @@ pub mod window;
 
 use serde::{Deserialize, Serialize};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
 
 use dashmap::DashMap;
 use rustc_hash::FxHasher;
@@ -138,11 +139,11 @@ pub fn prefetch_slot<V>(map: &DashMap<u64, V, FxBuild>, key: u64) {
 }
 
 /// A lookup started ahead, stage two, once the control bytes are in: starts loading the
-/// first `bytes` bytes of the entry whose 7-bit tag matches `key`'s (nearly always `key`'s
-/// own; the entry itself is not read).
-pub fn prefetch_entry<V>(map: &DashMap<u64, V, FxBuild>, key: u64, bytes: usize) {
+/// bytes `part` of the entry (a `(u64, V)` in the table) whose 7-bit tag matches `key`'s —
+/// nearly always `key`'s own; the entry itself is not read.
+pub fn prefetch_entry<V>(map: &DashMap<u64, V, FxBuild>, key: u64, part: Range<usize>) {
     if let Some(p) = tagged_entry(map, key) {
-        prefetch::bytes(p, bytes);
+        prefetch::bytes(p.wrapping_add(part.start), part.len());
     }
 }
 
@@ -188,7 +189,9 @@ impl State {
         let hash = map.hash_usize(&tx);
         let mut shard = map.shards()[map.determine_shard(hash)].write();
         let ctrl = shard.data_end().as_ptr().cast::<u8>().cast_const();
-        prefetch::line(ctrl.wrapping_add(hash & (shard.buckets() - 1)));
+        let pos = hash & (shard.buckets() - 1);
+        prefetch::line(ctrl.wrapping_add(pos));
+        prefetch::line(ctrl.wrapping_add(pos + 15));
         move |ts| {
             let hash = hash as u64;
             if let Some((_, at)) = shard.get_mut(hash, |(k, _)| *k == tx) {
@@ -298,7 +301,7 @@ mod tests {
             .collect();
         for &k in &keys {
             prefetch_slot(&map, k);
-            prefetch_entry(&map, k, 160);
+            prefetch_entry(&map, k, 0..160);
             assert_eq!(tagged_entry(&map, k), None);
         }
         for (i, &k) in keys.iter().enumerate() {
@@ -309,7 +312,7 @@ mod tests {
         let mut own = 0;
         for (i, &k) in keys.iter().enumerate() {
             prefetch_slot(&map, k);
-            prefetch_entry(&map, k, entry_bytes);
+            prefetch_entry(&map, k, 0..entry_bytes);
             let Some(v) = map.get(&k) else {
                 assert_eq!(k % 5, 0);
                 continue;

@@ -29,20 +29,10 @@ pub fn ends<T>(s: &[T]) {
     line(s.as_ptr().wrapping_add(s.len().saturating_sub(1)));
 }
 
-/// Starts loading the last `bytes` bytes of `s` (all of it when it is shorter).
+/// Starts loading the first `bytes` bytes of `s` (all of it when it is shorter).
 #[inline(always)]
-pub fn tail<T>(s: &[T], bytes: usize) {
-    let len = std::mem::size_of_val(s);
-    let from = len.saturating_sub(bytes);
-    let p = s.as_ptr().cast::<u8>();
-    let mut off = from;
-    while off < len {
-        line(p.wrapping_add(off));
-        off += 64;
-    }
-    if len > 0 {
-        line(p.wrapping_add(len - 1));
-    }
+pub fn head<T>(s: &[T], bytes: usize) {
+    self::bytes(s.as_ptr(), std::mem::size_of_val(s).min(bytes));
 }
 
 /// Starts loading the first `bytes` bytes from `p`, a cache line at a time.
@@ -52,4 +42,12 @@ pub fn bytes<T>(p: *const T, bytes: usize) {
     for off in (0..bytes).step_by(64) {
         line(p.wrapping_add(off));
     }
+    // The last line too, when `p` is not at a line's start.
+    if bytes > 0 {
+        line(p.wrapping_add(bytes - 1));
+    }
 }
+
+/// Whether prefetching does anything on this target (on others it is a no-op, and a lookup
+/// started ahead would only cost its locks).
+pub const ENABLED: bool = cfg!(target_arch = "x86_64");

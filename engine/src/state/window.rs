@@ -11,10 +11,18 @@
 //! Buckets are sparse (only hours and days that had events), so a quiet key costs little.
 //! `distinct(...)` keeps, per measure, the last time each value was seen (up to
 //! [`DISTINCT_VALUES_MAX`] values, oldest replaced first): exact in time, saturating in count.
+//! A new value takes over the entry of one no window can read any more, so a key's set holds
+//! what its windows cover.
+//!
+//! Everything is kept for the longest window plus how far behind the key's latest event a
+//! later event can still be read ([`WindowPlan::reach`]): the allowed lateness for an
+//! account's own windows, the whole horizon for a shared key, which hears from many
+//! partitions.
 //! A window at time `t` covers `(t - W, t]`, so it includes the event being decided.
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
+use vigil_rules::catalog::DistinctOf;
 
 /// Longest window answered exactly from individual events.
 pub const EXACT_WINDOW_MS_MAX: i64 = 3_600_000;
@@ -47,6 +55,11 @@ pub struct WindowPlan {
     pub distinct_ms: [i64; 5],
     /// Extra history kept so an event up to this late still reads a full window.
     pub lateness_ms: i64,
+    /// How far behind the key's latest event a later event can still be recorded and read,
+    /// when that is further than `lateness_ms`: a shared key (device, IP, counterparty) hears
+    /// from many partitions and records an event up to its horizon behind its latest, so it
+    /// keeps what such an event's windows count.
+    pub reach_ms: i64,
 }
 
 impl WindowPlan {
@@ -59,6 +72,10 @@ impl WindowPlan {
         } else {
             self.days_ms = self.days_ms.max(window_ms);
         }
+    }
+    /// How far behind the key's latest event a read can reach back (see `reach_ms`).
+    pub fn reach(&self) -> i64 {
+        self.reach_ms.max(self.lateness_ms)
     }
     /// Whether anything is kept.
     pub fn is_empty(&self) -> bool {
@@ -77,13 +94,14 @@ impl WindowPlan {
 }
 
 /// How long before a key's latest event a value of distinct measure `m` can still be read:
-/// its longest window plus the allowed lateness (0 window: the measure is no longer kept).
+/// its longest window plus how far a read can reach back (0 window: the measure is no longer
+/// kept).
 fn distinct_keep_ms(plan: &WindowPlan, m: u8) -> i64 {
     let window = plan.distinct_ms.get(usize::from(m)).copied().unwrap_or(0);
     if window == 0 {
         0
     } else {
-        window + plan.lateness_ms
+        window + plan.reach()
     }
 }
 
@@ -253,7 +271,7 @@ impl Buckets {
         for (t, window) in [(Tier::Hours, plan.hours_ms), (Tier::Days, plan.days_ms)] {
             if window > 0 {
                 self.add(t, ts, amount);
-                self.expire(t, now - window - t.width() - plan.lateness_ms);
+                self.expire(t, now - window - t.width() - plan.reach());
             }
         }
     }
@@ -299,12 +317,19 @@ struct Val {
 
 impl Val {
     const MEASURE_BITS: u32 = 3;
+    const MEASURE_MASK: i64 = (1 << Val::MEASURE_BITS) - 1;
+
+    /// The times a value can hold: ±2^59 ms (±18 million years); a time past them is held as
+    /// the nearest (parsed events are years 2000 to 2100).
+    const SEEN_MAX: i64 = (1 << (63 - Val::MEASURE_BITS - 1)) - 1;
+    const SEEN_MIN: i64 = -(1 << (63 - Val::MEASURE_BITS - 1));
 
     fn new(hash: u64, seen: i64, measure: u8) -> Val {
         debug_assert!(u32::from(measure) < 1 << Val::MEASURE_BITS);
+        let seen = seen.clamp(Val::SEEN_MIN, Val::SEEN_MAX);
         Val {
             hash,
-            seen_measure: (seen << Val::MEASURE_BITS) | i64::from(measure),
+            seen_measure: (seen << Val::MEASURE_BITS) | (i64::from(measure) & Val::MEASURE_MASK),
         }
     }
     /// When the value was last seen (event time, ms).
@@ -313,12 +338,12 @@ impl Val {
     }
     /// The measure's index (`DistinctOf::ALL`).
     fn measure(self) -> u8 {
-        (self.seen_measure & ((1 << Val::MEASURE_BITS) - 1)) as u8
+        (self.seen_measure & Val::MEASURE_MASK) as u8
     }
 }
 
-// Event times are validated to a range that fits in 60 bits, and every measure in 3.
-const _: () = assert!(vigil_rules::catalog::DistinctOf::ALL.len() <= 1 << Val::MEASURE_BITS);
+// Every measure fits in the low bits.
+const _: () = assert!(DistinctOf::ALL.len() <= 1 << Val::MEASURE_BITS);
 
 /// Snapshots keep the layout distinct values had before they were packed: (value hash, last
 /// time seen, measure index).
@@ -335,7 +360,9 @@ mod distinct_wire {
         let wire = Vec::<(u64, i64, u8)>::deserialize(d)?;
         wire.into_iter()
             .map(|(hash, seen, m)| {
-                if u32::from(m) >= 1 << Val::MEASURE_BITS || seen.unsigned_abs() >> 59 != 0 {
+                if u32::from(m) >= 1 << Val::MEASURE_BITS
+                    || !(Val::SEEN_MIN..=Val::SEEN_MAX).contains(&seen)
+                {
                     return Err(D::Error::custom(format!(
                         "distinct value out of range: measure {m}, seen at {seen}"
                     )));
@@ -355,7 +382,7 @@ impl Windows {
         if plan.exact_ms > 0 {
             // What has aged out goes first, so the common case (a key's last event is older
             // than its window) moves nothing; an event that is itself that old is not kept.
-            let cutoff = now - plan.exact_ms - plan.lateness_ms;
+            let cutoff = now - plan.exact_ms - plan.reach();
             let expired = self.exact.iter().take_while(|(t, _)| *t <= cutoff).count();
             if expired == self.exact.len() {
                 self.exact.clear();
@@ -392,7 +419,7 @@ impl Windows {
             // no window can read any more (of any measure) for the new value to take over,
             // so a key's set holds about what its windows cover instead of growing to the cap
             // (and a hot key's set is not rewritten on every event).
-            let expired = now - window - plan.lateness_ms;
+            let expired = now - window - plan.reach();
             let (mut held, mut free) = (0, None);
             let mut own = None;
             for (i, e) in self.distinct.iter().enumerate() {
@@ -432,7 +459,7 @@ impl Windows {
                 *oldest = Val::new(h, ts, m);
             }
         }
-        if self.distinct.len() > 4 * DISTINCT_VALUES_MAX {
+        if self.distinct.len() > DistinctOf::ALL.len() * DISTINCT_VALUES_MAX {
             // Measures the plan no longer keeps (after a pack swap) are dropped here.
             self.distinct.retain(|e| {
                 plan.distinct_ms
@@ -453,12 +480,12 @@ impl Windows {
     /// Starts loading the lists kept outside the entry: the ends of the events and of the
     /// buckets, and the whole distinct set (see [`super::prefetch`]).
     pub fn prefetch_heap(&self) {
-        use super::prefetch::{ends, tail};
+        use super::prefetch::{ends, head};
         ends(&self.exact);
-        // Scanned whole on every event (up to 64 values per measure: a busy merchant's is 24
-        // lines); its first and last alone left the scan stalling on the rest, 1M accounts:
-        // 459-483k -> 496-537k decisions/s.
-        tail(&self.distinct, 2048);
+        // Scanned whole on every event (up to 64 values per measure: a busy merchant's set is
+        // 16 lines); its first and last alone left the scan stalling on the rest, 1M
+        // accounts: 459-483k -> 496-537k decisions/s. Bounded: a set can hold 320 values.
+        head(&self.distinct, 4096);
         ends(&self.tiers.all);
     }
 
@@ -662,6 +689,80 @@ mod tests {
         assert_eq!(w.distinct(0, t1 + 290_000, 600_000), 30);
         assert!(w.distinct.len() >= 31);
     }
+
+    /// Only an entry no read can reach is taken over: one of the measure's own window plus the
+    /// reach (the lateness here), judged by its own measure's window.
+    #[test]
+    fn a_value_is_taken_over_only_past_its_own_measures_reach() {
+        const M: i64 = 60_000;
+        let t0 = 1_700_000_000_000;
+        // Counterparties over 10 minutes, devices over an hour: 20 minutes on, the device
+        // seen at t0 is past the counterparty window but inside its own.
+        let mut p = plan(10 * M);
+        p.distinct_ms[1] = 60 * M;
+        p.lateness_ms = M;
+        let mut w = Windows::default();
+        w.record(&p, t0, 1, &[0, 1, 0, 0, 0]);
+        w.record(&p, t0 + 20 * M, 1, &[5, 2, 0, 0, 0]);
+        assert_eq!(w.distinct(1, t0 + 20 * M, 60 * M), 2);
+        // Values at 0, 14 and (late by 5 minutes, within the lateness) 9 minutes: the one at 0
+        // is still read by the event at 9.
+        let mut p = plan(10 * M);
+        p.lateness_ms = 5 * M;
+        let mut w = Windows::default();
+        for (v, at) in [(1, 0), (2, 14), (3, 9)] {
+            w.record(&p, t0 + at * M, 1, &[v, 0, 0, 0, 0]);
+        }
+        assert_eq!(w.distinct(0, t0 + 9 * M, 10 * M), 3);
+    }
+
+    /// Distinct values keep their unpacked layout on the wire, byte for byte, for every
+    /// measure and for times before 1970; a time a value cannot hold is refused on the wire and
+    /// held as the nearest it can hold when recorded.
+    #[test]
+    fn distinct_values_keep_their_wire_layout() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Wire(Vec<(u64, i64, u8)>);
+        let mut p = plan(600_000);
+        p.distinct_ms = [600_000; 5];
+        let mut w = Windows::default();
+        let t = 1_700_000_000_000;
+        w.record(&p, t, 1, &[11, 12, 13, 14, 15]);
+        w.record(&p, t + 1, 1, &[11, 22, 0, 0, 0]);
+        let mut want: Vec<(u64, i64, u8)> = vec![(11, t + 1, 0), (12, t, 1)];
+        want.extend([(13, t, 2), (14, t, 3), (15, t, 4), (22, t + 1, 1)]);
+        let bytes = postcard::to_stdvec(&Holder(w.distinct.clone())).expect("encode");
+        assert_eq!(
+            bytes,
+            postcard::to_stdvec(&Wire(want.clone())).expect("encode")
+        );
+        let back: Windows =
+            postcard::from_bytes(&postcard::to_stdvec(&w).expect("encode")).expect("decode");
+        assert_eq!(back.distinct, w.distinct);
+        for m in 0..5 {
+            assert_eq!(back.distinct(m, t + 1, 600_000), if m == 1 { 2 } else { 1 });
+        }
+        for seen in [Val::SEEN_MAX + 1, Val::SEEN_MIN - 1, i64::MAX] {
+            let bad = postcard::to_stdvec(&Wire(vec![(1, seen, 0)])).expect("encode");
+            let read: Result<Holder, _> = postcard::from_bytes(&bad);
+            assert!(read.is_err(), "{seen}");
+        }
+        let before_1970 = Holder(SmallVec::from_slice(&[Val::new(9, -5, 2)]));
+        let bytes = postcard::to_stdvec(&before_1970).expect("encode");
+        assert_eq!(
+            bytes,
+            postcard::to_stdvec(&Wire(vec![(9, -5, 2)])).expect("encode")
+        );
+        let back: Holder = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!((back.0[0].seen(), back.0[0].measure()), (-5, 2));
+        assert_eq!(Val::new(1, i64::MAX, 4).seen(), Val::SEEN_MAX);
+        assert_eq!(Val::new(1, i64::MIN, 4).measure(), 4);
+        assert_eq!(Val::new(1, i64::MIN, 4).seen(), Val::SEEN_MIN);
+    }
+
+    /// Decodes a distinct set alone, as the windows do.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Holder(#[serde(with = "distinct_wire")] SmallVec<[Val; 4]>);
 
     #[test]
     fn a_late_event_reads_a_full_window() {
