@@ -130,12 +130,15 @@ fn evict<V>(
 pub fn prefetch_slot<V>(map: &DashMap<u64, V, FxBuild>, key: u64) {
     let hash = map.hash_usize(&key);
     let shard = map.shards()[map.determine_shard(hash)].read();
-    // hashbrown keeps its control bytes right after its buckets (`RawTable::data_end`), a
-    // 16-byte group per probe.
-    let ctrl = shard.data_end().as_ptr().cast::<u8>().cast_const();
-    let pos = hash & (shard.buckets() - 1);
-    prefetch::line(ctrl.wrapping_add(pos));
-    prefetch::line(ctrl.wrapping_add(pos + 15));
+    prefetch_ctrl(shard.data_end().as_ptr().cast(), shard.buckets(), hash);
+}
+
+/// Starts loading the 16 control bytes a probe for `hash` begins with in a hashbrown table
+/// of `buckets` buckets, whose control bytes start where its buckets end (`data_end`).
+fn prefetch_ctrl(data_end: *const u8, buckets: usize, hash: usize) {
+    let group = data_end.wrapping_add(hash & (buckets - 1));
+    prefetch::line(group);
+    prefetch::line(group.wrapping_add(15));
 }
 
 /// A lookup started ahead, stage two, once the control bytes are in: starts loading the
@@ -188,10 +191,7 @@ impl State {
         let map = &self.seen_tx;
         let hash = map.hash_usize(&tx);
         let mut shard = map.shards()[map.determine_shard(hash)].write();
-        let ctrl = shard.data_end().as_ptr().cast::<u8>().cast_const();
-        let pos = hash & (shard.buckets() - 1);
-        prefetch::line(ctrl.wrapping_add(pos));
-        prefetch::line(ctrl.wrapping_add(pos + 15));
+        prefetch_ctrl(shard.data_end().as_ptr().cast(), shard.buckets(), hash);
         move |ts| {
             let hash = hash as u64;
             if let Some((_, at)) = shard.get_mut(hash, |(k, _)| *k == tx) {
