@@ -243,18 +243,22 @@ fn an_event_dated_past_the_clock_cannot_blind_the_windows() {
     assert_eq!((futures, late), (1, 0));
 }
 
+/// A transaction of `account` at `hm` (hours:minutes) on 2026-11-02, 10 EUR to `payee`, with
+/// the JSON fields `extra` (each starting with a comma).
+fn at(id: &str, account: &str, hm: &str, kind: &str, payee: &str, extra: &str) -> Event {
+    let json = format!(
+        r#"{{"schema":1,"tx_id":"{id}","ts":"2026-11-02T{hm}:00Z","kind":"{kind}","account_id":"{account}","counterparty_id":"{payee}","amount":"10.00","currency":"EUR"{extra}}}"#
+    );
+    decode(json.as_bytes()).expect("valid event")
+}
+
 /// A counterparty hears from many partitions: a payer's transfer from a partition half an hour
 /// behind still counts every payer in its own window, though the key has moved on since.
 #[test]
 fn a_shared_key_counts_for_an_event_from_a_partition_behind_it() {
     let rule = "[[rule]]\nid = \"fan_in\"\naction = \"review\"\nwhen = \"kind == 'transfer' and distinct(account by counterparty over 6h) >= 5\"\n";
     let e = engine(rule, EngineConfig::default());
-    let t = |id: &str, account: &str, hm: &str| {
-        let json = format!(
-            r#"{{"schema":1,"tx_id":"{id}","ts":"2026-11-02T{hm}:00Z","kind":"transfer","account_id":"{account}","counterparty_id":"mule","amount":"10.00","currency":"EUR"}}"#
-        );
-        decode(json.as_bytes()).expect("valid event")
-    };
+    let t = |id: &str, account: &str, hm: &str| at(id, account, hm, "transfer", "mule", "");
     let early = [
         ("1", "a1", "00:00"),
         ("2", "a2", "00:30"),
@@ -283,10 +287,7 @@ fn a_shared_keys_exact_window_counts_for_an_event_from_a_partition_behind_it() {
     let rule = "[[rule]]\nid = \"busy_device\"\naction = \"review\"\nwhen = \"count(tx by device over 10m) >= 2\"\n";
     let e = engine(rule, EngineConfig::default());
     let t = |id: &str, account: &str, hm: &str| {
-        let json = format!(
-            r#"{{"schema":1,"tx_id":"{id}","ts":"2026-11-02T{hm}:00Z","kind":"payment","account_id":"{account}","counterparty_id":"m-1","amount":"10.00","currency":"EUR","device_id":"d-1"}}"#
-        );
-        decode(json.as_bytes()).expect("valid event")
+        at(id, account, hm, "payment", "m-1", r#","device_id":"d-1""#)
     };
     for (id, a, hm) in [("1", "a1", "10:00"), ("2", "a2", "10:20")] {
         assert_eq!(
