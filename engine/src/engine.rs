@@ -513,11 +513,10 @@ impl Engine {
         let acct_hash = key_hash(0, &tx.account_id);
         let country_hash = country.map_or(0, |c| u64::from(u16::from_le_bytes(c)) + 1);
         let distinct = [cp_hash, dev_hash, ip_hash, country_hash, acct_hash];
-        let payee_hash = match (&tx.counterparty_id, active.payee_age) {
-            (Some(c), true) => key_hash(0, c),
-            _ => 0,
-        };
-        self.start_loading(&active, payee_hash, acct_hash, [dev_hash, ip_hash, cp_hash]);
+        // The payee's account (0: none), read for `payee_account_age` and credited at the end.
+        let payee_hash = tx.counterparty_id.as_deref().map_or(0, |c| key_hash(0, c));
+        let payee_read = if active.payee_age { payee_hash } else { 0 };
+        self.start_loading(&active, payee_read, acct_hash, [dev_hash, ip_hash, cp_hash]);
         let n_features = program.features.len().min(FEATURES_MAX);
         feats.clear();
         feats.resize(n_features, 0);
@@ -525,8 +524,8 @@ impl Engine {
         known.resize(n_features, false);
 
         // Read the payee's opening before locking the payer: both may live in one shard.
-        let payee_opened = (payee_hash != 0)
-            .then(|| self.state.accounts.get(&payee_hash))
+        let payee_opened = (payee_read != 0)
+            .then(|| self.state.accounts.get(&payee_read))
             .flatten()
             .and_then(|a| a.profile.opened_ms);
 
@@ -786,8 +785,8 @@ impl Engine {
         if counted
             && tx.kind == TxKind::Transfer
             && action != Action::Block
-            && let Some(cp) = &tx.counterparty_id
-            && let Some(mut payee) = self.state.accounts.get_mut(&key_hash(0, cp))
+            && payee_hash != 0
+            && let Some(mut payee) = self.state.accounts.get_mut(&payee_hash)
         {
             payee.profile.balance = payee.profile.balance.saturating_add(amount);
         }

@@ -419,7 +419,7 @@ impl Windows {
             // no window can read any more (of any measure) for the new value to take over,
             // so a key's set holds about what its windows cover instead of growing to the cap
             // (and a hot key's set is not rewritten on every event).
-            let expired = now - window - plan.reach();
+            let expired = now - distinct_keep_ms(plan, m);
             let (mut held, mut free) = (0, None);
             let mut own = None;
             for (i, e) in self.distinct.iter().enumerate() {
