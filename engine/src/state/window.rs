@@ -340,6 +340,17 @@ impl Val {
     fn measure(self) -> u8 {
         (self.seen_measure & Val::MEASURE_MASK) as u8
     }
+    /// The largest packed `seen_measure` whose time is at or before `t`, whatever its measure:
+    /// `v.seen() <= t` exactly when `v.seen_measure <= Val::packed_until(t)`.
+    fn packed_until(t: i64) -> i64 {
+        if t < Val::SEEN_MIN {
+            i64::MIN
+        } else if t > Val::SEEN_MAX {
+            i64::MAX
+        } else {
+            (t << Val::MEASURE_BITS) | Val::MEASURE_MASK
+        }
+    }
 }
 
 // Every measure fits in the low bits.
@@ -410,6 +421,19 @@ impl Windows {
         if plan.hours_ms > 0 || plan.days_ms > 0 {
             self.tiers.record(plan, now, ts, amount);
         }
+        // Per measure index (the low bits of a value), the latest packed value no read can
+        // reach any more: an entry at or below it can be taken over by any measure.
+        let mut unread = [i64::MIN; 1 << Val::MEASURE_BITS];
+        if plan
+            .distinct_ms
+            .iter()
+            .zip(distinct)
+            .any(|(&w, &h)| w > 0 && h != 0)
+        {
+            for (k, u) in (0u8..).zip(&mut unread) {
+                *u = Val::packed_until(now - distinct_keep_ms(plan, k));
+            }
+        }
         for (m, &window) in plan.distinct_ms.iter().enumerate() {
             let (h, m) = (distinct[m], m as u8);
             if window == 0 || h == 0 {
@@ -419,33 +443,25 @@ impl Windows {
             // no window can read any more (of any measure) for the new value to take over,
             // so a key's set holds about what its windows cover instead of growing to the cap
             // (and a hot key's set is not rewritten on every event).
-            let expired = now - distinct_keep_ms(plan, m);
             let (mut held, mut free) = (0, None);
             let mut own = None;
             for (i, e) in self.distinct.iter().enumerate() {
-                if e.measure() == m {
+                let em = e.measure();
+                if em == m {
                     if e.hash == h {
                         own = Some(i);
                         break;
                     }
                     held += 1;
                 }
-                if free.is_none() && e.seen() <= now - distinct_keep_ms(plan, e.measure()) {
+                if free.is_none() && e.seen_measure <= unread[usize::from(em)] {
                     free = Some(i);
                 }
             }
             if let Some(i) = own {
                 let e = &mut self.distinct[i];
                 *e = Val::new(h, e.seen().max(ts), m);
-                continue;
-            }
-            if held >= DISTINCT_VALUES_MAX {
-                self.distinct
-                    .retain(|e| e.measure() != m || e.seen() > expired);
-                held = self.distinct.iter().filter(|e| e.measure() == m).count();
-                free = None;
-            }
-            if held < DISTINCT_VALUES_MAX {
+            } else if held < DISTINCT_VALUES_MAX {
                 match free {
                     Some(i) => self.distinct[i] = Val::new(h, ts, m),
                     None => self.distinct.push(Val::new(h, ts, m)),
@@ -456,6 +472,8 @@ impl Windows {
                 .filter(|e| e.measure() == m)
                 .min_by_key(|e| e.seen())
             {
+                // Full: the oldest value goes (one no read reaches, if the measure holds any;
+                // those still held are never counted, and are taken over like any other).
                 *oldest = Val::new(h, ts, m);
             }
         }
@@ -688,6 +706,49 @@ mod tests {
         }
         assert_eq!(w.distinct(0, t1 + 290_000, 600_000), 30);
         assert!(w.distinct.len() >= 31);
+    }
+
+    /// At the cap a measure's count saturates and its oldest value makes room; once its values
+    /// age past every read, new ones count from zero in the same room.
+    #[test]
+    fn a_full_distinct_set_keeps_its_newest_values() {
+        const S: i64 = 1_000;
+        let cap = DISTINCT_VALUES_MAX as u64;
+        let mut p = plan(600 * S);
+        p.distinct_ms[1] = 600 * S;
+        p.lateness_ms = 60 * S;
+        let mut w = Windows::default();
+        let t0 = 1_700_000_000_000;
+        // 100 counterparties in 100 seconds, all from one device.
+        for v in 1..=100u64 {
+            w.record(&p, t0 + v as i64 * S, 1, &[v, 7, 0, 0, 0]);
+        }
+        let t = t0 + 100 * S;
+        assert_eq!(w.distinct(0, t, 600 * S), cap as i64);
+        assert_eq!(w.distinct(1, t, 600 * S), 1);
+        // The newest 64 are held: the 37th is seen again in place, the 36th comes back as new
+        // and pushes out the 37th, now the oldest.
+        let held = |w: &Windows, v: u64| w.distinct.iter().any(|e| e.measure() == 0 && e.hash == v);
+        assert!(held(&w, 37) && !held(&w, 36));
+        w.record(&p, t + 50, 1, &[37, 7, 0, 0, 0]);
+        assert!(held(&w, 37) && w.distinct(0, t + 50, 600 * S) == cap as i64);
+        w.record(&p, t + 100, 1, &[36, 7, 0, 0, 0]);
+        assert!(held(&w, 36) && held(&w, 37) && !held(&w, 38));
+        // A window of 30 seconds counts only what the last 30 seconds saw.
+        assert_eq!(w.distinct(0, t + 100, 30 * S), 32);
+        // Past the window and the lateness nothing is read any more: new values count alone,
+        // and the set does not grow.
+        let later = t + 700 * S;
+        for v in 0..5u64 {
+            w.record(&p, later + v as i64, 1, &[1_000 + v, 0, 0, 0, 0]);
+        }
+        assert_eq!(w.distinct(0, later + 4, 600 * S), 5);
+        assert_eq!(w.distinct(1, later + 4, 600 * S), 0);
+        assert!(
+            w.distinct.len() <= DISTINCT_VALUES_MAX + 1,
+            "{}",
+            w.distinct.len()
+        );
     }
 
     /// Only an entry no read can reach is taken over: one of the measure's own window plus the
