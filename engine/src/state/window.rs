@@ -726,8 +726,8 @@ mod tests {
         let t = t0 + 100 * S;
         assert_eq!(w.distinct(0, t, 600 * S), cap as i64);
         assert_eq!(w.distinct(1, t, 600 * S), 1);
-        // The newest 64 are held: the 37th is seen again in place, the 36th comes back as new
-        // and pushes out the 37th, now the oldest.
+        // The newest 64 are held. The 37th is seen again in place (no longer the oldest); the
+        // 36th comes back as new and pushes out the 38th, now the oldest.
         let held = |w: &Windows, v: u64| w.distinct.iter().any(|e| e.measure() == 0 && e.hash == v);
         assert!(held(&w, 37) && !held(&w, 36));
         w.record(&p, t + 50, 1, &[37, 7, 0, 0, 0]);
