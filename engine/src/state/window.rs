@@ -340,8 +340,9 @@ impl Val {
     fn measure(self) -> u8 {
         (self.seen_measure & Val::MEASURE_MASK) as u8
     }
-    /// The largest packed `seen_measure` whose time is at or before `t`, whatever its measure:
-    /// `v.seen() <= t` exactly when `v.seen_measure <= Val::packed_until(t)`.
+    /// A bound for packed values: `v.seen() <= t` exactly when
+    /// `v.seen_measure <= Val::packed_until(t)`, whatever `v`'s measure (the largest packed value
+    /// at `t`, or `i64::MIN`/`i64::MAX` for a time before or after every value's).
     fn packed_until(t: i64) -> i64 {
         if t < Val::SEEN_MIN {
             i64::MIN
@@ -443,7 +444,7 @@ impl Windows {
             // no window can read any more (of any measure) for the new value to take over,
             // so a key's set holds about what its windows cover instead of growing to the cap
             // (and a hot key's set is not rewritten on every event).
-            let (mut held, mut free) = (0, None);
+            let (mut held, mut unread_held, mut free) = (0, 0, None);
             let mut own = None;
             for (i, e) in self.distinct.iter().enumerate() {
                 let em = e.measure();
@@ -453,6 +454,7 @@ impl Windows {
                         break;
                     }
                     held += 1;
+                    unread_held += usize::from(e.seen_measure <= unread[usize::from(m)]);
                 }
                 if free.is_none() && e.seen_measure <= unread[usize::from(em)] {
                     free = Some(i);
@@ -466,14 +468,20 @@ impl Windows {
                     Some(i) => self.distinct[i] = Val::new(h, ts, m),
                     None => self.distinct.push(Val::new(h, ts, m)),
                 }
+            } else if unread_held > 0 {
+                // Full, but holding values no read reaches: they go (so a set full after a
+                // burst shrinks back), and the new value joins.
+                let bound = unread[usize::from(m)];
+                self.distinct
+                    .retain(|e| e.measure() != m || e.seen_measure > bound);
+                self.distinct.push(Val::new(h, ts, m));
             } else if let Some(oldest) = self
                 .distinct
                 .iter_mut()
                 .filter(|e| e.measure() == m)
                 .min_by_key(|e| e.seen())
             {
-                // Full: the oldest value goes (one no read reaches, if the measure holds any;
-                // those still held are never counted, and are taken over like any other).
+                // Full of values still read: the oldest goes.
                 *oldest = Val::new(h, ts, m);
             }
         }
@@ -737,18 +745,30 @@ mod tests {
         // A window of 30 seconds counts only what the last 30 seconds saw.
         assert_eq!(w.distinct(0, t + 100, 30 * S), 32);
         // Past the window and the lateness nothing is read any more: new values count alone,
-        // and the set does not grow.
+        // and the set sheds what no read reaches.
         let later = t + 700 * S;
         for v in 0..5u64 {
             w.record(&p, later + v as i64, 1, &[1_000 + v, 0, 0, 0, 0]);
         }
         assert_eq!(w.distinct(0, later + 4, 600 * S), 5);
         assert_eq!(w.distinct(1, later + 4, 600 * S), 0);
-        assert!(
-            w.distinct.len() <= DISTINCT_VALUES_MAX + 1,
-            "{}",
-            w.distinct.len()
-        );
+        assert!(w.distinct.len() <= 6, "{} entries", w.distinct.len());
+    }
+
+    /// The packed bound orders like the time it stands for, for every measure, at the edges of
+    /// what a value can hold and past them.
+    #[test]
+    fn a_packed_bound_orders_like_its_time() {
+        let times = [Val::SEEN_MIN, -1, 0, 1, 1_700_000_000_000, Val::SEEN_MAX];
+        for seen in times {
+            for m in 0..1u8 << Val::MEASURE_BITS {
+                let v = Val::new(7, seen, m);
+                for t in [seen - 1, seen, seen + 1, i64::MIN, i64::MAX] {
+                    let packed = v.seen_measure <= Val::packed_until(t);
+                    assert_eq!(packed, seen <= t, "seen {seen} measure {m} against {t}");
+                }
+            }
+        }
     }
 
     /// Only an entry no read can reach is taken over: one of the measure's own window plus the
