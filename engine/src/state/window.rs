@@ -86,8 +86,16 @@ impl WindowPlan {
         let d = self.distinct_ms.iter().copied().max().unwrap_or(0);
         let tiers = [
             self.exact_ms,
-            self.hours_ms + HOUR_MS,
-            self.days_ms + DAY_MS,
+            if self.hours_ms > 0 {
+                self.hours_ms + HOUR_MS
+            } else {
+                0
+            },
+            if self.days_ms > 0 {
+                self.days_ms + DAY_MS
+            } else {
+                0
+            },
         ];
         tiers.into_iter().chain([d]).max().unwrap_or(0) + self.lateness_ms
     }
@@ -753,6 +761,22 @@ mod tests {
         assert_eq!(w.distinct(0, later + 4, 600 * S), 5);
         assert_eq!(w.distinct(1, later + 4, 600 * S), 0);
         assert!(w.distinct.len() <= 6, "{} entries", w.distinct.len());
+    }
+
+    /// A plan keeps its longest window, a bucket's width past a bucketed one, plus the
+    /// lateness: a tier that is off adds nothing.
+    #[test]
+    fn a_plan_keeps_only_what_its_tiers_and_lateness_need() {
+        const MIN: i64 = 60_000;
+        let mut p = plan(10 * MIN);
+        p.lateness_ms = 5 * MIN;
+        assert_eq!(p.horizon_ms(), 15 * MIN, "exact tier and distinct only");
+        p.distinct_ms[2] = 30 * MIN;
+        assert_eq!(p.horizon_ms(), 35 * MIN);
+        p.need(6 * HOUR_MS);
+        assert_eq!(p.horizon_ms(), 7 * HOUR_MS + 5 * MIN, "hourly buckets");
+        p.need(30 * DAY_MS);
+        assert_eq!(p.horizon_ms(), 31 * DAY_MS + 5 * MIN, "daily buckets");
     }
 
     /// The packed bound orders like the time it stands for, for every measure, at the edges of
