@@ -84,20 +84,15 @@ impl WindowPlan {
     /// The longest time anything is kept.
     pub fn horizon_ms(&self) -> i64 {
         let d = self.distinct_ms.iter().copied().max().unwrap_or(0);
-        let tiers = [
-            self.exact_ms,
-            if self.hours_ms > 0 {
-                self.hours_ms + HOUR_MS
-            } else {
-                0
-            },
-            if self.days_ms > 0 {
-                self.days_ms + DAY_MS
-            } else {
-                0
-            },
-        ];
-        tiers.into_iter().chain([d]).max().unwrap_or(0) + self.lateness_ms
+        // A bucketed tier covers up to a bucket more than its window; one that is off, nothing.
+        let bucketed = [(self.hours_ms, HOUR_MS), (self.days_ms, DAY_MS)]
+            .map(|(window, width)| if window > 0 { window + width } else { 0 });
+        bucketed
+            .into_iter()
+            .chain([self.exact_ms, d])
+            .max()
+            .unwrap_or(0)
+            + self.lateness_ms
     }
 }
 
@@ -452,6 +447,7 @@ impl Windows {
             // no window can read any more (of any measure) for the new value to take over,
             // so a key's set holds about what its windows cover instead of growing to the cap
             // (and a hot key's set is not rewritten on every event).
+            let unread_m = unread[usize::from(m)];
             let (mut held, mut unread_held, mut free) = (0, 0, None);
             let mut own = None;
             for (i, e) in self.distinct.iter().enumerate() {
@@ -462,7 +458,7 @@ impl Windows {
                         break;
                     }
                     held += 1;
-                    unread_held += usize::from(e.seen_measure <= unread[usize::from(m)]);
+                    unread_held += usize::from(e.seen_measure <= unread_m);
                 }
                 if free.is_none() && e.seen_measure <= unread[usize::from(em)] {
                     free = Some(i);
@@ -479,9 +475,8 @@ impl Windows {
             } else if unread_held > 0 {
                 // Full, but holding values no read reaches: they go (so a set full after a
                 // burst shrinks back), and the new value joins.
-                let bound = unread[usize::from(m)];
                 self.distinct
-                    .retain(|e| e.measure() != m || e.seen_measure > bound);
+                    .retain(|e| e.measure() != m || e.seen_measure > unread_m);
                 self.distinct.push(Val::new(h, ts, m));
             } else if let Some(oldest) = self
                 .distinct
