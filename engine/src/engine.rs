@@ -19,7 +19,7 @@ use vigil_rules::{Action, CompiledPack, Facts, Feature, Outcome};
 use crate::decision::{Decision, Reason};
 use crate::event::{AccountEvent, Event, Transaction, TxKind};
 use crate::state::account::{COUNTRIES_MAX, NEVER, Profile, haversine_km};
-use crate::state::window::{WindowPlan, Windows};
+use crate::state::window::{Amounts, WindowPlan, Windows};
 use crate::state::{
     AccountState, State, StateLimits, StateStats, key_hash, prefetch_entry, prefetch_slot,
 };
@@ -822,7 +822,7 @@ fn new_account(ts: i64) -> AccountState {
     AccountState {
         profile: Profile::new(),
         windows: Windows::default(),
-        outgoing: Windows::default(),
+        outgoing: Amounts::default(),
         last_seen_ms: ts,
     }
 }

@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use rustc_hash::FxHasher;
 
 use account::Profile;
-use window::Windows;
+use window::{Amounts, Windows};
 
 /// Hasher for keys that are already hashes.
 pub type FxBuild = BuildHasherDefault<FxHasher>;
@@ -65,7 +65,7 @@ pub struct AccountState {
     /// Windows keyed by this account.
     pub windows: Windows,
     /// Windows over the account's outgoing transactions only (for `usual_amount`).
-    pub outgoing: Windows,
+    pub outgoing: Amounts,
     /// Latest event time of any kind, ms.
     pub last_seen_ms: i64,
 }
