@@ -436,9 +436,7 @@ impl Engine {
     /// read), the payer's, and the device's, IP's and counterparty's (0: absent) whose stores
     /// the rules use. First where each one is, then, once that is in, the entries themselves;
     /// each stage's cache misses are in flight together instead of one after another, and the
-    /// lookups that follow find them in cache. With the lists loaded ahead below (see
-    /// `decide_inner`), 1M accounts: 382k-392k → 407k-410k decisions/s, p50 2.05-2.10 →
-    /// 1.91-1.92 µs (alternating runs).
+    /// lookups that follow find them in cache (measured in BENCHMARKS.md, session 11).
     fn start_loading(&self, active: &ActivePack, payee: u64, payer: u64, keys: [u64; 3]) {
         if !crate::state::prefetch::ENABLED {
             return;
@@ -568,8 +566,7 @@ impl Engine {
         }
         // Every entry is locked (and its lines were loaded ahead): start loading the lists
         // their windows keep outside them, all together, after the last lock (reading where
-        // they are is a load, which a later lock would wait for). These were loads of one
-        // word of each list until session 11, and the decision stalled on them.
+        // they are is a load, which a later lock would wait for).
         acc.prefetch_heap();
         for h in held.iter().flatten() {
             h.read_at(ts).0.prefetch_heap();

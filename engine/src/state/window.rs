@@ -412,22 +412,14 @@ impl<const N: usize> Windows<N> {
             // than its window) moves nothing; an event that is itself that old is not kept.
             let cutoff = now - plan.exact_ms - plan.reach();
             let expired = self.exact.iter().take_while(|(t, _)| *t <= cutoff).count();
-            if expired == self.exact.len() {
-                self.exact.clear();
-            } else if expired > 0 {
-                self.exact.drain(..expired);
-            }
+            self.exact.drain(..expired);
             if ts > cutoff {
                 let pos = self
                     .exact
                     .iter()
                     .rposition(|(t, _)| *t <= ts)
                     .map_or(0, |p| p + 1);
-                if pos == self.exact.len() {
-                    self.exact.push((ts, amount));
-                } else {
-                    self.exact.insert(pos, (ts, amount));
-                }
+                self.exact.insert(pos, (ts, amount));
                 if self.exact.len() > EXACT_EVENTS_MAX {
                     self.exact.remove(0);
                 }
