@@ -1,5 +1,7 @@
 //! Stateless evaluation of a compiled five-rule pack against prepared facts: the cost of the
-//! rule program alone, comparable to CEL or a JSON decision-graph interpreter.
+//! rule program alone, comparable to CEL or a JSON decision-graph interpreter. Also the
+//! shipped default pack's rules over the transaction kinds in `decide-load`'s mix, with
+//! feature values given (no state read).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vigil_rules::{Facts, Feature, Outcome, PackOptions, SourceFile, compile_pack};
@@ -90,5 +92,71 @@ fn evaluate(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, evaluate);
+/// The default pack's fifteen rules over ten events in `decide-load`'s kind mix (six
+/// payments, three transfers, one withdrawal), features given: a mostly honest account.
+fn default_pack(c: &mut Criterion) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/packs/default");
+    let pack = vigil_engine::packs::load(&dir, &PackOptions::default()).expect("default pack");
+    let program = &pack.program;
+    let features: Vec<i64> = program
+        .features
+        .iter()
+        .map(|f| match f {
+            Feature::AccountAge => 400 * 86_400_000,
+            Feature::PayeeAccountAge => 200 * 86_400_000,
+            Feature::Since(_) => vigil_rules::program::NEVER_MS,
+            Feature::IsNewPayee => 1,
+            Feature::HistoryCount | Feature::Agg(_) => 5 * 1_000_000,
+            Feature::UsualAmount { .. } => 80 * 1_000_000,
+            Feature::Balance => 2_000 * 1_000_000,
+            Feature::TravelDistanceKm | Feature::HomeDistanceKm => 3 * 1_000_000,
+            _ => 0,
+        })
+        .collect();
+    let homes = [*b"DE"];
+    let kinds = [
+        "payment",
+        "transfer",
+        "payment",
+        "payment",
+        "withdrawal",
+        "payment",
+        "transfer",
+        "payment",
+        "payment",
+        "transfer",
+    ];
+    let cases: Vec<Facts<'_>> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| Facts {
+            amount: (3 + 40 * i as i64) * 1_000_000,
+            kind,
+            kind_bit: vigil_rules::program::kind_bit(kind),
+            currency: "EUR",
+            channel: "app",
+            country: "DE",
+            has_geo: true,
+            home_countries: &homes,
+            features: &features,
+            ..Facts::default()
+        })
+        .collect();
+    let mut out = Outcome::with_capacity(program.rules.len());
+    let mut g = c.benchmark_group("evaluate");
+    g.throughput(Throughput::Elements(cases.len() as u64));
+    g.bench_function("default_pack_x10_events", |b| {
+        b.iter(|| {
+            let mut fired = 0;
+            for f in &cases {
+                program.evaluate(std::hint::black_box(f), &mut out);
+                fired += out.fired.len();
+            }
+            fired
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, evaluate, default_pack);
 criterion_main!(benches);

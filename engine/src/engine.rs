@@ -649,6 +649,7 @@ impl Engine {
             hour,
             has_geo: tx.geo.is_some(),
             kind: tx.kind.name(),
+            kind_bit: tx.kind.bit(),
             currency: tx.currency.code(),
             channel: &tx.channel,
             country: country

@@ -205,6 +205,10 @@ impl TxKind {
         .into_iter()
         .find(|k| k.name() == s)
     }
+    /// The kind's bit for rules' kind tests (`vigil_rules::program::kind_bit` of its name).
+    pub fn bit(self) -> u8 {
+        1 << self as u8
+    }
     /// Whether money leaves the account.
     pub fn is_outgoing(self) -> bool {
         matches!(
@@ -802,6 +806,14 @@ mod tests {
 
     fn err_of(json: &str) -> String {
         decode(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_kind_has_the_bit_rules_test_it_by() {
+        for name in TX_KINDS {
+            let kind = TxKind::from_name(name).expect("every kind has a variant");
+            assert_eq!(kind.bit(), vigil_rules::program::kind_bit(name), "{name}");
+        }
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl Compiler<'_> {
         let mut terms = Vec::new();
         let t = self.expr(src, e, &mut terms)?;
         match t {
-            Typed::Bool(b) => Ok((crate::program::optimize(b), terms)),
+            Typed::Bool(b) => Ok((crate::program::optimize(b, &self.lists), terms)),
             other => err(
                 e.span,
                 format!(

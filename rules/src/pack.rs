@@ -627,8 +627,8 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
                 compiler.lists.truncate(lists_before);
             }
             match compiled {
-                Ok((cond, terms)) if r.enabled => rules.push(CompiledRule {
-                    meta: RuleMeta {
+                Ok((cond, terms)) if r.enabled => rules.push(CompiledRule::new(
+                    RuleMeta {
                         id: id.clone(),
                         description: r.description.clone(),
                         action,
@@ -642,7 +642,7 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
                     },
                     cond,
                     terms,
-                }),
+                )),
                 Ok(_) => {}
                 Err(d) => diags.push(d),
             }

@@ -7,12 +7,25 @@
 
 use rustc_hash::FxHashSet;
 
-use crate::catalog::{Feature, NumField, StrField};
+use crate::catalog::{Feature, NumField, StrField, TX_KINDS};
 use crate::num;
 
 /// The "never happened" duration returned by `since(...)` for an event the account never had.
 /// Comparisons such as `since(password_reset) < 1h` are then false.
 pub const NEVER_MS: i64 = i64::MAX / 4;
+
+/// The bit that stands for a transaction kind that is none of [`TX_KINDS`] (or no kind).
+pub const KIND_OTHER: u8 = 1 << TX_KINDS.len();
+/// Every kind's bit, [`KIND_OTHER`] included.
+pub const KINDS_ALL: u8 = (KIND_OTHER << 1) - 1;
+
+/// A transaction kind's bit: `1 << i` for the kind at `i` in [`TX_KINDS`], else [`KIND_OTHER`].
+pub fn kind_bit(kind: &str) -> u8 {
+    TX_KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .map_or(KIND_OTHER, |i| 1 << i)
+}
 
 /// What a decision does, ranked: the highest wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -76,6 +89,9 @@ pub struct Facts<'a> {
     pub has_geo: bool,
     /// Transaction kind.
     pub kind: &'a str,
+    /// `kind`'s bit ([`kind_bit`]), or 0 to have it worked out from `kind` when a rule
+    /// tests the kind.
+    pub kind_bit: u8,
     /// ISO 4217 code.
     pub currency: &'a str,
     /// Channel (app, web, …).
@@ -105,6 +121,7 @@ impl Default for Facts<'_> {
             hour: 0,
             has_geo: false,
             kind: "",
+            kind_bit: 0,
             currency: "",
             channel: "",
             country: "",
@@ -137,6 +154,15 @@ impl<'a> Facts<'a> {
     #[inline]
     fn feature(&self, slot: u16) -> i64 {
         self.features.feature(slot)
+    }
+    /// The kind's bit, as given or worked out from `kind`.
+    #[inline]
+    pub fn kind_bit(&self) -> u8 {
+        if self.kind_bit != 0 {
+            self.kind_bit
+        } else {
+            kind_bit(self.kind)
+        }
     }
 }
 
@@ -256,6 +282,9 @@ pub enum B {
     FieldK(Cmp, NumField, i64),
     /// A feature slot (number or duration) against a constant.
     FeatureK(Cmp, u16, i64),
+    /// The transaction's kind is one of these ([`kind_bit`]s): `kind == "payment"` or
+    /// `kind in [...]` without comparing text.
+    KindIn(u8),
 }
 
 impl Cmp {
@@ -271,37 +300,58 @@ impl Cmp {
     }
 }
 
-fn flatten(b: B, and: bool, out: &mut Vec<B>) {
+fn flatten(b: B, and: bool, out: &mut Vec<B>, lists: &[StrSet]) {
     match b {
         B::And(ab) if and => {
             let (x, y) = *ab;
-            flatten(x, and, out);
-            flatten(y, and, out);
+            flatten(x, and, out, lists);
+            flatten(y, and, out, lists);
         }
         B::Or(ab) if !and => {
             let (x, y) = *ab;
-            flatten(x, and, out);
-            flatten(y, and, out);
+            flatten(x, and, out, lists);
+            flatten(y, and, out, lists);
         }
-        other => out.push(optimize(other)),
+        other => out.push(optimize(other, lists)),
     }
 }
 
+/// The kinds' bits of `items` when every one is a transaction kind.
+fn kinds_mask<'s>(items: impl IntoIterator<Item = &'s str>) -> Option<u8> {
+    items
+        .into_iter()
+        .try_fold(0, |m, s| TX_KINDS.contains(&s).then(|| m | kind_bit(s)))
+}
+
 /// Rewrites a checked condition into cheaper nodes with the same meaning: `and`/`or` chains
-/// become flat lists, comparisons of a field or feature with a constant lose their boxes.
-pub fn optimize(b: B) -> B {
+/// become flat lists, comparisons of a field or feature with a constant lose their boxes, and
+/// tests of the kind against kinds (in `lists`, for `in`) become bit tests.
+pub fn optimize(b: B, lists: &[StrSet]) -> B {
     match b {
+        B::EqStr(eq, S::Field(StrField::Kind), S::Const(c))
+        | B::EqStr(eq, S::Const(c), S::Field(StrField::Kind))
+            if TX_KINDS.contains(&&*c) =>
+        {
+            let m = kind_bit(&c);
+            B::KindIn(if eq { m } else { KINDS_ALL & !m })
+        }
+        B::InList(neg, s @ S::Field(StrField::Kind), idx) => {
+            match lists.get(idx as usize).and_then(|l| kinds_mask(l.iter())) {
+                Some(m) => B::KindIn(if neg { KINDS_ALL & !m } else { m }),
+                None => B::InList(neg, s, idx),
+            }
+        }
         B::And(_) | B::Or(_) => {
             let and = matches!(b, B::And(_));
             let mut v = Vec::new();
-            flatten(b, and, &mut v);
+            flatten(b, and, &mut v, lists);
             if and {
                 B::All(v.into_boxed_slice())
             } else {
                 B::Any(v.into_boxed_slice())
             }
         }
-        B::Not(a) => B::Not(Box::new(optimize(*a))),
+        B::Not(a) => B::Not(Box::new(optimize(*a, lists))),
         B::CmpNum(op, ab) => match *ab {
             (N::Field(f), N::Const(k)) => B::FieldK(op, f, k),
             (N::Const(k), N::Field(f)) => B::FieldK(op.flip(), f, k),
@@ -407,7 +457,63 @@ fn contains_ignore_case(hay: &str, needle_lower: &str) -> bool {
             .any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
 }
 
+impl N {
+    /// Whether evaluation always gives a number (no arithmetic that could overflow).
+    fn infallible(&self) -> bool {
+        matches!(self, N::Const(_) | N::Field(_) | N::Feature(_))
+    }
+}
+
+impl D {
+    /// Whether evaluation always gives a duration.
+    fn infallible(&self) -> bool {
+        matches!(self, D::Const(_) | D::Feature(_))
+    }
+}
+
 impl B {
+    /// Whether evaluation always gives an answer (never a rule error).
+    fn infallible(&self) -> bool {
+        match self {
+            B::Not(a) => a.infallible(),
+            B::And(ab) | B::Or(ab) | B::CmpBool(_, ab) => ab.0.infallible() && ab.1.infallible(),
+            B::CmpNum(_, ab) => ab.0.infallible() && ab.1.infallible(),
+            B::CmpDur(_, ab) => ab.0.infallible() && ab.1.infallible(),
+            B::All(v) | B::Any(v) => v.iter().all(B::infallible),
+            B::Const(_)
+            | B::HasGeo
+            | B::Feature(_)
+            | B::EqStr(..)
+            | B::InList(..)
+            | B::InHomeCountries(..)
+            | B::Contains(..)
+            | B::FieldK(..)
+            | B::FeatureK(..)
+            | B::KindIn(_) => true,
+        }
+    }
+
+    /// The kinds this condition can hold for: outside them it is surely false (never an
+    /// error). Read from the kind tests of a top-level `and` that come before any term that
+    /// could fail.
+    pub fn kinds(&self) -> u8 {
+        match self {
+            B::KindIn(m) => *m,
+            B::All(v) => {
+                let mut m = KINDS_ALL;
+                for b in v.iter() {
+                    match b {
+                        B::KindIn(k) => m &= k,
+                        b if b.infallible() => {}
+                        _ => break,
+                    }
+                }
+                m
+            }
+            _ => KINDS_ALL,
+        }
+    }
+
     /// Evaluates to a boolean, `None` when an operand could not be computed.
     #[inline]
     pub fn eval(&self, f: &Facts<'_>, lists: &[StrSet]) -> Option<bool> {
@@ -455,6 +561,7 @@ impl B {
                 op.apply(v, *k)
             }
             B::FeatureK(op, slot, k) => op.apply(f.feature(*slot), *k),
+            B::KindIn(m) => f.kind_bit() & m != 0,
         })
     }
 }
@@ -562,6 +669,22 @@ pub struct CompiledRule {
     pub cond: B,
     /// Its leaves that read the event or state.
     pub terms: Vec<Term>,
+    /// The kinds ([`kind_bit`]s) of transaction it can fire for, from `cond`: evaluation
+    /// skips it for the others.
+    pub kinds: u8,
+}
+
+impl CompiledRule {
+    /// A rule with this condition; works out the kinds it can fire for.
+    pub fn new(meta: RuleMeta, cond: B, terms: Vec<Term>) -> CompiledRule {
+        let kinds = cond.kinds();
+        CompiledRule {
+            meta,
+            cond,
+            terms,
+            kinds,
+        }
+    }
 }
 
 /// Score thresholds: a total score at or above a threshold asks for that action.
@@ -670,7 +793,11 @@ impl Program {
         out.fired.clear();
         out.errors.clear();
         let mut action = Action::Allow;
+        let kind = facts.kind_bit();
         for (i, rule) in self.rules.iter().enumerate() {
+            if rule.kinds & kind == 0 {
+                continue;
+            }
             let idx = i as u16;
             let t0 = TIMED.then(std::time::Instant::now);
             let r = rule.cond.eval(facts, &self.lists);

@@ -309,7 +309,8 @@ fn features_get_slots_and_errors_do_not_fire() {
 mod optimize {
     use crate::Facts;
     use crate::catalog::NumField;
-    use crate::program::{B, Cmp, D, N, optimize};
+    use crate::catalog::{StrField, TX_KINDS};
+    use crate::program::{Arith, B, Cmp, D, KINDS_ALL, N, S, StrSet, kind_bit, optimize};
     use proptest::prelude::*;
 
     fn cmp(i: u8) -> Cmp {
@@ -333,7 +334,97 @@ mod optimize {
                 B::Or(Box::new((n(3), B::And(Box::new((n(4), n(5))))))),
             )));
             let facts = Facts { amount, features: &feats, ..Facts::default() };
-            prop_assert_eq!(optimize(tree.clone()).eval(&facts, &[]), tree.eval(&facts, &[]));
+            prop_assert_eq!(optimize(tree.clone(), &[]).eval(&facts, &[]), tree.eval(&facts, &[]));
         }
+
+        /// Kind tests become bit tests that answer like the text comparison, for every kind,
+        /// none, and one no rule can name; with the kind's bit given or worked out.
+        #[test]
+        fn kind_tests_agree_with_comparing_text(
+            eq in any::<bool>(),
+            neg in any::<bool>(),
+            c in 0usize..5,
+            picks in prop::collection::vec(0usize..5, 1..4),
+            actual in 0usize..7,
+            given in any::<bool>(),
+            swap in any::<bool>(),
+        ) {
+            let lists = [StrSet::new(picks.iter().map(|&i| TX_KINDS[i].to_string()))];
+            let (field, lit) = (S::Field(StrField::Kind), S::Const(TX_KINDS[c].into()));
+            let tree = B::Or(Box::new((
+                if swap { B::EqStr(eq, lit, field.clone()) } else { B::EqStr(eq, field.clone(), lit) },
+                B::InList(neg, field, 0),
+            )));
+            let optimized = optimize(tree.clone(), &lists);
+            let B::Any(terms) = &optimized else { panic!("{optimized:?}") };
+            prop_assert!(terms.iter().all(|t| matches!(t, B::KindIn(_))), "{terms:?}");
+            let kind = TX_KINDS.get(actual).copied().unwrap_or(if actual == 5 { "" } else { "chargeback" });
+            let facts = Facts {
+                kind,
+                kind_bit: if given { kind_bit(kind) } else { 0 },
+                ..Facts::default()
+            };
+            prop_assert_eq!(optimized.eval(&facts, &lists), tree.eval(&facts, &lists));
+        }
+
+        /// A rule skipped for a kind would have been false for it, never an error: kind tests
+        /// after a term that can fail do not count.
+        #[test]
+        fn a_rule_is_skipped_only_where_it_is_false(
+            order in prop::collection::vec(0u8..4, 1..5),
+            mask in 1u8..=KINDS_ALL,
+            amount in -3i64..3,
+            actual in 0usize..6,
+        ) {
+            let term = |t: u8| match t {
+                0 => B::KindIn(mask),
+                1 => B::FieldK(Cmp::Gt, crate::catalog::NumField::Amount, 0),
+                // Fails (division by zero) when the amount is 0.
+                2 => B::CmpNum(Cmp::Gt, Box::new((
+                    N::Arith(Arith::Div, Box::new((N::Const(1), N::Field(crate::catalog::NumField::Amount)))),
+                    N::Const(0),
+                ))),
+                _ => B::KindIn(KINDS_ALL & !mask),
+            };
+            let cond = B::All(order.iter().map(|&t| term(t)).collect());
+            let kind = TX_KINDS.get(actual).copied().unwrap_or("");
+            let facts = Facts { amount, kind, ..Facts::default() };
+            if cond.kinds() & kind_bit(kind) == 0 {
+                prop_assert_eq!(cond.eval(&facts, &[]), Some(false));
+            }
+        }
+    }
+
+    #[test]
+    fn kinds_come_from_the_leading_kind_tests() {
+        let t = |k: &str| B::KindIn(kind_bit(k));
+        let div = B::CmpNum(
+            Cmp::Gt,
+            Box::new((
+                N::Arith(Arith::Div, Box::new((N::Const(1), N::Feature(0)))),
+                N::Const(0),
+            )),
+        );
+        let both = kind_bit("transfer") | kind_bit("payment");
+        let in_both = B::KindIn(both);
+        assert_eq!(
+            B::All(Box::new([in_both.clone(), t("payment")])).kinds(),
+            kind_bit("payment")
+        );
+        assert_eq!(
+            B::All(Box::new([B::Feature(1), t("transfer")])).kinds(),
+            kind_bit("transfer")
+        );
+        // A kind test after a term that can fail does not narrow: that term may err first.
+        assert_eq!(
+            B::All(Box::new([in_both.clone(), div, t("payment")])).kinds(),
+            both
+        );
+        assert_eq!(
+            B::Any(Box::new([t("payment"), t("refund")])).kinds(),
+            KINDS_ALL
+        );
+        assert_eq!(B::Feature(0).kinds(), KINDS_ALL);
+        assert_eq!(in_both.kinds(), both);
     }
 }
