@@ -428,3 +428,29 @@ mod optimize {
         assert_eq!(in_both.kinds(), both);
     }
 }
+
+mod sets {
+    use crate::program::StrSet;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever shape a set takes (short texts as numbers, a scan, a hash), it answers
+        /// like a plain list: texts of 0 to 9 bytes, NUL bytes included, 0 to 20 items.
+        #[test]
+        fn a_set_answers_like_a_list(
+            items in prop::collection::vec("[AB\\x00]{0,9}", 0..20),
+            probes in prop::collection::vec("[AB\\x00]{0,9}", 1..20),
+        ) {
+            let set = StrSet::new(items.iter().cloned());
+            for p in probes.iter().chain(&items) {
+                prop_assert_eq!(set.contains(p), items.contains(p), "{:?}", p);
+            }
+            let mut got: Vec<&str> = set.iter().collect();
+            got.sort_unstable();
+            let mut want: Vec<&str> = items.iter().map(String::as_str).collect();
+            want.sort_unstable();
+            want.dedup();
+            prop_assert_eq!(got, want);
+        }
+    }
+}
