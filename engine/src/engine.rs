@@ -690,7 +690,7 @@ impl Engine {
                 let handles = m.rules(&active.version, program);
                 if m.sample_rule_timing() {
                     rule_nanos.clear();
-                    rule_nanos.resize(program.rules.len(), 0);
+                    rule_nanos.resize(program.rules.len(), vigil_rules::program::NOT_EVALUATED);
                     program.evaluate_timed(&facts, out, muted, rule_nanos);
                     handles.timed(rule_nanos);
                 } else {

@@ -83,10 +83,13 @@ impl RuleHandles {
         }
     }
 
-    /// Records one timing sample per rule, nanoseconds.
+    /// Records one timing sample per rule evaluated, nanoseconds (a rule skipped for the
+    /// event's kind, [`vigil_rules::program::NOT_EVALUATED`], has none).
     pub fn timed(&self, nanos: &[u64]) {
         for (h, n) in self.eval.iter().zip(nanos) {
-            h.observe(*n as f64 / 1e9);
+            if *n != vigil_rules::program::NOT_EVALUATED {
+                h.observe(*n as f64 / 1e9);
+            }
         }
     }
 }

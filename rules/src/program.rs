@@ -17,7 +17,10 @@ pub const NEVER_MS: i64 = i64::MAX / 4;
 /// The bit that stands for a transaction kind that is none of [`TX_KINDS`] (or no kind).
 pub const KIND_OTHER: u8 = 1 << TX_KINDS.len();
 /// Every kind's bit, [`KIND_OTHER`] included.
-pub const KINDS_ALL: u8 = (KIND_OTHER << 1) - 1;
+pub const KINDS_ALL: u8 = KIND_OTHER | (KIND_OTHER - 1);
+
+/// A rule's slot in [`Program::evaluate_timed`]'s times when it was not evaluated.
+pub const NOT_EVALUATED: u64 = u64::MAX;
 
 /// A transaction kind's bit: `1 << i` for the kind at `i` in [`TX_KINDS`], else [`KIND_OTHER`].
 pub fn kind_bit(kind: &str) -> u8 {
@@ -89,8 +92,8 @@ pub struct Facts<'a> {
     pub has_geo: bool,
     /// Transaction kind.
     pub kind: &'a str,
-    /// `kind`'s bit ([`kind_bit`]), or 0 to have it worked out from `kind` when a rule
-    /// tests the kind.
+    /// `kind`'s bit, which must be [`kind_bit`]`(kind)`; or 0 to have it worked out from
+    /// `kind` for each evaluation.
     pub kind_bit: u8,
     /// ISO 4217 code.
     pub currency: &'a str,
@@ -154,6 +157,13 @@ impl<'a> Facts<'a> {
     #[inline]
     fn feature(&self, slot: u16) -> i64 {
         self.features.feature(slot)
+    }
+    #[inline]
+    fn num_field(&self, f: NumField) -> i64 {
+        match f {
+            NumField::Amount => self.amount,
+            NumField::Hour => self.hour,
+        }
     }
     /// The kind's bit, as given or worked out from `kind`.
     #[inline]
@@ -221,10 +231,12 @@ pub enum StrSet {
 pub fn short_key(s: &str) -> Option<u64> {
     let b = s.as_bytes();
     (b.len() <= 7).then(|| {
-        let mut k = [0u8; 8];
-        k[..b.len()].copy_from_slice(b);
-        k[7] = b.len() as u8;
-        u64::from_le_bytes(k)
+        // Byte by byte: a copy of a variable length would be a `memcpy` call.
+        let mut k = (b.len() as u64) << 56;
+        for (i, &c) in b.iter().enumerate() {
+            k |= u64::from(c) << (8 * i);
+        }
+        k
     })
 }
 
@@ -375,7 +387,10 @@ pub fn optimize(b: B, lists: &[StrSet]) -> B {
                 B::Any(v.into_boxed_slice())
             }
         }
-        B::Not(a) => B::Not(Box::new(optimize(*a, lists))),
+        B::Not(a) => match optimize(*a, lists) {
+            B::KindIn(m) => B::KindIn(KINDS_ALL & !m),
+            a => B::Not(Box::new(a)),
+        },
         B::CmpNum(op, ab) => match *ab {
             (N::Field(f), N::Const(k)) => B::FieldK(op, f, k),
             (N::Const(k), N::Field(f)) => B::FieldK(op.flip(), f, k),
@@ -496,7 +511,8 @@ impl D {
 }
 
 impl B {
-    /// Whether evaluation always gives an answer (never a rule error).
+    /// Whether evaluation always gives an answer (never a rule error). A list index is taken
+    /// to be one of the program's lists, as the compiler makes it.
     fn infallible(&self) -> bool {
         match self {
             B::Not(a) => a.infallible(),
@@ -578,7 +594,9 @@ impl B {
                 }
                 false
             }
-            B::FieldK(..) | B::FeatureK(..) | B::KindIn(_) => self.eval_term(f, lists)?,
+            B::FieldK(op, field, k) => op.apply(f.num_field(*field), *k),
+            B::FeatureK(op, slot, k) => op.apply(f.feature(*slot), *k),
+            B::KindIn(m) => f.kind_bit() & m != 0,
         })
     }
 
@@ -588,13 +606,7 @@ impl B {
     fn eval_term(&self, f: &Facts<'_>, lists: &[StrSet]) -> Option<bool> {
         match self {
             B::KindIn(m) => Some(f.kind_bit() & m != 0),
-            B::FieldK(op, field, k) => {
-                let v = match field {
-                    NumField::Amount => f.amount,
-                    NumField::Hour => f.hour,
-                };
-                Some(op.apply(v, *k))
-            }
+            B::FieldK(op, field, k) => Some(op.apply(f.num_field(*field), *k)),
             B::FeatureK(op, slot, k) => Some(op.apply(f.feature(*slot), *k)),
             B::Feature(slot) => Some(f.feature(*slot) != 0),
             other => other.eval(f, lists),
@@ -804,8 +816,10 @@ impl Program {
         self.run::<false>(facts, out, muted, &mut []);
     }
 
-    /// [`Program::evaluate_with`], also adding each rule's evaluation time to `nanos` (one
-    /// slot per rule). Two clock reads per rule: for sampled profiling, not every event.
+    /// [`Program::evaluate_with`], also setting each evaluated rule's time in `nanos` (one
+    /// slot per rule); a rule skipped because it cannot fire for the event's kind keeps its
+    /// slot's value (fill with [`NOT_EVALUATED`] to tell). Two clock reads per rule: for
+    /// sampled profiling, not every event.
     pub fn evaluate_timed(
         &self,
         facts: &Facts<'_>,
@@ -829,6 +843,7 @@ impl Program {
         out.fired.clear();
         out.errors.clear();
         let mut action = Action::Allow;
+        debug_assert!(facts.kind_bit == 0 || facts.kind_bit == kind_bit(facts.kind));
         let kind = facts.kind_bit();
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.kinds & kind == 0 {
@@ -838,7 +853,7 @@ impl Program {
             let t0 = TIMED.then(std::time::Instant::now);
             let r = rule.cond.eval(facts, &self.lists);
             if let (Some(t0), Some(n)) = (t0, nanos.get_mut(i)) {
-                *n = n.saturating_add(t0.elapsed().as_nanos() as u64);
+                *n = (t0.elapsed().as_nanos() as u64).min(NOT_EVALUATED - 1);
             }
             match r {
                 Some(true) if !muted(idx) => {

@@ -308,8 +308,7 @@ fn features_get_slots_and_errors_do_not_fire() {
 
 mod optimize {
     use crate::Facts;
-    use crate::catalog::NumField;
-    use crate::catalog::{StrField, TX_KINDS};
+    use crate::catalog::{NumField, StrField, TX_KINDS};
     use crate::program::{Arith, B, Cmp, D, KINDS_ALL, N, S, StrSet, kind_bit, optimize};
     use proptest::prelude::*;
 
@@ -324,16 +323,21 @@ mod optimize {
             ops in prop::collection::vec(0u8..6, 6),
             k in -5i64..5,
             amount in -5i64..5,
-            feats in prop::collection::vec(-5i64..5, 2),
+            feats in prop::collection::vec(-5i64..5, 3),
+            has_geo in any::<bool>(),
         ) {
             let n = |i: usize| B::CmpNum(cmp(ops[i]), Box::new((N::Field(NumField::Amount), N::Const(k))));
             let flipped = B::CmpNum(cmp(ops[1]), Box::new((N::Const(k), N::Feature(0))));
             let dur = B::CmpDur(cmp(ops[2]), Box::new((D::Const(k), D::Feature(1))));
+            // A boolean feature, the location flag and a negation as terms of the chains too.
             let tree = B::Or(Box::new((
                 B::And(Box::new((n(0), B::And(Box::new((flipped, B::Not(Box::new(dur)))))))),
-                B::Or(Box::new((n(3), B::And(Box::new((n(4), n(5))))))),
+                B::Or(Box::new((
+                    B::And(Box::new((B::Feature(2), B::Not(Box::new(B::HasGeo))))),
+                    B::Or(Box::new((n(3), B::And(Box::new((n(4), n(5))))))),
+                ))),
             )));
-            let facts = Facts { amount, features: &feats, ..Facts::default() };
+            let facts = Facts { amount, has_geo, features: &feats, ..Facts::default() };
             prop_assert_eq!(optimize(tree.clone(), &[]).eval(&facts, &[]), tree.eval(&facts, &[]));
         }
 
@@ -343,22 +347,25 @@ mod optimize {
         fn kind_tests_agree_with_comparing_text(
             eq in any::<bool>(),
             neg in any::<bool>(),
-            c in 0usize..5,
-            picks in prop::collection::vec(0usize..5, 1..4),
-            actual in 0usize..7,
+            not in any::<bool>(),
+            c in 0..TX_KINDS.len(),
+            picks in prop::collection::vec(0..TX_KINDS.len(), 1..4),
+            actual in 0..TX_KINDS.len() + 2,
             given in any::<bool>(),
             swap in any::<bool>(),
         ) {
             let lists = [StrSet::new(picks.iter().map(|&i| TX_KINDS[i].to_string()))];
             let (field, lit) = (S::Field(StrField::Kind), S::Const(TX_KINDS[c].into()));
+            let eq_str = if swap { B::EqStr(eq, lit, field.clone()) } else { B::EqStr(eq, field.clone(), lit) };
             let tree = B::Or(Box::new((
-                if swap { B::EqStr(eq, lit, field.clone()) } else { B::EqStr(eq, field.clone(), lit) },
+                if not { B::Not(Box::new(eq_str)) } else { eq_str },
                 B::InList(neg, field, 0),
             )));
             let optimized = optimize(tree.clone(), &lists);
             let B::Any(terms) = &optimized else { panic!("{optimized:?}") };
             prop_assert!(terms.iter().all(|t| matches!(t, B::KindIn(_))), "{terms:?}");
-            let kind = TX_KINDS.get(actual).copied().unwrap_or(if actual == 5 { "" } else { "chargeback" });
+            // Every kind, then none, then one no rule can name.
+            let kind = TX_KINDS.get(actual).copied().unwrap_or(if actual == TX_KINDS.len() { "" } else { "chargeback" });
             let facts = Facts {
                 kind,
                 kind_bit: if given { kind_bit(kind) } else { 0 },
@@ -374,14 +381,14 @@ mod optimize {
             order in prop::collection::vec(0u8..4, 1..5),
             mask in 1u8..=KINDS_ALL,
             amount in -3i64..3,
-            actual in 0usize..6,
+            actual in 0..TX_KINDS.len() + 1,
         ) {
             let term = |t: u8| match t {
                 0 => B::KindIn(mask),
-                1 => B::FieldK(Cmp::Gt, crate::catalog::NumField::Amount, 0),
+                1 => B::FieldK(Cmp::Gt, NumField::Amount, 0),
                 // Fails (division by zero) when the amount is 0.
                 2 => B::CmpNum(Cmp::Gt, Box::new((
-                    N::Arith(Arith::Div, Box::new((N::Const(1), N::Field(crate::catalog::NumField::Amount)))),
+                    N::Arith(Arith::Div, Box::new((N::Const(1), N::Field(NumField::Amount)))),
                     N::Const(0),
                 ))),
                 _ => B::KindIn(KINDS_ALL & !mask),

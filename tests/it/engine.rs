@@ -300,3 +300,36 @@ fn a_shared_keys_exact_window_counts_for_an_event_from_a_partition_behind_it() {
     let d = e.apply(&t("3", "a3", "10:08")).expect("decided");
     assert_eq!(d.action, Action::Review, "{:?}", d.reasons);
 }
+
+/// A rule that cannot fire for an event's kind is not evaluated, and its timing histogram
+/// takes no sample for that event (a skipped rule took no time; a 0 would drag its quantiles
+/// down), while a rule evaluated for every kind does.
+#[test]
+fn a_rule_skipped_for_a_kind_takes_no_timing_sample() {
+    use std::sync::Arc;
+    use vigil_engine::metrics::{Metrics, RULE_TIMING_EVERY};
+    let rules = "[[rule]]\nid = \"transfers\"\nscore = 1\nwhen = \"kind == 'transfer' and amount > 1\"\n\
+                 [[rule]]\nid = \"any\"\nscore = 1\nwhen = \"amount > 1\"\n";
+    let e = engine(rules, EngineConfig::default());
+    let m = Arc::new(Metrics::new());
+    e.set_metrics(m.clone());
+    let samples = |rule: &str| {
+        let key = format!("vigil_rule_eval_duration_seconds_count{{rule=\"{rule}\"}} ");
+        let text = m.render(&e);
+        let line = text.lines().find(|l| l.starts_with(&key));
+        line.and_then(|l| l[key.len()..].parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+    };
+    // The first decision is timed: a payment.
+    e.apply(&at("t-0", "a", "10:00", "payment", "m-1", ""));
+    assert_eq!((samples("transfers"), samples("any")), (0, 1));
+    // The next timed one is a transfer.
+    for i in 1..RULE_TIMING_EVERY {
+        e.apply(&at(&format!("t-{i}"), "a", "10:01", "payment", "m-1", ""));
+    }
+    let d = e
+        .apply(&at("t-x", "a", "10:02", "transfer", "b", ""))
+        .unwrap();
+    assert_eq!(d.reasons.len(), 2, "both rules fire for a transfer: {d:?}");
+    assert_eq!((samples("transfers"), samples("any")), (1, 2));
+}
