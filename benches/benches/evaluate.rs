@@ -4,7 +4,7 @@
 //! feature values given (no state read).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use vigil_rules::{Facts, Feature, Outcome, PackOptions, SourceFile, compile_pack};
+use vigil_rules::{Facts, Feature, Outcome, PackOptions, Program, SourceFile, compile_pack};
 
 /// Exactly the rule set of the issue.
 const PACK: &str = r#"
@@ -76,13 +76,18 @@ fn evaluate(c: &mut Criterion) {
         ..Facts::default()
     })
     .collect();
+    bench_cases(c, "five_rules_x4_events", program, &cases);
+}
+
+/// Times `program` over all of `cases`, reported per event.
+fn bench_cases(c: &mut Criterion, name: &str, program: &Program, cases: &[Facts<'_>]) {
     let mut out = Outcome::with_capacity(program.rules.len());
     let mut g = c.benchmark_group("evaluate");
     g.throughput(Throughput::Elements(cases.len() as u64));
-    g.bench_function("five_rules_x4_events", |b| {
+    g.bench_function(name, |b| {
         b.iter(|| {
             let mut fired = 0;
-            for f in &cases {
+            for f in cases {
                 program.evaluate(std::hint::black_box(f), &mut out);
                 fired += out.fired.len();
             }
@@ -144,20 +149,7 @@ fn default_pack(c: &mut Criterion) {
             ..Facts::default()
         })
         .collect();
-    let mut out = Outcome::with_capacity(program.rules.len());
-    let mut g = c.benchmark_group("evaluate");
-    g.throughput(Throughput::Elements(cases.len() as u64));
-    g.bench_function("default_pack_x10_events", |b| {
-        b.iter(|| {
-            let mut fired = 0;
-            for f in &cases {
-                program.evaluate(std::hint::black_box(f), &mut out);
-                fired += out.fired.len();
-            }
-            fired
-        })
-    });
-    g.finish();
+    bench_cases(c, "default_pack_x10_events", program, &cases);
 }
 
 criterion_group!(benches, evaluate, default_pack);
