@@ -160,6 +160,46 @@ fn with_maintain_every_0_state_is_evicted_only_when_asked() {
 }
 
 #[test]
+fn a_store_is_swept_again_once_an_eighth_of_its_idle_limit_has_passed_or_when_over_its_limit() {
+    let limits = StateLimits {
+        account_idle_ms: 16 * 60_000,
+        accounts_max: 3,
+        ..StateLimits::default()
+    };
+    let e = engine(
+        COUNT3,
+        EngineConfig {
+            limits,
+            maintain_every: 0,
+            ..EngineConfig::default()
+        },
+    );
+    e.apply(&tx("t-1", "a-1", 0, "1.00"));
+    e.apply(&tx("t-2", "a-2", 15, "1.00"));
+    e.maintain();
+    assert_eq!(e.state_stats().accounts, 2, "a-1 idle 15 of 16 minutes");
+    // a-1 is now idle for its whole limit, but the accounts were swept a minute ago: the
+    // next sweep is due two minutes (an eighth of 16) after the last.
+    e.apply(&tx("t-3", "a-2", 16, "1.00"));
+    e.maintain();
+    assert_eq!(e.state_stats().accounts, 2, "not swept again yet");
+    e.apply(&tx("t-4", "a-2", 17, "1.00"));
+    e.maintain();
+    assert_eq!(e.state_stats().accounts, 1, "swept: a-1 forgotten");
+    // Over the size limit, a store is swept whenever asked.
+    for (i, a) in ["a-3", "a-4", "a-5"].into_iter().enumerate() {
+        e.apply(&tx(&format!("t-{}", 5 + i), a, 17, "1.00"));
+    }
+    assert_eq!(e.state_stats().accounts, 4);
+    e.maintain();
+    assert_eq!(
+        e.state_stats().accounts,
+        3,
+        "the least recently active went"
+    );
+}
+
+#[test]
 fn account_events_feed_since_and_account_age() {
     let rules = "[[rule]]\nid = \"reset\"\naction = \"step_up\"\nwhen = \"since(password_reset) < 1h and account_age > 30d\"\n";
     let e = engine(rules, EngineConfig::default());

@@ -180,7 +180,9 @@ fn main() {
         slow_ns as f64 / 1e6
     );
     println!("flagged             {flagged}");
-    println!("sweep               idle-state eviction over the whole state: {sweep_ms:.1} ms");
+    println!(
+        "sweep               idle-state eviction, the stores due (see `State::maintain`): {sweep_ms:.1} ms"
+    );
     println!(
         "state               {} accounts, {} devices, {} ips, {} counterparties, {} tx ids",
         stats.accounts, stats.keyed[0], stats.keyed[1], stats.keyed[2], stats.seen_tx

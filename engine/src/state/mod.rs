@@ -12,6 +12,7 @@ pub mod window;
 use serde::{Deserialize, Serialize};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashMap;
 use rustc_hash::FxHasher;
@@ -89,7 +90,16 @@ pub struct State {
     /// any account or key ([`State::lock_seen`]); nothing may wait for it while holding
     /// another store's shard.
     pub seen_tx: DashMap<u64, i64, FxBuild>,
+    /// Event time each store was last swept (accounts, devices, IPs, counterparties, tx ids;
+    /// `i64::MIN`: never).
+    swept_ms: [AtomicI64; 5],
 }
+
+/// A store is swept again once event time has moved on by this fraction of its idle limit
+/// (or when it is over its size limit): an idle key is held at most an eighth of its limit
+/// longer than the limit, and a store whose keys live 90 days is not scanned every few
+/// seconds to find nothing.
+pub const SWEEP_EVERY_DIV: i64 = 8;
 
 /// Sizes of the stores, for metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,11 +126,21 @@ fn evict<V>(
     map.retain(|_, v| last(v) > now.saturating_sub(idle_ms));
     let len = map.len();
     if len > max {
-        // Past the limit, the least recently active keys go, whatever their age.
+        // Past the limit, the least recently active keys go, whatever their age: all those
+        // older than the newest to go, and as many as needed of those as old as it.
         let mut seen: Vec<i64> = map.iter().map(|e| last(e.value())).collect();
-        let (_, cutoff, _) = seen.select_nth_unstable(len - max - 1);
+        let excess = len - max;
+        let (older, cutoff, _) = seen.select_nth_unstable(excess - 1);
         let cutoff = *cutoff;
-        map.retain(|_, v| last(v) > cutoff);
+        let mut ties = excess - older.iter().filter(|&&t| t < cutoff).count();
+        map.retain(|_, v| {
+            let t = last(v);
+            if t == cutoff && ties > 0 {
+                ties -= 1;
+                return false;
+            }
+            t >= cutoff
+        });
     }
 }
 
@@ -174,6 +194,7 @@ impl State {
                 accounts.saturating_mul(4),
                 FxBuild::default(),
             ),
+            swept_ms: std::array::from_fn(|_| AtomicI64::new(i64::MIN)),
         }
     }
 
@@ -206,27 +227,32 @@ impl State {
     }
 
     /// Evicts what is idle at event time `now`: keys whose windows are past `horizon_ms`
-    /// (per store), accounts idle past the limit, remembered tx ids past theirs.
+    /// (per store), accounts idle past the limit, remembered tx ids past theirs. A store is
+    /// swept only when it is over its size limit or event time has moved on by
+    /// 1/[`SWEEP_EVERY_DIV`] of its idle limit since its last sweep.
     pub fn maintain(&self, now: i64, horizons_ms: [i64; 3], limits: &StateLimits) {
-        evict(
-            &self.accounts,
-            limits.accounts_max,
-            limits.account_idle_ms,
-            now,
-            |a| a.last_seen_ms,
-        );
-        for (store, horizon) in self.keyed.iter().zip(horizons_ms) {
-            evict(store, limits.keys_max, horizon.max(60_000), now, |w| {
-                w.last_ts
-            });
+        let due = |store: usize, len: usize, max: usize, idle_ms: i64| {
+            let last = self.swept_ms[store].load(Ordering::Relaxed);
+            let due = len > max || now >= last.saturating_add(idle_ms / SWEEP_EVERY_DIV);
+            if due {
+                self.swept_ms[store].store(now, Ordering::Relaxed);
+            }
+            due
+        };
+        let (max, idle) = (limits.accounts_max, limits.account_idle_ms);
+        if due(0, self.accounts.len(), max, idle) {
+            evict(&self.accounts, max, idle, now, |a| a.last_seen_ms);
         }
-        evict(
-            &self.seen_tx,
-            limits.seen_tx_max,
-            limits.seen_tx_ms,
-            now,
-            |t| *t,
-        );
+        for (i, (store, horizon)) in self.keyed.iter().zip(horizons_ms).enumerate() {
+            let idle = horizon.max(60_000);
+            if due(i + 1, store.len(), limits.keys_max, idle) {
+                evict(store, limits.keys_max, idle, now, |w| w.last_ts);
+            }
+        }
+        let (max, idle) = (limits.seen_tx_max, limits.seen_tx_ms);
+        if due(4, self.seen_tx.len(), max, idle) {
+            evict(&self.seen_tx, max, idle, now, |t| *t);
+        }
     }
 
     /// Counts keys and approximate bytes.
