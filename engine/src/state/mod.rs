@@ -42,7 +42,8 @@ pub struct StateLimits {
     pub seen_tx_max: usize,
     /// How long a transaction id is remembered, ms of event time.
     pub seen_tx_ms: i64,
-    /// An account idle this long (event time) is forgotten.
+    /// An account idle this long (event time) is forgotten, at the next sweep of the accounts
+    /// (see [`SWEEP_EVERY_DIV`]).
     pub account_idle_ms: i64,
 }
 
@@ -124,23 +125,16 @@ fn evict<V>(
     last: impl Fn(&V) -> i64,
 ) {
     map.retain(|_, v| last(v) > now.saturating_sub(idle_ms));
-    let len = map.len();
-    if len > max {
-        // Past the limit, the least recently active keys go, whatever their age: all those
-        // older than the newest to go, and as many as needed of those as old as it.
-        let mut seen: Vec<i64> = map.iter().map(|e| last(e.value())).collect();
-        let excess = len - max;
-        let (older, cutoff, _) = seen.select_nth_unstable(excess - 1);
-        let cutoff = *cutoff;
-        let mut ties = excess - older.iter().filter(|&&t| t < cutoff).count();
-        map.retain(|_, v| {
-            let t = last(v);
-            if t == cutoff && ties > 0 {
-                ties -= 1;
-                return false;
-            }
-            t >= cutoff
-        });
+    if map.len() > max {
+        // Past the limit, the least recently active keys go, whatever their age: exactly as
+        // many as are too many, ties broken by key, so which go does not depend on the order
+        // of the shards (their number follows the machine's cores) and replays stay the same.
+        let mut seen: Vec<(i64, u64)> = map.iter().map(|e| (last(e.value()), *e.key())).collect();
+        let Some(excess) = seen.len().checked_sub(max).filter(|&n| n > 0) else {
+            return;
+        };
+        let (_, &mut cutoff, _) = seen.select_nth_unstable(excess - 1);
+        map.retain(|k, v| (last(v), *k) > cutoff);
     }
 }
 
@@ -235,7 +229,7 @@ impl State {
             let last = self.swept_ms[store].load(Ordering::Relaxed);
             let due = len > max || now >= last.saturating_add(idle_ms / SWEEP_EVERY_DIV);
             if due {
-                self.swept_ms[store].store(now, Ordering::Relaxed);
+                self.swept_ms[store].fetch_max(now, Ordering::Relaxed);
             }
             due
         };
@@ -288,6 +282,35 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Past the size limit exactly the excess goes, the least recently active first and ties
+    /// broken by key: the same keys stay whatever the number of shards (it follows the cores).
+    #[test]
+    fn over_the_limit_the_same_keys_go_whatever_the_shards() {
+        let kept = |shards: usize| {
+            let map: DashMap<u64, i64, FxBuild> =
+                DashMap::with_capacity_and_hasher_and_shard_amount(0, FxBuild::default(), shards);
+            for k in 0..1000u64 {
+                // Half at one time, the rest older or newer.
+                let t = match k % 4 {
+                    0 => 10,
+                    1 => 30,
+                    _ => 20,
+                };
+                map.insert(k.wrapping_mul(0x9E37_79B9_7F4A_7C15), t);
+            }
+            evict(&map, 600, i64::MAX, 100, |t| *t);
+            let mut keys: Vec<(i64, u64)> = map.iter().map(|e| (*e.value(), *e.key())).collect();
+            keys.sort_unstable();
+            keys
+        };
+        let (a, b) = (kept(4), kept(64));
+        assert_eq!(a.len(), 600);
+        assert_eq!(a, b);
+        // All 250 newest stay, no oldest does, and 350 of the 500 tied.
+        assert_eq!(a.iter().filter(|(t, _)| *t == 30).count(), 250);
+        assert_eq!(a.iter().filter(|(t, _)| *t == 10).count(), 0);
+    }
 
     /// `lock_seen` finds what `DashMap` put, and `DashMap` (get, retain, a snapshot's restore
     /// by insert) finds what it put: both place a key in the same shard and slot.
