@@ -117,13 +117,25 @@ pub struct StateStats {
     pub keyed_bytes: usize,
 }
 
+/// Sweeps `map` at event time `now` if it is due (see [`SWEEP_EVERY_DIV`]; `swept` holds the
+/// time of its last sweep): keys idle for `idle_ms` go, then past `max` the least recently
+/// active.
 fn evict<V>(
     map: &DashMap<u64, V, FxBuild>,
+    swept: &AtomicI64,
     max: usize,
     idle_ms: i64,
     now: i64,
     last: impl Fn(&V) -> i64,
 ) {
+    let due = now
+        >= swept
+            .load(Ordering::Relaxed)
+            .saturating_add(idle_ms / SWEEP_EVERY_DIV);
+    if !due && map.len() <= max {
+        return;
+    }
+    swept.fetch_max(now, Ordering::Relaxed);
     map.retain(|_, v| last(v) > now.saturating_sub(idle_ms));
     if map.len() > max {
         // Past the limit, the least recently active keys go, whatever their age: exactly as
@@ -225,28 +237,33 @@ impl State {
     /// swept only when it is over its size limit or event time has moved on by
     /// 1/[`SWEEP_EVERY_DIV`] of its idle limit since its last sweep.
     pub fn maintain(&self, now: i64, horizons_ms: [i64; 3], limits: &StateLimits) {
-        let due = |store: usize, len: usize, max: usize, idle_ms: i64| {
-            let last = self.swept_ms[store].load(Ordering::Relaxed);
-            let due = len > max || now >= last.saturating_add(idle_ms / SWEEP_EVERY_DIV);
-            if due {
-                self.swept_ms[store].fetch_max(now, Ordering::Relaxed);
-            }
-            due
-        };
-        let (max, idle) = (limits.accounts_max, limits.account_idle_ms);
-        if due(0, self.accounts.len(), max, idle) {
-            evict(&self.accounts, max, idle, now, |a| a.last_seen_ms);
+        let [accounts, keyed @ .., seen_tx] = &self.swept_ms;
+        evict(
+            &self.accounts,
+            accounts,
+            limits.accounts_max,
+            limits.account_idle_ms,
+            now,
+            |a| a.last_seen_ms,
+        );
+        for ((store, swept), horizon) in self.keyed.iter().zip(keyed).zip(horizons_ms) {
+            evict(
+                store,
+                swept,
+                limits.keys_max,
+                horizon.max(60_000),
+                now,
+                |w| w.last_ts,
+            );
         }
-        for (i, (store, horizon)) in self.keyed.iter().zip(horizons_ms).enumerate() {
-            let idle = horizon.max(60_000);
-            if due(i + 1, store.len(), limits.keys_max, idle) {
-                evict(store, limits.keys_max, idle, now, |w| w.last_ts);
-            }
-        }
-        let (max, idle) = (limits.seen_tx_max, limits.seen_tx_ms);
-        if due(4, self.seen_tx.len(), max, idle) {
-            evict(&self.seen_tx, max, idle, now, |t| *t);
-        }
+        evict(
+            &self.seen_tx,
+            seen_tx,
+            limits.seen_tx_max,
+            limits.seen_tx_ms,
+            now,
+            |t| *t,
+        );
     }
 
     /// Counts keys and approximate bytes.
@@ -299,7 +316,7 @@ mod tests {
                 };
                 map.insert(k.wrapping_mul(0x9E37_79B9_7F4A_7C15), t);
             }
-            evict(&map, 600, i64::MAX, 100, |t| *t);
+            evict(&map, &AtomicI64::new(100), 600, i64::MAX, 100, |t| *t);
             let mut keys: Vec<(i64, u64)> = map.iter().map(|e| (*e.value(), *e.key())).collect();
             keys.sort_unstable();
             keys
