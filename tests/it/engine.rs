@@ -373,3 +373,147 @@ fn a_rule_skipped_for_a_kind_takes_no_timing_sample() {
     assert_eq!(d.reasons.len(), 2, "both rules fire for a transfer: {d:?}");
     assert_eq!((samples("transfers"), samples("any")), (1, 2));
 }
+
+/// The shipped sample with every 40th transaction delivered again a few events later, in
+/// event-time order.
+fn sample_with_redeliveries() -> Vec<Event> {
+    let path = vigil_tests::root().join("replay-data/sample.jsonl.gz");
+    let input =
+        vigil_engine::replay::read(vigil_engine::replay::open(&path).expect("open")).expect("read");
+    let mut events: Vec<Event> = Vec::new();
+    let mut again: Vec<(usize, Event)> = Vec::new();
+    for (i, (_, e)) in input.events.into_iter().enumerate() {
+        while again.first().is_some_and(|(at, _)| *at <= i) {
+            events.push(again.remove(0).1);
+        }
+        if i % 40 == 0 && matches!(e, Event::Tx(_)) {
+            again.push((i + 5, e.clone()));
+        }
+        events.push(e);
+    }
+    events.sort_by_key(Event::ts_ms);
+    events
+}
+
+#[test]
+fn decisions_in_batches_are_the_decisions_one_at_a_time_and_leave_the_same_state() {
+    let events = sample_with_redeliveries();
+    let pack = || {
+        vigil_engine::packs::load(
+            &vigil_tests::root().join("rules/packs/default"),
+            &PackOptions::default(),
+        )
+        .expect("pack")
+    };
+    // A sweep every 997 events: due inside batches, before the event that reaches the count.
+    let config = EngineConfig {
+        maintain_every: 997,
+        ..EngineConfig::default()
+    };
+    let one = Engine::new(pack(), config);
+    let singly: Vec<String> = events
+        .iter()
+        .filter_map(|e| one.apply(e))
+        .map(|d| d.to_json())
+        .collect();
+    let many = Engine::new(pack(), config);
+    let mut batched = Vec::new();
+    let mut scratch = vigil_engine::engine::Scratch::default();
+    // Runs of transactions of every length up to two batches, account events between them.
+    let mut rest = &events[..];
+    let mut len = 1;
+    while let Some(first) = rest.first() {
+        if let Event::Account(a) = first {
+            many.observe(a);
+            rest = &rest[1..];
+            continue;
+        }
+        let run: Vec<_> = rest
+            .iter()
+            .take(len)
+            .map_while(|e| match e {
+                Event::Tx(t) => Some(t),
+                Event::Account(_) => None,
+            })
+            .collect();
+        let base = batched.len();
+        many.decide_batch(&run, &mut scratch, |i, d| {
+            assert_eq!(i, batched.len() - base, "decisions come in order");
+            batched.push(d.to_json());
+        });
+        rest = &rest[run.len()..];
+        len = len % (2 * vigil_engine::engine::BATCH) + 1;
+    }
+    assert!(singly.len() > 10_000, "{} decisions", singly.len());
+    assert!(one.duplicate_events() > 100, "{}", one.duplicate_events());
+    assert_eq!(many.duplicate_events(), one.duplicate_events());
+    assert_eq!(many.late_events(), one.late_events());
+    assert_eq!(batched.len(), singly.len());
+    for (k, (b, s)) in batched.iter().zip(&singly).enumerate() {
+        assert_eq!(b, s, "decision {k}");
+    }
+    assert_eq!(many.state_stats(), one.state_stats());
+    let dir = std::env::temp_dir().join(format!("vigil-batch-{}", std::process::id()));
+    let (a, b) = (dir.join("one.snap"), dir.join("many.snap"));
+    one.save_snapshot(&a, b"").expect("snapshot");
+    many.save_snapshot(&b, b"").expect("snapshot");
+    let same = std::fs::read(&a).expect("read") == std::fs::read(&b).expect("read");
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(same, "the two engines' snapshots differ");
+}
+
+#[test]
+fn a_batch_and_single_decisions_on_other_threads_share_the_state_without_deadlock() {
+    let events = sample_with_redeliveries();
+    let pack = vigil_engine::packs::load(
+        &vigil_tests::root().join("rules/packs/default"),
+        &PackOptions::default(),
+    )
+    .expect("pack");
+    let engine = std::sync::Arc::new(Engine::new(pack, EngineConfig::default()));
+    // Half the accounts decided in batches on one thread, half one at a time on another (one
+    // account's events stay with one caller); devices and merchants are shared.
+    let (odd, even): (Vec<_>, Vec<_>) = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Tx(t) => Some(t.clone()),
+            Event::Account(_) => None,
+        })
+        .partition(|t| t.account_id.bytes().last().unwrap_or(0) % 2 == 1);
+    assert!(
+        odd.len() > 1000 && even.len() > 1000,
+        "{} {}",
+        odd.len(),
+        even.len()
+    );
+    let ids: std::collections::BTreeSet<String> = odd
+        .iter()
+        .chain(&even)
+        .map(|t| t.tx_id.to_string())
+        .collect();
+    let (done, finished) = std::sync::mpsc::channel();
+    let batches = {
+        let (engine, done) = (engine.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut scratch = vigil_engine::engine::Scratch::default();
+            let mut n = 0;
+            engine.decide_batch(&odd, &mut scratch, |_, _| n += 1);
+            done.send(n).expect("send");
+        })
+    };
+    let singles = std::thread::spawn(move || {
+        let mut scratch = vigil_engine::engine::Scratch::default();
+        for t in &even {
+            engine.decide_into(t, &mut scratch);
+        }
+        done.send(even.len()).expect("send");
+        engine
+    });
+    let timeout = std::time::Duration::from_secs(120);
+    let a = finished.recv_timeout(timeout).expect("no deadlock");
+    let b = finished.recv_timeout(timeout).expect("no deadlock");
+    batches.join().expect("batches");
+    let engine = singles.join().expect("singles");
+    assert_eq!(a + b, ids.len() + engine.duplicate_events() as usize);
+    assert_eq!(engine.state_stats().seen_tx, ids.len());
+}

@@ -1,8 +1,10 @@
 //! Load generator for `decide()`: fills state with N accounts, then measures throughput and
 //! latency percentiles on one thread with the default pack.
 //!
-//! `cargo run --release -p vigil-benches --bin decide-load -- [ACCOUNTS] [EVENTS] [PACK_DIR]`
-//! (the default pack unless PACK_DIR is given).
+//! `cargo run --release -p vigil-benches --bin decide-load -- [ACCOUNTS] [EVENTS] [PACK_DIR]
+//! [--one-at-a-time]` (the default pack unless PACK_DIR is given). The timed pass decides in
+//! batches (`Engine::decide_batch`, as replay does) unless `--one-at-a-time` asks for
+//! `decide_into` per transaction (as the Kafka and HTTP paths call it).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -70,7 +72,9 @@ fn probe(n: u64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let one_at_a_time = args.iter().any(|a| a == "--one-at-a-time");
+    args.retain(|a| a != "--one-at-a-time");
     if args.get(1).map(String::as_str) == Some("--probe") {
         probe(
             args.get(2)
@@ -136,11 +140,24 @@ fn main() {
     perf_ctl("enable\n");
     let t = Instant::now();
     let mut flagged = 0u64;
-    for tx in &txs {
-        let t0 = Instant::now();
-        let d = engine.decide_into(tx, &mut out);
-        hist.saturating_record(t0.elapsed().as_nanos() as u64);
-        flagged += u64::from(d.action != vigil_rules::Action::Allow);
+    if one_at_a_time {
+        for tx in &txs {
+            let t0 = Instant::now();
+            let d = engine.decide_into(tx, &mut out);
+            hist.saturating_record(t0.elapsed().as_nanos() as u64);
+            flagged += u64::from(d.action != vigil_rules::Action::Allow);
+        }
+    } else {
+        // A decision's latency: from the one before it (or its batch's start) to its own.
+        let mut t0 = Instant::now();
+        for run in txs.chunks(vigil_engine::engine::BATCH) {
+            engine.decide_batch(run, &mut out, |_, d| {
+                let now = Instant::now();
+                hist.saturating_record(now.duration_since(t0).as_nanos() as u64);
+                t0 = now;
+                flagged += u64::from(d.action != vigil_rules::Action::Allow);
+            });
+        }
     }
     let secs = t.elapsed().as_secs_f64();
     perf_ctl("disable\n");
@@ -158,8 +175,13 @@ fn main() {
         accounts as f64 * 2.0 / warm_secs
     );
     println!(
-        "timed               {events} decisions in {secs:.2}s: {:.0} decisions/s (one thread, timer included)",
-        events as f64 / secs
+        "timed               {events} decisions in {secs:.2}s: {:.0} decisions/s (one thread, {}, timer included)",
+        events as f64 / secs,
+        if one_at_a_time {
+            "one at a time"
+        } else {
+            "in batches"
+        }
     );
     println!(
         "latency             p50 {:.2}µs  p99 {:.2}µs  p99.9 {:.2}µs  max {:.1}µs",

@@ -88,7 +88,7 @@ pub struct State {
     /// Windows by device, IP and counterparty (indexed like `KeyKind::ALL[1..]`).
     pub keyed: [DashMap<u64, Windows, FxBuild>; 3],
     /// Transaction ids already counted → event time. A decision locks its shard first, before
-    /// any account or key ([`State::lock_seen`]); nothing may wait for it while holding
+    /// any account or key ([`State::seen_shard`]); nothing may wait for it while holding
     /// another store's shard.
     pub seen_tx: DashMap<u64, i64, FxBuild>,
     /// Event time each store was last swept (accounts, devices, IPs, counterparties, tx ids;
@@ -185,6 +185,196 @@ fn tagged_entry<V>(map: &DashMap<u64, V, FxBuild>, key: u64) -> Option<*const u8
     Some(b.as_ptr().cast::<u8>().cast_const())
 }
 
+/// The table inside one shard of a store (what the shard's lock guards).
+pub type Shard<V> = hashbrown::raw::RawTable<(u64, dashmap::SharedValue<V>)>;
+type Guard<'s, V> = dashmap::RwLockWriteGuard<'s, Shard<V>>;
+
+/// Every shard of every store, write-locked for a batch of decisions
+/// (`Engine::decide_batch`): the batch looks its keys up without a lock per lookup, and can
+/// start loading the next events' entries without taking locks again. Taken in the one order
+/// every decision locks in — transaction ids, accounts, devices, IPs, counterparties — so a
+/// batch and single decisions on other threads cannot deadlock; they wait for the batch.
+pub struct Locked<'s> {
+    pub(crate) seen: Vec<Guard<'s, i64>>,
+    pub(crate) accounts: Vec<Guard<'s, AccountState>>,
+    pub(crate) keyed: [Vec<Guard<'s, Windows>>; 3],
+}
+
+/// A shard a decision works in: write-locked by the decision itself (unlocked when this is
+/// dropped), or held by its batch.
+pub enum ShardMut<'b, 's, V> {
+    /// Locked by this decision.
+    Own(Guard<'s, V>),
+    /// Locked by the batch.
+    Batch(&'b mut Shard<V>),
+}
+
+impl std::fmt::Debug for Locked<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Locked")
+            .field("shards_per_store", &self.accounts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> std::fmt::Debug for ShardMut<'_, '_, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let by = match self {
+            ShardMut::Own(_) => "decision",
+            ShardMut::Batch(_) => "batch",
+        };
+        f.debug_struct("ShardMut")
+            .field("locked_by", &by)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl<V> std::ops::Deref for ShardMut<'_, '_, V> {
+    type Target = Shard<V>;
+    fn deref(&self) -> &Shard<V> {
+        match self {
+            ShardMut::Own(g) => g,
+            ShardMut::Batch(t) => t,
+        }
+    }
+}
+
+impl<V> std::ops::DerefMut for ShardMut<'_, '_, V> {
+    fn deref_mut(&mut self) -> &mut Shard<V> {
+        match self {
+            ShardMut::Own(g) => g,
+            ShardMut::Batch(t) => t,
+        }
+    }
+}
+
+/// The shard of `map` that holds `key`: the batch's (`batch`: the batch's locks of `map`) or,
+/// outside a batch, write-locked now.
+pub fn shard_mut<'b, 's, V>(
+    map: &'s DashMap<u64, V, FxBuild>,
+    batch: Option<&'b mut Vec<Guard<'_, V>>>,
+    key: u64,
+) -> ShardMut<'b, 's, V> {
+    let i = map.determine_shard(map.hash_usize(&key));
+    match batch {
+        Some(b) => ShardMut::Batch(&mut *b[i]),
+        None => ShardMut::Own(map.shards()[i].write()),
+    }
+}
+
+/// `key`'s value in `shard` (a shard of `map`).
+pub fn get_in<'t, V>(
+    map: &DashMap<u64, V, FxBuild>,
+    shard: &'t Shard<V>,
+    key: u64,
+) -> Option<&'t V> {
+    let hash = map.hash_usize(&key) as u64;
+    shard.get(hash, |(k, _)| *k == key).map(|(_, v)| v.get())
+}
+
+/// `key`'s value in `shard` (a shard of `map`), to change.
+pub fn get_mut_in<'t, V>(
+    map: &DashMap<u64, V, FxBuild>,
+    shard: &'t mut Shard<V>,
+    key: u64,
+) -> Option<&'t mut V> {
+    let hash = map.hash_usize(&key) as u64;
+    shard
+        .get_mut(hash, |(k, _)| *k == key)
+        .map(|(_, v)| v.get_mut())
+}
+
+/// `key`'s value in `shard` (a shard of `map`), made with `make` if absent; and whether it
+/// was made.
+pub fn entry_in<'t, V>(
+    map: &DashMap<u64, V, FxBuild>,
+    shard: &'t mut Shard<V>,
+    key: u64,
+    make: impl FnOnce() -> V,
+) -> (&'t mut V, bool) {
+    let hash = map.hash_usize(&key) as u64;
+    let made = shard.find(hash, |(k, _)| *k == key).is_none();
+    if made {
+        shard.insert(hash, (key, dashmap::SharedValue::new(make())), |(k, _)| {
+            map.hash_usize(k) as u64
+        });
+    }
+    match shard.get_mut(hash, |(k, _)| *k == key) {
+        Some((_, v)) => (v.get_mut(), made),
+        // Found or just inserted under the same lock: it is there.
+        None => unreachable!("a key just found or inserted is in its shard"),
+    }
+}
+
+/// Removes `key` from `shard` (a shard of `map`) if `cond` holds for its value.
+pub fn remove_if_in<V>(
+    map: &DashMap<u64, V, FxBuild>,
+    shard: &mut Shard<V>,
+    key: u64,
+    cond: impl Fn(&V) -> bool,
+) {
+    let hash = map.hash_usize(&key) as u64;
+    shard.remove_entry(hash, |(k, v)| *k == key && cond(v.get()));
+}
+
+/// [`prefetch_slot`] in a shard the batch holds: no lock.
+pub fn prefetch_slot_in<V>(map: &DashMap<u64, V, FxBuild>, shard: &Shard<V>, key: u64) {
+    let hash = map.hash_usize(&key);
+    prefetch_ctrl(shard.data_end().as_ptr().cast(), shard.buckets(), hash);
+}
+
+/// [`prefetch_entry`] in a shard the batch holds: no lock.
+pub fn prefetch_entry_in<V>(
+    map: &DashMap<u64, V, FxBuild>,
+    shard: &Shard<V>,
+    key: u64,
+    part: Range<usize>,
+) {
+    let hash = map.hash_usize(&key);
+    if let Some(b) = shard.find(hash as u64, |_| true) {
+        let p = b.as_ptr().cast::<u8>().cast_const();
+        prefetch::bytes(p.wrapping_add(part.start), part.len());
+    }
+}
+
+impl State {
+    /// Write-locks every shard of every store, in the order every decision locks in (see
+    /// [`Locked`]).
+    pub fn lock_all(&self) -> Locked<'_> {
+        fn all<V>(map: &DashMap<u64, V, FxBuild>) -> Vec<Guard<'_, V>> {
+            map.shards().iter().map(|s| s.write()).collect()
+        }
+        let seen = all(&self.seen_tx);
+        let accounts = all(&self.accounts);
+        let keyed = [
+            all(&self.keyed[0]),
+            all(&self.keyed[1]),
+            all(&self.keyed[2]),
+        ];
+        Locked {
+            seen,
+            accounts,
+            keyed,
+        }
+    }
+
+    /// Records transaction id `tx` (a [`key_hash`]) at event time `ts` in `shard`, its shard
+    /// of the transaction-id set, and says whether it was already there.
+    pub fn see_in(&self, shard: &mut Shard<i64>, tx: u64, ts: i64) -> bool {
+        let map = &self.seen_tx;
+        let hash = map.hash_usize(&tx) as u64;
+        if let Some((_, at)) = shard.get_mut(hash, |(k, _)| *k == tx) {
+            *at.get_mut() = ts;
+            return true;
+        }
+        shard.insert(hash, (tx, dashmap::SharedValue::new(ts)), |(k, _)| {
+            map.hash_usize(k) as u64
+        });
+        false
+    }
+}
+
 impl State {
     /// State with room for `accounts` accounts (and as many devices, IPs, counterparties and
     /// four transaction ids per account) before any table grows.
@@ -204,9 +394,9 @@ impl State {
         }
     }
 
-    /// Locks the shard of the transaction-id set that holds `tx` (a [`key_hash`]) and returns
-    /// what records it at an event time and says whether it was already there; the shard stays
-    /// locked until that is dropped.
+    /// The shard of the transaction-id set that holds `tx` (a [`key_hash`]): the batch's, or
+    /// locked now, with its control bytes starting to load; [`State::see_in`] then records
+    /// `tx` in it.
     ///
     /// A decision locks the shard first, asks once it has read its other entries, and unlocks
     /// at its end. A lock or an unlock is an atomic read-modify-write, which waits for every
@@ -214,22 +404,17 @@ impl State {
     /// cache misses are waited for on the spot; asked this way they overlap the entries' and
     /// are long over by the unlock (1M accounts: ~375k → ~450k decisions/s). Lock order: this
     /// shard, then the account, then the shared keys.
-    pub fn lock_seen(&self, tx: u64) -> impl FnMut(i64) -> bool + '_ {
-        let map = &self.seen_tx;
-        let hash = map.hash_usize(&tx);
-        let mut shard = map.shards()[map.determine_shard(hash)].write();
-        prefetch_ctrl(shard.data_end().as_ptr().cast(), shard.buckets(), hash);
-        move |ts| {
-            let hash = hash as u64;
-            if let Some((_, at)) = shard.get_mut(hash, |(k, _)| *k == tx) {
-                *at.get_mut() = ts;
-                return true;
-            }
-            shard.insert(hash, (tx, dashmap::SharedValue::new(ts)), |(k, _)| {
-                map.hash_usize(k) as u64
-            });
-            false
+    pub fn seen_shard<'b>(
+        &self,
+        batch: Option<&'b mut Vec<Guard<'_, i64>>>,
+        tx: u64,
+    ) -> ShardMut<'b, '_, i64> {
+        let batched = batch.is_some();
+        let shard = shard_mut(&self.seen_tx, batch, tx);
+        if !batched {
+            prefetch_slot_in(&self.seen_tx, &shard, tx);
         }
+        shard
     }
 
     /// Evicts what is idle at event time `now`: keys whose windows are past `horizon_ms`
@@ -329,10 +514,10 @@ mod tests {
         assert_eq!(a.iter().filter(|(t, _)| *t == 10).count(), 0);
     }
 
-    /// `lock_seen` finds what `DashMap` put, and `DashMap` (get, retain, a snapshot's restore
+    /// `see_in` finds what `DashMap` put, and `DashMap` (get, retain, a snapshot's restore
     /// by insert) finds what it put: both place a key in the same shard and slot.
     #[test]
-    fn lock_seen_and_the_map_see_the_same_ids() {
+    fn see_in_and_the_map_see_the_same_ids() {
         let s = State::with_capacity(16);
         let ids: Vec<u64> = (0..20_000)
             .map(|i| key_hash(9, &format!("t-{i}")))
@@ -343,7 +528,8 @@ mod tests {
             }
         }
         for (i, &id) in ids.iter().enumerate() {
-            assert_eq!(s.lock_seen(id)(2), i % 2 == 0, "id {i}");
+            let mut shard = s.seen_shard(None, id);
+            assert_eq!(s.see_in(&mut shard, id, 2), i % 2 == 0, "id {i}");
         }
         assert_eq!(s.seen_tx.len(), ids.len());
         assert!(
@@ -352,7 +538,8 @@ mod tests {
         );
         s.seen_tx.retain(|k, _| k % 3 != 0);
         for &id in &ids {
-            assert_eq!(s.lock_seen(id)(3), id % 3 != 0);
+            let mut shard = s.seen_shard(None, id);
+            assert_eq!(s.see_in(&mut shard, id, 3), id % 3 != 0);
         }
     }
 
