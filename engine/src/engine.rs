@@ -535,29 +535,29 @@ impl Engine {
     /// Decides one transaction, reusing `scratch` (so evaluation does not allocate); keep one
     /// per thread.
     pub fn decide_into(&self, tx: &Transaction, scratch: &mut Scratch) -> Decision {
+        self.observed(tx, || {
+            let future = self.tick(tx.ts_ms);
+            let active = self.active.load();
+            // Loaded here, with the pack: a load fences (a sequentially consistent store), and
+            // later it would wait for the lookups' misses.
+            let snoozes = self.snoozes.load();
+            let keys = Keys::of(tx, &active);
+            self.decide_inner(tx, scratch, (&active, &snoozes), future, &keys, None)
+        })
+    }
+
+    /// Keeps `tx` for dry runs (when asked to) and times `decide`, its decision, into the
+    /// metrics (when there are).
+    fn observed(&self, tx: &Transaction, decide: impl FnOnce() -> Decision) -> Decision {
         if let Some(r) = self.recent.get() {
             r.push(Event::Tx(tx.clone()));
         }
-        let metrics = self.metrics.get();
-        let t0 = metrics.map(|_| std::time::Instant::now());
-        let future = self.tick(tx.ts_ms);
-        let active = self.active.load();
-        // Loaded here, with the pack: a load fences (a sequentially consistent store), and
-        // later it would wait for the lookups' misses.
-        let snoozes = self.snoozes.load();
-        let keys = Keys::of(tx, &active);
-        let d = self.decide_inner(
-            tx,
-            scratch,
-            metrics,
-            (&active, &snoozes),
-            future,
-            &keys,
-            None,
-        );
-        if let (Some(m), Some(t0)) = (metrics, t0) {
-            m.decided_in(t0.elapsed().as_secs_f64());
-        }
+        let Some(m) = self.metrics.get() else {
+            return decide();
+        };
+        let t0 = std::time::Instant::now();
+        let d = decide();
+        m.decided_in(t0.elapsed().as_secs_f64());
         d
     }
 
@@ -569,7 +569,8 @@ impl Engine {
     /// Up to [`BATCH`] decisions at a time hold every shard of the state locked (decisions on
     /// other threads wait, and `each` must not call into this engine): their lookups take no
     /// lock each, and while one transaction is decided the entries of the next two start
-    /// loading. A pack reloaded meanwhile applies from the next batch on; the idle-state sweep
+    /// loading. A pack reloaded (or a snooze set) meanwhile applies from the next batch on; the
+    /// idle-state sweep
     /// due every `maintain_every` events runs between batches, before the event due for it.
     pub fn decide_batch<T: std::borrow::Borrow<Transaction>>(
         &self,
@@ -577,7 +578,6 @@ impl Engine {
         scratch: &mut Scratch,
         mut each: impl FnMut(usize, Decision),
     ) {
-        let metrics = self.metrics.get();
         let mut keys = std::mem::take(&mut scratch.keys);
         let mut at = 0;
         while at < txs.len() {
@@ -595,7 +595,7 @@ impl Engine {
                 at += 1;
                 continue;
             }
-            let run = &txs[at..txs.len().min(at + BATCH).min(at + until - 1)];
+            let batch = &txs[at..at + BATCH.min(until - 1).min(txs.len() - at)];
             let active = self.active.load_full();
             let snoozes = self.snoozes.load_full();
             // Another thread's events can still make one due within the run: then the sweep
@@ -613,7 +613,7 @@ impl Engine {
                         continue;
                     };
                     if j == keys.len()
-                        && let Some(t) = run.get(j)
+                        && let Some(t) = batch.get(j)
                     {
                         keys.push(Keys::of(t.borrow(), &active));
                     }
@@ -625,34 +625,22 @@ impl Engine {
             for i in 0..Stage::DEPTH {
                 step(i, &mut keys, &locked);
             }
-            for (i, tx) in run.iter().enumerate() {
+            for (i, tx) in batch.iter().enumerate() {
                 step(i + Stage::DEPTH, &mut keys, &locked);
                 let tx = tx.borrow();
-                if let Some(r) = self.recent.get() {
-                    r.push(Event::Tx(tx.clone()));
-                }
-                let t0 = metrics.map(|_| std::time::Instant::now());
-                let (future, due) = self.advance(tx.ts_ms);
-                sweep |= due;
-                let d = self.decide_inner(
-                    tx,
-                    scratch,
-                    metrics,
-                    (&active, &snoozes),
-                    future,
-                    &keys[i],
-                    Some(&mut locked),
-                );
-                if let (Some(m), Some(t0)) = (metrics, t0) {
-                    m.decided_in(t0.elapsed().as_secs_f64());
-                }
+                let d = self.observed(tx, || {
+                    let (future, due) = self.advance(tx.ts_ms);
+                    sweep |= due;
+                    let (pack, locked) = ((&*active, &*snoozes), Some(&mut locked));
+                    self.decide_inner(tx, scratch, pack, future, &keys[i], locked)
+                });
                 each(at + i, d);
             }
             drop(locked);
             if sweep {
                 self.maintain();
             }
-            at += run.len();
+            at += batch.len();
         }
         scratch.keys = keys;
     }
@@ -705,12 +693,10 @@ impl Engine {
 
     /// Decides `tx` (whose watermark tick said whether it is too far ahead: `future`) with
     /// `keys` = `Keys::of(tx)`, in the batch's locked shards or (`None`) locking its own.
-    #[allow(clippy::too_many_arguments)]
     fn decide_inner(
         &self,
         tx: &Transaction,
         scratch: &mut Scratch,
-        metrics: Option<&Arc<crate::metrics::Metrics>>,
         (active, snoozes): (&ActivePack, &Snoozed),
         future: bool,
         keys: &Keys,
@@ -925,7 +911,7 @@ impl Engine {
             }
             m
         };
-        match metrics {
+        match self.metrics.get() {
             None => program.evaluate_with(&facts, out, muted),
             Some(m) => {
                 let handles = m.rules(&active.version, program);
@@ -967,7 +953,7 @@ impl Engine {
         }
         // The shared keys' shards are released (once the keys made for a duplicate are gone
         // again) before the payer's state changes and before the payee is credited (which
-        // locks the accounts again).
+        // locks the accounts again, outside a batch).
         for (i, shard) in shards.iter_mut().enumerate() {
             if made[i]
                 && let Some(shard) = shard

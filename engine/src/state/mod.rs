@@ -186,7 +186,7 @@ fn tagged_entry<V>(map: &DashMap<u64, V, FxBuild>, key: u64) -> Option<*const u8
 }
 
 /// The table inside one shard of a store (what the shard's lock guards).
-pub type Shard<V> = hashbrown::raw::RawTable<(u64, dashmap::SharedValue<V>)>;
+pub(crate) type Shard<V> = hashbrown::raw::RawTable<(u64, dashmap::SharedValue<V>)>;
 type Guard<'s, V> = dashmap::RwLockWriteGuard<'s, Shard<V>>;
 
 /// Every shard of every store, write-locked for a batch of decisions
@@ -194,7 +194,7 @@ type Guard<'s, V> = dashmap::RwLockWriteGuard<'s, Shard<V>>;
 /// start loading the next events' entries without taking locks again. Taken in the one order
 /// every decision locks in — transaction ids, accounts, devices, IPs, counterparties — so a
 /// batch and single decisions on other threads cannot deadlock; they wait for the batch.
-pub struct Locked<'s> {
+pub(crate) struct Locked<'s> {
     pub(crate) seen: Vec<Guard<'s, i64>>,
     pub(crate) accounts: Vec<Guard<'s, AccountState>>,
     pub(crate) keyed: [Vec<Guard<'s, Windows>>; 3],
@@ -202,7 +202,7 @@ pub struct Locked<'s> {
 
 /// A shard a decision works in: write-locked by the decision itself (unlocked when this is
 /// dropped), or held by its batch.
-pub enum ShardMut<'b, 's, V> {
+pub(crate) enum ShardMut<'b, 's, V> {
     /// Locked by this decision.
     Own(Guard<'s, V>),
     /// Locked by the batch.
@@ -251,7 +251,7 @@ impl<V> std::ops::DerefMut for ShardMut<'_, '_, V> {
 
 /// The shard of `map` that holds `key`: the batch's (`batch`: the batch's locks of `map`) or,
 /// outside a batch, write-locked now.
-pub fn shard_mut<'b, 's, V>(
+pub(crate) fn shard_mut<'b, 's, V>(
     map: &'s DashMap<u64, V, FxBuild>,
     batch: Option<&'b mut Vec<Guard<'_, V>>>,
     key: u64,
@@ -264,7 +264,7 @@ pub fn shard_mut<'b, 's, V>(
 }
 
 /// `key`'s value in `shard` (a shard of `map`).
-pub fn get_in<'t, V>(
+pub(crate) fn get_in<'t, V>(
     map: &DashMap<u64, V, FxBuild>,
     shard: &'t Shard<V>,
     key: u64,
@@ -274,7 +274,7 @@ pub fn get_in<'t, V>(
 }
 
 /// `key`'s value in `shard` (a shard of `map`), to change.
-pub fn get_mut_in<'t, V>(
+pub(crate) fn get_mut_in<'t, V>(
     map: &DashMap<u64, V, FxBuild>,
     shard: &'t mut Shard<V>,
     key: u64,
@@ -287,28 +287,28 @@ pub fn get_mut_in<'t, V>(
 
 /// `key`'s value in `shard` (a shard of `map`), made with `make` if absent; and whether it
 /// was made.
-pub fn entry_in<'t, V>(
+pub(crate) fn entry_in<'t, V>(
     map: &DashMap<u64, V, FxBuild>,
     shard: &'t mut Shard<V>,
     key: u64,
     make: impl FnOnce() -> V,
 ) -> (&'t mut V, bool) {
     let hash = map.hash_usize(&key) as u64;
-    let made = shard.find(hash, |(k, _)| *k == key).is_none();
-    if made {
-        shard.insert(hash, (key, dashmap::SharedValue::new(make())), |(k, _)| {
-            map.hash_usize(k) as u64
-        });
+    let eq = |(k, _): &(u64, dashmap::SharedValue<V>)| *k == key;
+    if shard.find(hash, eq).is_none() {
+        let value = (key, dashmap::SharedValue::new(make()));
+        let (_, v) = shard.insert_entry(hash, value, |(k, _)| map.hash_usize(k) as u64);
+        return (v.get_mut(), true);
     }
-    match shard.get_mut(hash, |(k, _)| *k == key) {
-        Some((_, v)) => (v.get_mut(), made),
-        // Found or just inserted under the same lock: it is there.
-        None => unreachable!("a key just found or inserted is in its shard"),
+    match shard.get_mut(hash, eq) {
+        Some((_, v)) => (v.get_mut(), false),
+        // Just found, under the same lock.
+        None => unreachable!("a key just found is in its shard"),
     }
 }
 
 /// Removes `key` from `shard` (a shard of `map`) if `cond` holds for its value.
-pub fn remove_if_in<V>(
+pub(crate) fn remove_if_in<V>(
     map: &DashMap<u64, V, FxBuild>,
     shard: &mut Shard<V>,
     key: u64,
@@ -319,13 +319,13 @@ pub fn remove_if_in<V>(
 }
 
 /// [`prefetch_slot`] in a shard the batch holds: no lock.
-pub fn prefetch_slot_in<V>(map: &DashMap<u64, V, FxBuild>, shard: &Shard<V>, key: u64) {
+pub(crate) fn prefetch_slot_in<V>(map: &DashMap<u64, V, FxBuild>, shard: &Shard<V>, key: u64) {
     let hash = map.hash_usize(&key);
     prefetch_ctrl(shard.data_end().as_ptr().cast(), shard.buckets(), hash);
 }
 
 /// [`prefetch_entry`] in a shard the batch holds: no lock.
-pub fn prefetch_entry_in<V>(
+pub(crate) fn prefetch_entry_in<V>(
     map: &DashMap<u64, V, FxBuild>,
     shard: &Shard<V>,
     key: u64,
@@ -341,7 +341,7 @@ pub fn prefetch_entry_in<V>(
 impl State {
     /// Write-locks every shard of every store, in the order every decision locks in (see
     /// [`Locked`]).
-    pub fn lock_all(&self) -> Locked<'_> {
+    pub(crate) fn lock_all(&self) -> Locked<'_> {
         fn all<V>(map: &DashMap<u64, V, FxBuild>) -> Vec<Guard<'_, V>> {
             map.shards().iter().map(|s| s.write()).collect()
         }
@@ -361,17 +361,10 @@ impl State {
 
     /// Records transaction id `tx` (a [`key_hash`]) at event time `ts` in `shard`, its shard
     /// of the transaction-id set, and says whether it was already there.
-    pub fn see_in(&self, shard: &mut Shard<i64>, tx: u64, ts: i64) -> bool {
-        let map = &self.seen_tx;
-        let hash = map.hash_usize(&tx) as u64;
-        if let Some((_, at)) = shard.get_mut(hash, |(k, _)| *k == tx) {
-            *at.get_mut() = ts;
-            return true;
-        }
-        shard.insert(hash, (tx, dashmap::SharedValue::new(ts)), |(k, _)| {
-            map.hash_usize(k) as u64
-        });
-        false
+    pub(crate) fn see_in(&self, shard: &mut Shard<i64>, tx: u64, ts: i64) -> bool {
+        let (at, made) = entry_in(&self.seen_tx, shard, tx, || ts);
+        *at = ts;
+        !made
     }
 }
 
@@ -394,8 +387,8 @@ impl State {
         }
     }
 
-    /// The shard of the transaction-id set that holds `tx` (a [`key_hash`]): the batch's, or
-    /// locked now, with its control bytes starting to load; [`State::see_in`] then records
+    /// The shard of the transaction-id set that holds `tx` (a [`key_hash`]): the batch's (whose
+    /// decisions load it ahead), or locked now, with its control bytes starting to load; [`State::see_in`] then records
     /// `tx` in it.
     ///
     /// A decision locks the shard first, asks once it has read its other entries, and unlocks
@@ -404,7 +397,7 @@ impl State {
     /// cache misses are waited for on the spot; asked this way they overlap the entries' and
     /// are long over by the unlock (1M accounts: ~375k → ~450k decisions/s). Lock order: this
     /// shard, then the account, then the shared keys.
-    pub fn seen_shard<'b>(
+    pub(crate) fn seen_shard<'b>(
         &self,
         batch: Option<&'b mut Vec<Guard<'_, i64>>>,
         tx: u64,
