@@ -20,9 +20,9 @@ use crate::event::{AccountEvent, Event, Transaction, TxKind};
 use crate::state::account::{COUNTRIES_MAX, NEVER, Profile, haversine_km};
 use crate::state::window::{Amounts, WindowPlan, Windows};
 use crate::state::{
-    AccountState, Locked, Shard, ShardMut, State, StateLimits, StateStats, entry_in, get_in,
-    get_mut_in, key_hash, prefetch_entry, prefetch_entry_in, prefetch_slot, prefetch_slot_in,
-    remove_if_in, shard_mut,
+    AccountState, Guard, Locked, ShardMut, State, StateLimits, StateStats, entry_in, get_in,
+    get_mut_in, held_shard, key_hash, prefetch_entry, prefetch_entry_in, prefetch_slot,
+    prefetch_slot_in, remove_if_in, shard_mut,
 };
 
 /// What of the payer's entry, and of a device's, IP's or counterparty's, a decision starts
@@ -151,7 +151,16 @@ impl Stage {
     /// 446,000–568,000 against 593,000–633,000 decisions/s at 1M accounts.)
     const AHEAD: [(Stage, usize); 2] = [(Stage::Entries, 1), (Stage::Slots, 2)];
     /// The furthest ahead a stage starts.
-    const DEPTH: usize = 2;
+    const DEPTH: usize = {
+        let (mut i, mut max) = (0, 0);
+        while i < Stage::AHEAD.len() {
+            if Stage::AHEAD[i].1 > max {
+                max = Stage::AHEAD[i].1;
+            }
+            i += 1;
+        }
+        max
+    };
 }
 
 /// A pack with the state layout its rules need.
@@ -651,43 +660,35 @@ impl Engine {
         if !crate::state::prefetch::ENABLED {
             return;
         }
-        fn shard<'t, V>(
+        /// One store's lookup: `stage` of it, in the shard the batch holds (`part`: the
+        /// bytes of the entry a decision reads).
+        fn at<V>(
+            stage: Stage,
             map: &dashmap::DashMap<u64, V, crate::state::FxBuild>,
-            shards: &'t [dashmap::RwLockWriteGuard<'_, Shard<V>>],
+            shards: &[Guard<'_, V>],
             key: u64,
-        ) -> &'t Shard<V> {
-            &shards[map.determine_shard(map.hash_usize(&key))]
+            part: std::ops::Range<usize>,
+        ) {
+            let shard = held_shard(map, shards, key);
+            match stage {
+                Stage::Slots => prefetch_slot_in(map, shard, key),
+                Stage::Entries => prefetch_entry_in(map, shard, key, part),
+            }
         }
         let s = &self.state;
-        let keyed = (0..3).filter(|&i| k.keyed[i] != 0 && !active.plans[i + 1].is_empty());
-        match stage {
-            Stage::Slots => {
-                prefetch_slot_in(&s.seen_tx, shard(&s.seen_tx, &locked.seen, k.tx), k.tx);
-                if k.payee_read != 0 {
-                    let t = shard(&s.accounts, &locked.accounts, k.payee_read);
-                    prefetch_slot_in(&s.accounts, t, k.payee_read);
-                }
-                let t = shard(&s.accounts, &locked.accounts, k.acct);
-                prefetch_slot_in(&s.accounts, t, k.acct);
-                for i in keyed {
-                    let t = shard(&s.keyed[i], &locked.keyed[i], k.keyed[i]);
-                    prefetch_slot_in(&s.keyed[i], t, k.keyed[i]);
-                }
-            }
-            Stage::Entries => {
-                let t = shard(&s.seen_tx, &locked.seen, k.tx);
-                prefetch_entry_in(&s.seen_tx, t, k.tx, SEEN_ENTRY);
-                if k.payee_read != 0 {
-                    let t = shard(&s.accounts, &locked.accounts, k.payee_read);
-                    prefetch_entry_in(&s.accounts, t, k.payee_read, PAYEE_OPENED);
-                }
-                let t = shard(&s.accounts, &locked.accounts, k.acct);
-                prefetch_entry_in(&s.accounts, t, k.acct, ACCOUNT_ENTRY);
-                for i in keyed {
-                    let t = shard(&s.keyed[i], &locked.keyed[i], k.keyed[i]);
-                    prefetch_entry_in(&s.keyed[i], t, k.keyed[i], KEY_ENTRY);
-                }
-            }
+        at(stage, &s.seen_tx, &locked.seen, k.tx, SEEN_ENTRY);
+        if k.payee_read != 0 {
+            at(
+                stage,
+                &s.accounts,
+                &locked.accounts,
+                k.payee_read,
+                PAYEE_OPENED,
+            );
+        }
+        at(stage, &s.accounts, &locked.accounts, k.acct, ACCOUNT_ENTRY);
+        for i in (0..3).filter(|&i| k.keyed[i] != 0 && !active.plans[i + 1].is_empty()) {
+            at(stage, &s.keyed[i], &locked.keyed[i], k.keyed[i], KEY_ENTRY);
         }
     }
 

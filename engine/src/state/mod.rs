@@ -154,9 +154,8 @@ fn evict<V>(
 /// in `map` begins with, holding the shard's read lock only to read the table's address and
 /// size. Then [`prefetch_entry`], then the lookup itself.
 pub fn prefetch_slot<V>(map: &DashMap<u64, V, FxBuild>, key: u64) {
-    let hash = map.hash_usize(&key);
-    let shard = map.shards()[map.determine_shard(hash)].read();
-    prefetch_ctrl(shard.data_end().as_ptr().cast(), shard.buckets(), hash);
+    let shard = map.shards()[map.determine_shard(map.hash_usize(&key))].read();
+    prefetch_slot_in(map, &shard, key);
 }
 
 /// Starts loading the 16 control bytes a probe for `hash` begins with in a hashbrown table
@@ -171,23 +170,13 @@ fn prefetch_ctrl(data_end: *const u8, buckets: usize, hash: usize) {
 /// bytes `part` of the entry (a `(u64, V)` in the table) whose 7-bit tag matches `key`'s —
 /// nearly always `key`'s own; the entry itself is not read.
 pub fn prefetch_entry<V>(map: &DashMap<u64, V, FxBuild>, key: u64, part: Range<usize>) {
-    if let Some(p) = tagged_entry(map, key) {
-        prefetch::bytes(p.wrapping_add(part.start), part.len());
-    }
-}
-
-/// Where `key`'s entry is, nearly always: the first entry on its probe whose 7-bit tag
-/// matches (found from the control bytes alone; the entry is not read).
-fn tagged_entry<V>(map: &DashMap<u64, V, FxBuild>, key: u64) -> Option<*const u8> {
-    let hash = map.hash_usize(&key);
-    let shard = map.shards()[map.determine_shard(hash)].read();
-    let b = shard.find(hash as u64, |_| true)?;
-    Some(b.as_ptr().cast::<u8>().cast_const())
+    let shard = map.shards()[map.determine_shard(map.hash_usize(&key))].read();
+    prefetch_entry_in(map, &shard, key, part);
 }
 
 /// The table inside one shard of a store (what the shard's lock guards).
 pub(crate) type Shard<V> = hashbrown::raw::RawTable<(u64, dashmap::SharedValue<V>)>;
-type Guard<'s, V> = dashmap::RwLockWriteGuard<'s, Shard<V>>;
+pub(crate) type Guard<'s, V> = dashmap::RwLockWriteGuard<'s, Shard<V>>;
 
 /// Every shard of every store, write-locked for a batch of decisions
 /// (`Engine::decide_batch`): the batch looks its keys up without a lock per lookup, and can
@@ -324,6 +313,15 @@ pub(crate) fn prefetch_slot_in<V>(map: &DashMap<u64, V, FxBuild>, shard: &Shard<
     prefetch_ctrl(shard.data_end().as_ptr().cast(), shard.buckets(), hash);
 }
 
+/// The shard of `map` that holds `key`, among `shards` (all of `map`'s, locked by a batch).
+pub(crate) fn held_shard<'t, V>(
+    map: &DashMap<u64, V, FxBuild>,
+    shards: &'t [Guard<'_, V>],
+    key: u64,
+) -> &'t Shard<V> {
+    &shards[map.determine_shard(map.hash_usize(&key))]
+}
+
 /// [`prefetch_entry`] in a shard the batch holds: no lock.
 pub(crate) fn prefetch_entry_in<V>(
     map: &DashMap<u64, V, FxBuild>,
@@ -331,11 +329,21 @@ pub(crate) fn prefetch_entry_in<V>(
     key: u64,
     part: Range<usize>,
 ) {
-    let hash = map.hash_usize(&key);
-    if let Some(b) = shard.find(hash as u64, |_| true) {
-        let p = b.as_ptr().cast::<u8>().cast_const();
+    if let Some(p) = tagged_entry(map, shard, key) {
         prefetch::bytes(p.wrapping_add(part.start), part.len());
     }
+}
+
+/// Where `key`'s entry is in `shard` (a shard of `map`), nearly always: the first entry on
+/// its probe whose 7-bit tag matches (found from the control bytes alone; the entry is not
+/// read).
+fn tagged_entry<V>(
+    map: &DashMap<u64, V, FxBuild>,
+    shard: &Shard<V>,
+    key: u64,
+) -> Option<*const u8> {
+    let b = shard.find(map.hash_usize(&key) as u64, |_| true)?;
+    Some(b.as_ptr().cast::<u8>().cast_const())
 }
 
 impl State {
@@ -539,6 +547,12 @@ mod tests {
     /// The entry a lookup is started ahead for is the key's own (but for the rare key whose
     /// 7-bit tag another entry on its probe shares), and starting lookups ahead on an empty
     /// store, for absent keys, or past removed ones changes nothing.
+    /// [`tagged_entry`] under `key`'s shard's read lock.
+    fn tagged<V>(map: &DashMap<u64, V, FxBuild>, key: u64) -> Option<*const u8> {
+        let shard = map.shards()[map.determine_shard(map.hash_usize(&key))].read();
+        tagged_entry(map, &shard, key)
+    }
+
     #[test]
     fn lookups_started_ahead_find_the_entries_and_change_nothing() {
         let map: DashMap<u64, [u64; 20], FxBuild> = DashMap::default();
@@ -548,7 +562,7 @@ mod tests {
         for &k in &keys {
             prefetch_slot(&map, k);
             prefetch_entry(&map, k, 0..160);
-            assert_eq!(tagged_entry(&map, k), None);
+            assert_eq!(tagged(&map, k), None);
         }
         for (i, &k) in keys.iter().enumerate() {
             map.insert(k, [i as u64; 20]);
@@ -565,7 +579,7 @@ mod tests {
             };
             assert_eq!(v[0], i as u64);
             let value = std::ptr::from_ref(v.value()).cast::<u8>();
-            let entry = tagged_entry(&map, k).expect("a present key has a tag match");
+            let entry = tagged(&map, k).expect("a present key has a tag match");
             own += usize::from((value as usize).wrapping_sub(entry as usize) < entry_bytes);
         }
         let present = map.len();
