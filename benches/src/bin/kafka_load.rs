@@ -494,10 +494,19 @@ fn run() -> Result<(), String> {
             (first, last, acks)
         })
     };
+    // `perf record --control fifo:PATH -D -1` with VIGIL_PERF_CTL=PATH profiles the end-to-end
+    // run alone (start it through perf: writing to the FIFO waits until perf has opened it).
+    let perf_ctl = |cmd: &str| {
+        if let Some(path) = std::env::var_os("VIGIL_PERF_CTL") {
+            let _ = std::fs::write(path, cmd);
+        }
+    };
+    perf_ctl("enable\n");
     let (thread_cpu, process_cpu) = (cpu_time(true), cpu_time(false));
     let started = Instant::now();
     let result = pipeline.run();
     let finished = Instant::now();
+    perf_ctl("disable\n");
     let thread_cpu = cpu_time(true) - thread_cpu;
     let process_cpu = cpu_time(false) - process_cpu;
     done.store(true, Ordering::Relaxed);

@@ -19,7 +19,8 @@ use vigil_rules::Action;
 use super::align::{self, Align, Item};
 use super::track::{Delivery, SLOTS_MAX, Tracker, opaque};
 use super::{Out, Stats, StreamConfig, StreamError, notify};
-use crate::engine::{Engine, Scratch};
+use crate::decision::Decision;
+use crate::engine::{BATCH, Engine, Scratch};
 use crate::event::{Event, Transaction, decode};
 use crate::ledger::{Ledger, LedgerError, Outcome, Status as LedgerStatus};
 use crate::state::key_hash;
@@ -368,10 +369,31 @@ struct Slots {
 /// [`ends`]) and its high watermark, and when they were learnt.
 type Watermarks = (Option<i64>, i64, Instant);
 
+/// A transaction whose turn it is, waiting to be decided with the others of its turn.
+#[derive(Debug)]
+struct Ready {
+    tx: Transaction,
+    slot: u16,
+    offset: i64,
+}
+
+impl std::borrow::Borrow<Transaction> for Ready {
+    fn borrow(&self) -> &Transaction {
+        &self.tx
+    }
+}
+
 /// What the loop reuses from one message to the next.
 #[derive(Debug, Default)]
 struct Work {
     scratch: Scratch,
+    /// Transactions whose turn it is, decided together ([`Pipeline::flush`]): at the end of
+    /// the loop's turn, before an account event is applied, or once [`BATCH`] wait.
+    ready: Vec<Ready>,
+    /// [`Tracker::resets`] when the first of `ready` came.
+    ready_resets: u64,
+    /// Their decisions.
+    decisions: Vec<Decision>,
     /// A decision's JSON.
     json: Vec<u8>,
     /// An effect header's value.
@@ -1155,6 +1177,9 @@ impl Pipeline {
         let mut handled = 0u64;
         let mut handled_at_snapshot = 0u64;
         let mut backoff = Duration::from_millis(100);
+        // Messages handled in this turn of the loop: while they keep coming without a wait,
+        // up to BATCH, the transactions among them are decided together at the turn's end.
+        let mut burst = 0usize;
         let result = loop {
             if self.stop.load(Ordering::Relaxed) {
                 tracing::info!("stopping: finishing what is in flight");
@@ -1164,7 +1189,11 @@ impl Pipeline {
                 break Err(StreamError::Delivery(f));
             }
             let mut idle = false;
-            let polled = consumer.poll(Duration::from_millis(100));
+            let polled = consumer.poll(if burst > 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(100)
+            });
             // One clock read per turn serves every timer below (it is a measurable share of a
             // message's cost).
             let now = Instant::now();
@@ -1180,9 +1209,13 @@ impl Pipeline {
                         apply_flow(&shared, &consumer);
                     }
                     handled += 1;
+                    burst += 1;
                     if cfg.max_messages.is_some_and(|n| handled >= n) {
                         tracing::info!("handled {handled} messages: stopping as asked");
                         break Ok(());
+                    }
+                    if burst < BATCH {
+                        continue;
                     }
                 }
                 Some(Err(e)) => {
@@ -1190,6 +1223,7 @@ impl Pipeline {
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+                None if burst > 0 => {}
                 None => {
                     idle = true;
                     // Idle counts from the assignment: a group join can take a session
@@ -1206,11 +1240,19 @@ impl Pipeline {
                     }
                 }
             }
+            // The turn is over: its transactions are decided.
+            burst = 0;
+            if let Err(e) = self.flush(&shared, &effects, &mut scratch) {
+                break Err(e);
+            }
             if (idle || now.duration_since(last_align) >= Duration::from_millis(100))
                 && lock(&shared.align).total() > 0
             {
                 last_align = now;
-                if let Err(e) = self.check_alignment(&shared, &consumer, &effects, &mut scratch) {
+                if let Err(e) = self
+                    .check_alignment(&shared, &consumer, &effects, &mut scratch)
+                    .and_then(|()| self.flush(&shared, &effects, &mut scratch))
+                {
                     break Err(e);
                 }
                 apply_flow(&shared, &consumer);
@@ -1350,7 +1392,9 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Applies the events of partition `p` whose turn it is (with `force`, one more first).
+    /// Applies the events of partition `p` whose turn it is (with `force`, one more first):
+    /// account events at once, transactions into `scratch.ready`, decided at the next
+    /// [`Pipeline::flush`] (an account event flushes the transactions before it first).
     fn step(
         &self,
         s: &Shared,
@@ -1362,12 +1406,31 @@ impl Pipeline {
         loop {
             let next = lock(&s.align).next(p, force);
             force = false;
-            let Some(item) = next else {
+            let Some(Item {
+                slot,
+                offset,
+                event,
+                ..
+            }) = next
+            else {
                 return Ok(());
             };
-            match &item.event {
-                Event::Tx(tx) => self.decided(s, effects, tx, scratch, item.slot, item.offset)?,
+            match event {
+                Event::Tx(tx) => {
+                    if scratch.ready.is_empty() {
+                        scratch.ready_resets = s.tracker.resets();
+                    }
+                    scratch.ready.push(Ready { tx, slot, offset });
+                    if scratch.ready.len() >= BATCH {
+                        self.flush(s, effects, scratch)?;
+                    }
+                    // Acknowledged once decided.
+                    continue;
+                }
                 Event::Account(a) => {
+                    // The transactions before it are decided first.
+                    self.flush(s, effects, scratch)?;
+                    let a = &a;
                     self.engine.observe(a);
                     Stats::bump(&self.stats.account_events);
                     if let Some(ledger) = &s.ledger {
@@ -1389,8 +1452,53 @@ impl Pipeline {
                     }
                 }
             }
-            s.tracker.ack(item.slot, item.offset);
+            s.tracker.ack(slot, offset);
         }
+    }
+
+    /// Decides the transactions waiting in `scratch.ready` together
+    /// ([`Engine::decide_batch`]), then produces each one's outputs and acknowledges it, in
+    /// order.
+    fn flush(
+        &self,
+        s: &Shared,
+        effects: &HashSet<u64>,
+        scratch: &mut Work,
+    ) -> Result<(), StreamError> {
+        if scratch.ready.is_empty() {
+            return Ok(());
+        }
+        let mut ready = std::mem::take(&mut scratch.ready);
+        if s.tracker.resets() != scratch.ready_resets {
+            // A rebalance (inside a poll since they came) gave partitions up: their
+            // transactions are not decided here; the partitions' next owner reads them from the
+            // offsets committed then, which are behind them.
+            let before = ready.len();
+            ready.retain(|r| s.tracker.begun(r.slot, r.offset));
+            if ready.len() < before {
+                tracing::info!(
+                    "{} transaction(s) of revoked partitions left to their next owner",
+                    before - ready.len()
+                );
+            }
+        }
+        let mut decisions = std::mem::take(&mut scratch.decisions);
+        decisions.clear();
+        self.engine
+            .decide_batch(&ready, &mut scratch.scratch, |_, d| decisions.push(d));
+        let mut result = Ok(());
+        for (r, d) in ready.iter().zip(&decisions) {
+            result = self.decided(s, effects, &r.tx, d, scratch, r.slot, r.offset);
+            if result.is_err() {
+                break;
+            }
+            s.tracker.ack(r.slot, r.offset);
+        }
+        ready.clear();
+        decisions.clear();
+        scratch.ready = ready;
+        scratch.decisions = decisions;
+        result
     }
 
     /// Lets events go whose other side has nothing more to give (read to its end, or not
@@ -1517,7 +1625,7 @@ impl Pipeline {
                 }
             }
         }
-        Ok(())
+        self.flush(s, effects, scratch)
     }
 
     /// Settles (or holds, or declines) a decided transaction in the ledger and produces its
@@ -1575,16 +1683,18 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Produces the outputs of decision `d` of `tx`.
+    #[allow(clippy::too_many_arguments)]
     fn decided(
         &self,
         s: &Shared,
         effects: &HashSet<u64>,
         tx: &Transaction,
+        d: &Decision,
         scratch: &mut Work,
         slot: u16,
         offset: i64,
     ) -> Result<(), StreamError> {
-        let d = self.engine.decide_into(tx, &mut scratch.scratch);
         if d.duplicate {
             // This tx_id was decided already (a producer's retry, a topic replayed): its
             // decision, settlement and effects went out the first time, and a second decision
@@ -1609,15 +1719,15 @@ impl Pipeline {
             offset,
         )?;
         if let Some(ledger) = &s.ledger {
-            self.settle(s, ledger, effects, tx, &d, slot, offset)?;
+            self.settle(s, ledger, effects, tx, d, slot, offset)?;
         }
-        if notify::effects_of(&d) == (false, None)
+        if notify::effects_of(d) == (false, None)
             && d.already_frozen
             && (d.freeze || d.notify.is_some())
         {
             Stats::bump(&self.stats.repeats_skipped);
         }
-        for f in notify::follow_ups(&self.engine, s.ledger.as_ref(), tx, &d, now_ms) {
+        for f in notify::follow_ups(&self.engine, s.ledger.as_ref(), tx, d, now_ms) {
             let key = tx.account_id.as_bytes();
             if s.send(effects, f.out, key, &f.body, &f.effect, &[], slot, offset)? {
                 Stats::bump(if f.out == Out::Freezes {

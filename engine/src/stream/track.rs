@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -73,6 +73,8 @@ pub struct Tracker {
     has_failed: std::sync::atomic::AtomicBool,
     /// Outputs produced whose delivery report has not been handled yet.
     unreported: AtomicI64,
+    /// Slots reset so far (partitions given up).
+    resets: AtomicU64,
 }
 
 impl Tracker {
@@ -149,6 +151,22 @@ impl Tracker {
         if let Some(p) = parts.get_mut(usize::from(slot)) {
             *p = Part::default();
         }
+        self.resets.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many times a slot was reset: a message begun before a change here may have been
+    /// given up with its partition ([`Tracker::begun`] says).
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::SeqCst)
+    }
+
+    /// Whether the message at `offset` of `slot` is begun and not complete (its begin or an
+    /// output still unacknowledged).
+    pub fn begun(&self, slot: u16, offset: i64) -> bool {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts
+            .get_mut(usize::from(slot))
+            .is_some_and(|p| p.awaited(offset).is_some_and(|n| *n > 0))
     }
 
     /// End offsets acknowledged so far per (output topic index, partition).
@@ -257,6 +275,23 @@ mod tests {
         t.fail("first".into());
         t.fail("second".into());
         assert_eq!(t.failure().as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn a_message_is_begun_until_complete_or_its_slot_is_reset() {
+        let t = Tracker::default();
+        assert!(!t.begun(0, 5));
+        t.begin(0, 5);
+        t.begin(1, 5);
+        t.begin(0, 6);
+        assert!(t.begun(0, 5) && t.begun(1, 5) && t.begun(0, 6));
+        t.ack(0, 6);
+        assert!(!t.begun(0, 6));
+        assert_eq!(t.resets(), 0);
+        t.reset(0);
+        assert_eq!(t.resets(), 1);
+        assert!(!t.begun(0, 5));
+        assert!(t.begun(1, 5), "another slot's message is still begun");
     }
 
     #[test]
