@@ -1,6 +1,7 @@
-//! The Kafka path: consume `transactions` and `account-events`, call the same
-//! [`Engine::decide`](crate::Engine::decide) as every other entry point, and produce decisions,
-//! freeze requests, notifications and dead letters.
+//! The Kafka path: consume `transactions` and `account-events`, decide with the same engine
+//! and state as every other entry point ([`Engine::decide_batch`](crate::Engine::decide_batch),
+//! which gives the decisions [`Engine::decide`](crate::Engine::decide) would), and produce
+//! decisions, freeze requests, notifications and dead letters.
 //!
 //! Delivery: a source offset is committed only after every output produced for it (and for
 //! every earlier offset of its partition) is acknowledged by the broker. With a state directory,

@@ -375,6 +375,8 @@ struct Ready {
     tx: Transaction,
     slot: u16,
     offset: i64,
+    /// [`Tracker::resets`] when it became ready.
+    resets: u64,
 }
 
 impl std::borrow::Borrow<Transaction> for Ready {
@@ -383,15 +385,16 @@ impl std::borrow::Borrow<Transaction> for Ready {
     }
 }
 
-/// What the loop reuses from one message to the next.
+/// What the loop carries from one message to the next: the transactions waiting to be decided
+/// at the end of its turn, and buffers it reuses.
 #[derive(Debug, Default)]
 struct Work {
     scratch: Scratch,
-    /// Transactions whose turn it is, decided together ([`Pipeline::flush`]): at the end of
-    /// the loop's turn, before an account event is applied, or once [`BATCH`] wait.
+    /// Transactions whose turn it is, decided together ([`Pipeline::decide_ready`]): at the
+    /// end of the loop's turn, before an account event is applied, once [`BATCH`] wait, after
+    /// an alignment check, and when the pipeline stops. Begun in the tracker, not acknowledged:
+    /// no commit or snapshot covers them until they are decided.
     ready: Vec<Ready>,
-    /// [`Tracker::resets`] when the first of `ready` came.
-    ready_resets: u64,
     /// Their decisions.
     decisions: Vec<Decision>,
     /// A decision's JSON.
@@ -1220,8 +1223,12 @@ impl Pipeline {
                 }
                 Some(Err(e)) => {
                     log_kafka_error("consumer", &e, "polling");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // Not while this turn's transactions wait: they are decided first, and the
+                    // next turn's poll waits anyway.
+                    if burst == 0 {
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
                 None if burst > 0 => {}
                 None => {
@@ -1242,7 +1249,7 @@ impl Pipeline {
             }
             // The turn is over: its transactions are decided.
             burst = 0;
-            if let Err(e) = self.flush(&shared, &effects, &mut scratch) {
+            if let Err(e) = self.decide_ready(&shared, &effects, &mut scratch) {
                 break Err(e);
             }
             if (idle || now.duration_since(last_align) >= Duration::from_millis(100))
@@ -1251,7 +1258,7 @@ impl Pipeline {
                 last_align = now;
                 if let Err(e) = self
                     .check_alignment(&shared, &consumer, &effects, &mut scratch)
-                    .and_then(|()| self.flush(&shared, &effects, &mut scratch))
+                    .and_then(|()| self.decide_ready(&shared, &effects, &mut scratch))
                 {
                     break Err(e);
                 }
@@ -1286,6 +1293,10 @@ impl Pipeline {
             }
             Err(e) => {
                 tracing::error!("stopping on error: {e}");
+                // No checkpoint after this (the revoke as the consumer closes would take one):
+                // the state may hold decisions whose outputs were never produced, and a
+                // snapshot of it would make their redelivery look like duplicates.
+                shared.tracker.fail(format!("stopped on error: {e}"));
                 let _ = shared.producer.flush(cfg.shutdown_timeout);
                 return Err(e);
             }
@@ -1417,20 +1428,22 @@ impl Pipeline {
             };
             match event {
                 Event::Tx(tx) => {
-                    if scratch.ready.is_empty() {
-                        scratch.ready_resets = s.tracker.resets();
-                    }
-                    scratch.ready.push(Ready { tx, slot, offset });
+                    let resets = s.tracker.resets();
+                    scratch.ready.push(Ready {
+                        tx,
+                        slot,
+                        offset,
+                        resets,
+                    });
                     if scratch.ready.len() >= BATCH {
-                        self.flush(s, effects, scratch)?;
+                        self.decide_ready(s, effects, scratch)?;
                     }
                     // Acknowledged once decided.
                     continue;
                 }
-                Event::Account(a) => {
+                Event::Account(ref a) => {
                     // The transactions before it are decided first.
-                    self.flush(s, effects, scratch)?;
-                    let a = &a;
+                    self.decide_ready(s, effects, scratch)?;
                     self.engine.observe(a);
                     Stats::bump(&self.stats.account_events);
                     if let Some(ledger) = &s.ledger {
@@ -1459,7 +1472,7 @@ impl Pipeline {
     /// Decides the transactions waiting in `scratch.ready` together
     /// ([`Engine::decide_batch`]), then produces each one's outputs and acknowledges it, in
     /// order.
-    fn flush(
+    fn decide_ready(
         &self,
         s: &Shared,
         effects: &HashSet<u64>,
@@ -1469,12 +1482,13 @@ impl Pipeline {
             return Ok(());
         }
         let mut ready = std::mem::take(&mut scratch.ready);
-        if s.tracker.resets() != scratch.ready_resets {
+        let resets = s.tracker.resets();
+        if ready.iter().any(|r| r.resets != resets) {
             // A rebalance (inside a poll since they came) gave partitions up: their
             // transactions are not decided here; the partitions' next owner reads them from the
             // offsets committed then, which are behind them.
             let before = ready.len();
-            ready.retain(|r| s.tracker.begun(r.slot, r.offset));
+            ready.retain(|r| !s.tracker.reset_since(r.slot, r.resets));
             if ready.len() < before {
                 tracing::info!(
                     "{} transaction(s) of revoked partitions left to their next owner",
@@ -1486,13 +1500,23 @@ impl Pipeline {
         decisions.clear();
         self.engine
             .decide_batch(&ready, &mut scratch.scratch, |_, d| decisions.push(d));
-        let mut result = Ok(());
+        let mut result = if decisions.len() == ready.len() {
+            Ok(())
+        } else {
+            Err(StreamError::Other(format!(
+                "{} decisions for {} transactions",
+                decisions.len(),
+                ready.len()
+            )))
+        };
         for (r, d) in ready.iter().zip(&decisions) {
-            result = self.decided(s, effects, &r.tx, d, scratch, r.slot, r.offset);
             if result.is_err() {
                 break;
             }
-            s.tracker.ack(r.slot, r.offset);
+            result = self.produce_outputs(s, effects, r, d, &mut scratch.json, &mut scratch.effect);
+            if result.is_ok() {
+                s.tracker.ack(r.slot, r.offset);
+            }
         }
         ready.clear();
         decisions.clear();
@@ -1625,7 +1649,7 @@ impl Pipeline {
                 }
             }
         }
-        self.flush(s, effects, scratch)
+        self.decide_ready(s, effects, scratch)
     }
 
     /// Settles (or holds, or declines) a decided transaction in the ledger and produces its
@@ -1683,18 +1707,20 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Produces the outputs of decision `d` of `tx`.
-    #[allow(clippy::too_many_arguments)]
-    fn decided(
+    /// Produces the outputs of decision `d` of `r`'s transaction (`json` and `effect`: buffers).
+    fn produce_outputs(
         &self,
         s: &Shared,
         effects: &HashSet<u64>,
-        tx: &Transaction,
+        r: &Ready,
         d: &Decision,
-        scratch: &mut Work,
-        slot: u16,
-        offset: i64,
+        json: &mut Vec<u8>,
+        effect: &mut String,
     ) -> Result<(), StreamError> {
+        let Ready {
+            tx, slot, offset, ..
+        } = r;
+        let (slot, offset) = (*slot, *offset);
         if d.duplicate {
             // This tx_id was decided already (a producer's retry, a topic replayed): its
             // decision, settlement and effects went out the first time, and a second decision
@@ -1705,15 +1731,15 @@ impl Pipeline {
         }
         Stats::bump(&self.stats.decided);
         Stats::bump(&self.stats.actions[action_index(d.action)]);
-        scratch.json.clear();
-        d.write_json(&mut scratch.json);
-        Effect::Decision.write_id(&tx.tx_id, &mut scratch.effect);
+        json.clear();
+        d.write_json(json);
+        Effect::Decision.write_id(&tx.tx_id, effect);
         s.send(
             effects,
             Out::Decisions,
             tx.tx_id.as_bytes(),
-            &scratch.json,
-            &scratch.effect,
+            json,
+            effect,
             &[],
             slot,
             offset,

@@ -43,6 +43,8 @@ struct Part {
     next: i64,
     /// Every offset below this is complete.
     done: i64,
+    /// [`Tracker::resets`] just after this slot was last reset (0: never).
+    reset_at: u64,
 }
 
 impl Part {
@@ -148,25 +150,26 @@ impl Tracker {
     /// Forgets a slot (its partition was revoked).
     pub fn reset(&self, slot: u16) {
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let resets = self.resets.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(p) = parts.get_mut(usize::from(slot)) {
-            *p = Part::default();
+            *p = Part {
+                reset_at: resets,
+                ..Part::default()
+            };
         }
-        self.resets.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// How many times a slot was reset: a message begun before a change here may have been
-    /// given up with its partition ([`Tracker::begun`] says).
+    /// How many slot resets there have been: a message begun when this was `n` may have been
+    /// given up with its partition only if it has changed since ([`Tracker::reset_since`]).
     pub fn resets(&self) -> u64 {
         self.resets.load(Ordering::SeqCst)
     }
 
-    /// Whether the message at `offset` of `slot` is begun and not complete (its begin or an
-    /// output still unacknowledged).
-    pub fn begun(&self, slot: u16, offset: i64) -> bool {
-        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        parts
-            .get_mut(usize::from(slot))
-            .is_some_and(|p| p.awaited(offset).is_some_and(|n| *n > 0))
+    /// Whether `slot` was reset since [`Tracker::resets`] was `n`: its messages begun before
+    /// then were given up with their partition.
+    pub fn reset_since(&self, slot: u16, n: u64) -> bool {
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts.get(usize::from(slot)).is_some_and(|p| p.reset_at > n)
     }
 
     /// End offsets acknowledged so far per (output topic index, partition).
@@ -191,7 +194,7 @@ impl Tracker {
     }
 
     /// Records a delivery failure (the first one is kept).
-    fn fail(&self, msg: String) {
+    pub(crate) fn fail(&self, msg: String) {
         let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         f.get_or_insert(msg);
         self.has_failed.store(true, Ordering::Release);
@@ -278,20 +281,24 @@ mod tests {
     }
 
     #[test]
-    fn a_message_is_begun_until_complete_or_its_slot_is_reset() {
+    fn resets_are_told_per_slot() {
         let t = Tracker::default();
-        assert!(!t.begun(0, 5));
         t.begin(0, 5);
         t.begin(1, 5);
-        t.begin(0, 6);
-        assert!(t.begun(0, 5) && t.begun(1, 5) && t.begun(0, 6));
-        t.ack(0, 6);
-        assert!(!t.begun(0, 6));
-        assert_eq!(t.resets(), 0);
+        let before = t.resets();
+        assert_eq!(before, 0);
+        assert!(!t.reset_since(0, before) && !t.reset_since(1, before));
         t.reset(0);
-        assert_eq!(t.resets(), 1);
-        assert!(!t.begun(0, 5));
-        assert!(t.begun(1, 5), "another slot's message is still begun");
+        let after = t.resets();
+        assert_eq!(after, 1);
+        assert!(t.reset_since(0, before), "slot 0 was reset after `before`");
+        assert!(!t.reset_since(1, before), "slot 1 was not");
+        assert!(!t.reset_since(0, after), "nothing since `after`");
+        // Begun again after the reset: not given up.
+        t.begin(0, 3);
+        t.reset(1);
+        assert!(!t.reset_since(0, after) && t.reset_since(1, after));
+        assert!(!t.reset_since(7, before), "a slot never used");
     }
 
     #[test]
