@@ -1405,7 +1405,8 @@ impl Pipeline {
 
     /// Applies the events of partition `p` whose turn it is (with `force`, one more first):
     /// account events at once, transactions into `scratch.ready`, decided at the next
-    /// [`Pipeline::flush`] (an account event flushes the transactions before it first).
+    /// [`Pipeline::decide_ready`] (an account event has the transactions before it decided
+    /// first).
     fn step(
         &self,
         s: &Shared,
@@ -1500,24 +1501,20 @@ impl Pipeline {
         decisions.clear();
         self.engine
             .decide_batch(&ready, &mut scratch.scratch, |_, d| decisions.push(d));
-        let mut result = if decisions.len() == ready.len() {
-            Ok(())
+        let result = if decisions.len() == ready.len() {
+            ready.iter().zip(&decisions).try_for_each(|(r, d)| {
+                self.produce_outputs(s, effects, r, d, &mut scratch.json, &mut scratch.effect)?;
+                s.tracker.ack(r.slot, r.offset);
+                Ok(())
+            })
         } else {
+            // Not acknowledged, the missing ones would stall their partitions' commits.
             Err(StreamError::Other(format!(
                 "{} decisions for {} transactions",
                 decisions.len(),
                 ready.len()
             )))
         };
-        for (r, d) in ready.iter().zip(&decisions) {
-            if result.is_err() {
-                break;
-            }
-            result = self.produce_outputs(s, effects, r, d, &mut scratch.json, &mut scratch.effect);
-            if result.is_ok() {
-                s.tracker.ack(r.slot, r.offset);
-            }
-        }
         ready.clear();
         decisions.clear();
         scratch.ready = ready;

@@ -193,14 +193,15 @@ impl Tracker {
         true
     }
 
-    /// Records a delivery failure (the first one is kept).
+    /// Records a failure (the first one is kept): a delivery's, or the error the loop stopped
+    /// on. No checkpoint is taken after it.
     pub(crate) fn fail(&self, msg: String) {
         let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         f.get_or_insert(msg);
         self.has_failed.store(true, Ordering::Release);
     }
 
-    /// The first delivery failure, if any.
+    /// The first failure, if any.
     pub fn failure(&self) -> Option<String> {
         if !self.has_failed.load(Ordering::Acquire) {
             return None;
