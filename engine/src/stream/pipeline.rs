@@ -1172,7 +1172,7 @@ impl Pipeline {
         );
 
         // 4. The loop.
-        let mut scratch = Work::default();
+        let mut work = Work::default();
         let mut last_commit = Instant::now();
         let mut last_snapshot = Instant::now();
         let mut last_message = Instant::now();
@@ -1204,7 +1204,7 @@ impl Pipeline {
                 Some(Ok(m)) => {
                     backoff = Duration::from_millis(100);
                     last_message = now;
-                    if let Err(e) = self.handle(&shared, &effects, &m, &mut scratch, now) {
+                    if let Err(e) = self.handle(&shared, &effects, &m, &mut work, now) {
                         break Err(e);
                     }
                     drop(m);
@@ -1249,7 +1249,7 @@ impl Pipeline {
             }
             // The turn is over: its transactions are decided.
             burst = 0;
-            if let Err(e) = self.decide_ready(&shared, &effects, &mut scratch) {
+            if let Err(e) = self.decide_ready(&shared, &effects, &mut work) {
                 break Err(e);
             }
             if (idle || now.duration_since(last_align) >= Duration::from_millis(100))
@@ -1257,8 +1257,8 @@ impl Pipeline {
             {
                 last_align = now;
                 if let Err(e) = self
-                    .check_alignment(&shared, &consumer, &effects, &mut scratch)
-                    .and_then(|()| self.decide_ready(&shared, &effects, &mut scratch))
+                    .check_alignment(&shared, &consumer, &effects, &mut work)
+                    .and_then(|()| self.decide_ready(&shared, &effects, &mut work))
                 {
                     break Err(e);
                 }
@@ -1285,7 +1285,7 @@ impl Pipeline {
         };
         // 5. Graceful end: flush, snapshot, commit — unless an output failed, in which case
         // nothing past it may be committed.
-        let result = result.and_then(|()| self.release_all(&shared, &effects, &mut scratch));
+        let result = result.and_then(|()| self.release_all(&shared, &effects, &mut work));
         match result {
             Ok(()) => {
                 final_checkpoint(&shared, &consumer)?;
@@ -1313,7 +1313,7 @@ impl Pipeline {
         s: &Shared,
         effects: &HashSet<u64>,
         m: &BorrowedMessage<'_>,
-        scratch: &mut Work,
+        work: &mut Work,
         now: Instant,
     ) -> Result<(), StreamError> {
         let topic = if m.topic() == s.cfg.topics.transactions {
@@ -1394,9 +1394,9 @@ impl Pipeline {
                 };
                 if over {
                     Stats::bump(&self.stats.unaligned);
-                    self.step(s, effects, scratch, p, true)?;
+                    self.step(s, effects, work, p, true)?;
                 }
-                return self.step(s, effects, scratch, p, false);
+                return self.step(s, effects, work, p, false);
             }
         }
         s.tracker.ack(slot, offset);
@@ -1404,14 +1404,14 @@ impl Pipeline {
     }
 
     /// Applies the events of partition `p` whose turn it is (with `force`, one more first):
-    /// account events at once, transactions into `scratch.ready`, decided at the next
+    /// account events at once, transactions into `work.ready`, decided at the next
     /// [`Pipeline::decide_ready`] (an account event has the transactions before it decided
     /// first).
     fn step(
         &self,
         s: &Shared,
         effects: &HashSet<u64>,
-        scratch: &mut Work,
+        work: &mut Work,
         p: i32,
         mut force: bool,
     ) -> Result<(), StreamError> {
@@ -1430,21 +1430,21 @@ impl Pipeline {
             match event {
                 Event::Tx(tx) => {
                     let resets = s.tracker.resets();
-                    scratch.ready.push(Ready {
+                    work.ready.push(Ready {
                         tx,
                         slot,
                         offset,
                         resets,
                     });
-                    if scratch.ready.len() >= BATCH {
-                        self.decide_ready(s, effects, scratch)?;
+                    if work.ready.len() >= BATCH {
+                        self.decide_ready(s, effects, work)?;
                     }
                     // Acknowledged once decided.
                     continue;
                 }
                 Event::Account(ref a) => {
                     // The transactions before it are decided first.
-                    self.decide_ready(s, effects, scratch)?;
+                    self.decide_ready(s, effects, work)?;
                     self.engine.observe(a);
                     Stats::bump(&self.stats.account_events);
                     if let Some(ledger) = &s.ledger {
@@ -1470,19 +1470,19 @@ impl Pipeline {
         }
     }
 
-    /// Decides the transactions waiting in `scratch.ready` together
+    /// Decides the transactions waiting in `work.ready` together
     /// ([`Engine::decide_batch`]), then produces each one's outputs and acknowledges it, in
     /// order.
     fn decide_ready(
         &self,
         s: &Shared,
         effects: &HashSet<u64>,
-        scratch: &mut Work,
+        work: &mut Work,
     ) -> Result<(), StreamError> {
-        if scratch.ready.is_empty() {
+        if work.ready.is_empty() {
             return Ok(());
         }
-        let mut ready = std::mem::take(&mut scratch.ready);
+        let mut ready = std::mem::take(&mut work.ready);
         let resets = s.tracker.resets();
         if ready.iter().any(|r| r.resets != resets) {
             // A rebalance (inside a poll since they came) gave partitions up: their
@@ -1497,13 +1497,13 @@ impl Pipeline {
                 );
             }
         }
-        let mut decisions = std::mem::take(&mut scratch.decisions);
+        let mut decisions = std::mem::take(&mut work.decisions);
         decisions.clear();
         self.engine
-            .decide_batch(&ready, &mut scratch.scratch, |_, d| decisions.push(d));
+            .decide_batch(&ready, &mut work.scratch, |_, d| decisions.push(d));
         let result = if decisions.len() == ready.len() {
             ready.iter().zip(&decisions).try_for_each(|(r, d)| {
-                self.produce_outputs(s, effects, r, d, &mut scratch.json, &mut scratch.effect)?;
+                self.produce_outputs(s, effects, r, d, &mut work.json, &mut work.effect)?;
                 s.tracker.ack(r.slot, r.offset);
                 Ok(())
             })
@@ -1517,8 +1517,8 @@ impl Pipeline {
         };
         ready.clear();
         decisions.clear();
-        scratch.ready = ready;
-        scratch.decisions = decisions;
+        work.ready = ready;
+        work.decisions = decisions;
         result
     }
 
@@ -1529,7 +1529,7 @@ impl Pipeline {
         s: &Shared,
         consumer: &BaseConsumer<Rebalancer>,
         effects: &HashSet<u64>,
-        scratch: &mut Work,
+        work: &mut Work,
     ) -> Result<(), StreamError> {
         let waiting = lock(&s.align).waiting();
         if waiting.is_empty() {
@@ -1614,7 +1614,7 @@ impl Pipeline {
                     .iter()
                     .all(|&side| !empty[side] || silent(side));
             // What may go in order goes first (an end just learnt releases it aligned).
-            self.step(s, effects, scratch, p, false)?;
+            self.step(s, effects, work, p, false)?;
             if late {
                 // Everything that still waited as long goes (each counted), not one event per
                 // check: when the broker never tells the ends, the merge still drains at the
@@ -1622,7 +1622,7 @@ impl Pipeline {
                 let cutoff = Instant::now().checked_sub(ALIGN_WAIT_MAX);
                 while cutoff.is_some_and(|c| lock(&s.align).head_waited(p, c)) {
                     Stats::bump(&self.stats.unaligned);
-                    self.step(s, effects, scratch, p, true)?;
+                    self.step(s, effects, work, p, true)?;
                 }
             }
         }
@@ -1634,19 +1634,19 @@ impl Pipeline {
         &self,
         s: &Shared,
         effects: &HashSet<u64>,
-        scratch: &mut Work,
+        work: &mut Work,
     ) -> Result<(), StreamError> {
         let partitions = lock(&s.align).partitions();
         for p in partitions {
             while lock(&s.align).total() > 0 {
                 let before = lock(&s.align).total();
-                self.step(s, effects, scratch, p, true)?;
+                self.step(s, effects, work, p, true)?;
                 if lock(&s.align).total() == before {
                     break;
                 }
             }
         }
-        self.decide_ready(s, effects, scratch)
+        self.decide_ready(s, effects, work)
     }
 
     /// Settles (or holds, or declines) a decided transaction in the ledger and produces its
