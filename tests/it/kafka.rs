@@ -724,3 +724,142 @@ fn a_restored_member_starts_where_the_group_is_and_never_commits_behind_it() {
     drop(other);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_output_the_broker_cannot_take_stops_the_pipeline_and_a_restart_loses_and_repeats_nothing() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    use vigil_engine::event::Event;
+
+    let b = broker(1);
+    let mut cfg = b.cfg.clone();
+    let dir = std::env::temp_dir().join(format!("vigil-stop-on-error-{}", cfg.group_id));
+    let _ = std::fs::remove_dir_all(&dir);
+    cfg.state_dir = Some(dir.clone());
+    let input = sample();
+    let all = &lines(&input)[..14_000];
+    // The first decision of the sample over 1000 bytes (a block with five reasons): the
+    // failing run's producer may send nothing that large. Every decision before it is
+    // smaller than 800 bytes, so it is the first output refused.
+    let whole = all.join(&b'\n');
+    let want = replay_decisions(&whole);
+    let tx_id = |l: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(l).unwrap()["tx_id"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let big = all
+        .iter()
+        .position(|l| tx_id(l).is_some_and(|id| want[&id].len() > 1000))
+        .unwrap();
+    assert!(
+        all[..big]
+            .iter()
+            .filter_map(|l| tx_id(l))
+            .all(|id| want[&id].len() < 800)
+    );
+    let big_id = tx_id(all[big]).unwrap();
+    // The transactions after it, some of which its batch decides before the pipeline stops.
+    let after: Vec<String> = all[big + 1..]
+        .iter()
+        .filter_map(|l| tx_id(l))
+        .take(16)
+        .collect();
+    let (first, second) = all.split_at(big - 1000);
+
+    // The first part, decided and checkpointed: the snapshot the restart begins from.
+    let n1 = feed(&cfg, &first.join(&b'\n'));
+    run(engine(), &cfg, n1);
+    let n2 = feed(&cfg, &second.join(&b'\n'));
+
+    // The second part, with a producer that may send nothing over 1000 bytes: the big
+    // decision is refused as it is produced, and the pipeline stops on it.
+    let mut small = cfg.clone();
+    small
+        .client
+        .insert("message.max.bytes".into(), "1000".into());
+    small.max_messages = Some(n2);
+    small.idle_exit = Some(Duration::from_secs(30));
+    let failing = engine();
+    failing.keep_recent(64);
+    let err = Pipeline::new(failing.clone(), small)
+        .run()
+        .expect_err("an output over message.max.bytes must stop the pipeline")
+        .to_string();
+    assert!(
+        err.contains(&cfg.topics.decisions) && err.contains("MessageSizeTooLarge"),
+        "{err}"
+    );
+    // What this test is for: transactions decided after it in the same batch, whose outputs
+    // were never produced. (Not every run's batches are cut the same way.)
+    let decided_after = failing.recent_events().iter().any(|e| match e {
+        Event::Tx(t) => after.iter().any(|a| *a == t.tx_id),
+        Event::Account(_) => false,
+    });
+    if !decided_after {
+        eprintln!("the batch ended at the refused transaction this time");
+    }
+
+    // Nothing at or past the refused transaction is committed.
+    let needle = format!("\"tx_id\":\"{big_id}\"");
+    let big_offset = read_all(&cfg, &cfg.topics.transactions)
+        .iter()
+        .find(|r| r.value.contains(&needle))
+        .unwrap()
+        .at
+        .1;
+    let group: BaseConsumer = vigil_engine::stream::client_config(&cfg)
+        .set("group.id", &cfg.group_id)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&cfg.topics.transactions, 0);
+    let committed = group
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    match committed.elements()[0].offset() {
+        Offset::Offset(o) => assert!(o <= big_offset, "committed {o}, refused at {big_offset}"),
+        o => panic!("nothing committed after the first run: {o:?}"),
+    }
+    drop(group);
+
+    // Restarted with a producer that can send it: every transaction decided once, as replay
+    // decides the whole input, with no output lost or sent twice.
+    let mut again = cfg.clone();
+    again.idle_exit = Some(Duration::from_secs(2));
+    let p = Pipeline::new(engine(), again);
+    let stats = p.stats();
+    let s = p.run().unwrap();
+    assert!(
+        s.restored,
+        "the restart began from the first run's snapshot"
+    );
+    let mut got: BTreeMap<String, String> = BTreeMap::new();
+    for r in read_all(&cfg, &cfg.topics.decisions) {
+        let key = r.key.clone();
+        assert!(got.insert(r.key, r.value).is_none(), "{key} decided twice");
+    }
+    let missing: Vec<&String> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(3)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} decisions missing, e.g. {missing:?} ({} decided after the restart)",
+        want.len() - got.len(),
+        want.len(),
+        Stats::get(&stats.decided)
+    );
+    assert_eq!(got.len(), want.len());
+    if exact_order() {
+        let diffs: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .take(3)
+            .map(|(k, v)| format!("want {v}\n got {:?}", got.get(k)))
+            .collect();
+        assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -808,6 +808,10 @@ impl Shared {
         mode: CommitMode,
         why: &str,
     ) -> Result<(), StreamError> {
+        // After a failure nothing is committed: said before waiting for the outputs in flight.
+        if let Some(f) = self.tracker.failure() {
+            return Err(StreamError::Delivery(f));
+        }
         if let Err(e) = flush(&self.producer, self.cfg.shutdown_timeout) {
             return Err(StreamError::Delivery(format!(
                 "outputs not acknowledged within {:.0}s ({e}); nothing committed",
@@ -910,6 +914,7 @@ impl Shared {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
+                    self.tracker.not_sent();
                     return Err(StreamError::Delivery(format!(
                         "cannot produce to {topic}: {e}; offsets are not committed past {offset}"
                     )));

@@ -111,6 +111,13 @@ impl Tracker {
         }
     }
 
+    /// An output [`add`](Self::add)ed that the producer refused: no delivery report will
+    /// come for it, so [`settle`](Self::settle) does not wait for one. Its message stays
+    /// awaited: nothing at or past it is committed.
+    pub(crate) fn not_sent(&self) {
+        self.unreported.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// One output of `offset` acknowledged (or the begin finished).
     pub fn ack(&self, slot: u16, offset: i64) {
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
