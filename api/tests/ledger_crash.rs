@@ -8,13 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use vigil_tests::TempDir;
 
 const TOKEN: &str = "crash-test-token";
 const ACCOUNTS: usize = 12;
@@ -96,13 +97,6 @@ fn wait_ready(port: u16, child: &mut Child, log: &Path) {
     }
 }
 
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// tx_id → (from, to, minor units).
 type Transfers = BTreeMap<String, (usize, usize, i64)>;
 
@@ -112,10 +106,9 @@ fn acct(i: usize) -> String {
 
 #[test]
 fn acknowledged_transfers_survive_sigkill() {
-    let dir = Dir(std::env::temp_dir().join(format!("vigil-ledger-crash-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let journal = dir.0.join("ledger.journal");
-    let log = dir.0.join("serve.log");
+    let dir = TempDir::new("ledger-crash");
+    let journal = dir.join("ledger.journal");
+    let log = dir.join("serve.log");
     let port = free_port();
     let mut child = serve(port, &journal, &log);
     wait_ready(port, &mut child, &log);
@@ -189,7 +182,7 @@ fn acknowledged_transfers_survive_sigkill() {
     );
 
     // Restart from the journal.
-    let log2 = dir.0.join("serve2.log");
+    let log2 = dir.join("serve2.log");
     let mut child = serve(port, &journal, &log2);
     wait_ready(port, &mut child, &log2);
     let restart_log = std::fs::read_to_string(&log2).unwrap_or_default();

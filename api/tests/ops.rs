@@ -2,7 +2,6 @@
 //! reload (a bad pack refused with `file:line:col` and the running pack kept, a good one swapped
 //! and carried by every decision), the audit log and verdict metrics.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -12,21 +11,20 @@ use vigil_engine::ledger::{BookConfig, Ledger};
 use vigil_engine::packs::{self, Reloader};
 use vigil_engine::{Engine, EngineConfig};
 use vigil_rules::PackOptions;
-use vigil_tests::{copy_dir, root};
+use vigil_tests::{TempDir, copy_dir, root};
 
 mod common;
 use common::{ANA, PAY, tokens};
 
 /// A server over a copy of the default pack that the test may edit.
-fn app(name: &str) -> (axum::Router, PathBuf, Arc<Reloader>) {
+fn app(name: &str) -> (axum::Router, TempDir, Arc<Reloader>) {
     let (state, dir, reloader) = app_state(name);
     (router(state), dir, reloader)
 }
 
 /// [`app`]'s state, before it becomes a router.
-fn app_state(name: &str) -> (AppState, PathBuf, Arc<Reloader>) {
-    let dir = std::env::temp_dir().join(format!("vigil-ops-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn app_state(name: &str) -> (AppState, TempDir, Arc<Reloader>) {
+    let dir = TempDir::new(&format!("ops-{name}"));
     copy_dir(&root().join("rules/packs/default"), &dir);
     let pack = packs::load(&dir, &PackOptions::default()).expect("pack");
     let engine = Arc::new(Engine::new(pack, EngineConfig::default()));
@@ -237,7 +235,6 @@ async fn a_bad_pack_is_refused_with_its_position_and_a_good_one_is_swapped_in() 
         .collect();
     assert_eq!(results, ["swapped", "rejected", "rejected"], "{a}");
     assert!(entries.iter().all(|e| e["who"] == "ana"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A transaction from a sanctioned country: `geo.sanctioned_country` blocks it.
@@ -447,7 +444,6 @@ async fn a_snoozed_rule_stays_quiet_for_one_account_until_it_ends() {
     assert_eq!(entries[3]["who"], "ana");
     assert_eq!(entries[3]["snooze_id"], id.as_str());
     assert_eq!(entries[3]["account_id"], "acc-1");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -568,5 +564,4 @@ async fn a_dry_run_says_what_a_candidate_pack_would_change_on_recent_traffic() {
         "{v}"
     );
     assert_eq!(state.0.engine.active().pack.hash, running);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,6 +19,7 @@ use vigil_engine::Engine;
 use vigil_engine::ledger::{BookConfig, Ledger};
 use vigil_engine::metrics::Metrics;
 use vigil_engine::stream::publish::Publisher;
+use vigil_tests::TempDir;
 use vigil_tests::kafka::{Broker, broker, engine, read_all};
 
 mod common;
@@ -239,8 +240,7 @@ async fn http_settlements_go_to_the_settlements_topic_once() {
 /// retry gets the stored answer and publishes nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_hangs_up_before_the_answer_loses_no_record() {
-    let dir = std::env::temp_dir().join(format!("vigil-hangup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("hangup");
     let (ledger, _) = Ledger::open(&dir.join("journal"), BookConfig::default()).unwrap();
     let b = broker(1);
     let (app, _, publisher, _) = publishing_app_on(&b, ledger);
@@ -297,5 +297,4 @@ async fn a_caller_that_hangs_up_before_the_answer_loses_no_record() {
     publisher.flush(Duration::from_secs(10)).unwrap();
     assert_eq!(of(&b.cfg.topics.decisions), 1);
     assert_eq!(of(&b.cfg.topics.settlements), 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }

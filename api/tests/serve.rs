@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use vigil_engine::stream::StreamConfig;
 use vigil_engine::stream::produce::produce;
+use vigil_tests::TempDir;
 use vigil_tests::kafka::{
     assert_same_or_unique, broker, exact_order, expected_effects, lines, one_record_batches,
     read_all, replay_decisions, sample,
@@ -85,29 +86,20 @@ fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn kill_9_and_restart_loses_nothing_and_repeats_nothing() {
     let b = broker(1);
     // The restart reads the input and the outputs from wherever the snapshot left off.
     let cfg = one_record_batches(&b.cfg);
-    let dir = Dir(std::env::temp_dir().join(format!("vigil-kill9-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let state = dir.0.join("state");
+    let dir = TempDir::new("kill9");
+    let state = dir.join("state");
     let input = sample();
     let txs = lines(&input)
         .iter()
         .filter(|l| l.windows(7).any(|w| w == b"\"tx_id\""))
         .count() as i64;
 
-    let log1 = dir.0.join("first.log");
+    let log1 = dir.join("first.log");
     let mut first = serve(&cfg, &state, &log1, &["--log-level", "debug"]);
     let deadline = Instant::now() + Duration::from_secs(90);
     while !log_of(&log1).contains("INFO assigned") {
@@ -164,7 +156,7 @@ fn kill_9_and_restart_loses_nothing_and_repeats_nothing() {
 
     let produced = feeder.join().unwrap();
     assert_eq!(produced.failed, 0);
-    let log2 = dir.0.join("second.log");
+    let log2 = dir.join("second.log");
     // On the embedded broker the restart rejoins its group as the same static member and gets
     // its partitions back at once. tansu 0.6 never expires the killed member and sometimes
     // takes the partitions back from the restarted one and never assigns them again, so

@@ -42,7 +42,7 @@ fn the_default_pack_checks_and_every_rule_has_a_test_that_fires_it() {
 
 #[test]
 fn a_pack_test_that_expects_the_wrong_thing_fails_with_a_diff() {
-    let dir = tempdir("wrong-expectation");
+    let dir = vigil_tests::TempDir::new("wrong-expectation");
     std::fs::write(dir.join("pack.toml"), "[pack]\nname = \"t\"\n[[rule]]\nid = \"big\"\naction = \"review\"\nwhen = \"amount > 100\"\n").unwrap();
     std::fs::create_dir_all(dir.join("tests")).unwrap();
     std::fs::write(
@@ -63,7 +63,7 @@ fn a_pack_test_that_expects_the_wrong_thing_fails_with_a_diff() {
 
 #[test]
 fn an_empty_directory_is_not_a_pack() {
-    let dir = tempdir("empty");
+    let dir = vigil_tests::TempDir::new("empty");
     let err = packs::load(&dir, &PackOptions::default())
         .unwrap_err()
         .to_string();
@@ -71,12 +71,4 @@ fn an_empty_directory_is_not_a_pack() {
         err.ends_with(": no pack here (expected pack.toml and rule files *.toml)"),
         "{err}"
     );
-}
-
-/// A fresh directory under the target dir.
-pub fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("vigil-it-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -483,16 +483,11 @@ fn same_decisions_and_state(
         assert_eq!(b, s, "decision {k}");
     }
     assert_eq!(many.state_stats(), one.state_stats());
-    let dir = std::env::temp_dir().join(format!(
-        "vigil-batch-{}-{}",
-        std::process::id(),
-        config.maintain_every
-    ));
+    let dir = vigil_tests::TempDir::new(&format!("batch-{}", config.maintain_every));
     let (a, b) = (dir.join("one.snap"), dir.join("many.snap"));
     one.save_snapshot(&a, b"").expect("snapshot");
     many.save_snapshot(&b, b"").expect("snapshot");
     let same = std::fs::read(&a).expect("read") == std::fs::read(&b).expect("read");
-    std::fs::remove_dir_all(&dir).ok();
     assert!(same, "the two engines' snapshots differ");
 }
 

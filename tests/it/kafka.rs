@@ -648,9 +648,8 @@ fn a_restored_member_starts_where_the_group_is_and_never_commits_behind_it() {
     let mut cfg = b.cfg.clone();
     cfg.commit_every = Duration::from_millis(100);
     cfg.snapshot_every = Duration::from_millis(200);
-    let dir = std::env::temp_dir().join(format!("vigil-restored-{}", cfg.group_id));
-    let _ = std::fs::remove_dir_all(&dir);
-    cfg.state_dir = Some(dir.clone());
+    let dir = vigil_tests::TempDir::new("restored");
+    cfg.state_dir = Some(dir.to_path_buf());
     let input = sample();
     let all = lines(&input);
     let (first, second) = all.split_at(all.len() / 2);
@@ -722,7 +721,6 @@ fn a_restored_member_starts_where_the_group_is_and_never_commits_behind_it() {
         "decided the second half again"
     );
     drop(other);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -733,9 +731,8 @@ fn an_output_the_broker_cannot_take_stops_the_pipeline_and_a_restart_loses_and_r
 
     let b = broker(1);
     let mut cfg = b.cfg.clone();
-    let dir = std::env::temp_dir().join(format!("vigil-stop-on-error-{}", cfg.group_id));
-    let _ = std::fs::remove_dir_all(&dir);
-    cfg.state_dir = Some(dir.clone());
+    let dir = vigil_tests::TempDir::new("stop-on-error");
+    cfg.state_dir = Some(dir.to_path_buf());
     let input = sample();
     let all = &lines(&input)[..14_000];
     // The first decision of the sample over 1000 bytes (a block with five reasons): the
@@ -861,5 +858,4 @@ fn an_output_the_broker_cannot_take_stops_the_pipeline_and_a_restart_loses_and_r
             .collect();
         assert!(diffs.is_empty(), "{}", diffs.join("\n"));
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

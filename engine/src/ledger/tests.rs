@@ -359,11 +359,35 @@ fn dispute_found_legit_unfreezes() {
     );
 }
 
-fn temp_path(name: &str) -> PathBuf {
+/// A journal's path in a fresh directory of the temp dir, removed when dropped.
+struct TempJournal(PathBuf);
+
+impl std::ops::Deref for TempJournal {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempJournal {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempJournal {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn temp_path(name: &str) -> TempJournal {
     let dir = std::env::temp_dir().join(format!("vigil-ledger-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    dir.join("ledger.journal")
+    TempJournal(dir.join("ledger.journal"))
 }
 
 fn snapshot(l: &Ledger) -> Vec<String> {
