@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use vigil_api::http::{Limits, Role, Token};
+use vigil_engine::state::StateLimits;
 use vigil_engine::stream::{StreamConfig, Topics};
 
 /// The config file.
@@ -40,6 +41,29 @@ pub struct FileConfig {
     pub kafka: BTreeMap<String, String>,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// `[state]`: what the engine holds in memory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Accounts expected: the tables are sized for them (and as many devices, IPs and
+    /// counterparties, four transaction ids each) at the start, so none grows while they
+    /// arrive; a table that grows rehashes a shard while holding it, and every decision on
+    /// that shard waits. 0 (the default): they grow as needed.
+    pub accounts: Option<usize>,
+    /// Most accounts held; past it the least recently active go.
+    pub accounts_max: Option<usize>,
+    /// Most devices, IPs and counterparties held, each.
+    pub keys_max: Option<usize>,
+    /// Most transaction ids remembered for de-duplication.
+    pub tx_ids_max: Option<usize>,
+    /// How long a transaction id is remembered, event time, e.g. "7d".
+    pub tx_id_retention: Option<String>,
+    /// An account idle this long (event time) is forgotten, e.g. "90d".
+    pub account_idle: Option<String>,
 }
 
 /// `[api]`: the HTTP API.
@@ -98,6 +122,10 @@ pub struct Settings {
     pub recent_events: usize,
     /// Events dated further past the clock are decided but not counted (`None`: no check).
     pub clock_ahead: Option<Duration>,
+    /// Accounts the state is sized for at the start (`[state] accounts`).
+    pub accounts_capacity: usize,
+    /// The state's limits.
+    pub state_limits: StateLimits,
 }
 
 /// Default of `clock_ahead`: producers' clocks may run this far ahead.
@@ -330,6 +358,7 @@ pub fn resolve(
         Some(s) => Some(duration(s, "clock_ahead")?).filter(|d| !d.is_zero()),
         None => Some(CLOCK_AHEAD_DEFAULT),
     };
+    let (accounts_capacity, state_limits) = state_settings(&file.state)?;
     let journal = file
         .api
         .journal
@@ -345,7 +374,53 @@ pub fn resolve(
         partitions,
         recent_events,
         clock_ahead,
+        accounts_capacity,
+        state_limits,
     })
+}
+
+/// `[state]` checked: the capacity and the limits.
+fn state_settings(c: &StateConfig) -> Result<(usize, StateLimits)> {
+    let mut l = StateLimits::default();
+    for (value, limit, what) in [
+        (c.accounts_max, &mut l.accounts_max, "state.accounts_max"),
+        (c.keys_max, &mut l.keys_max, "state.keys_max"),
+        (c.tx_ids_max, &mut l.seen_tx_max, "state.tx_ids_max"),
+    ] {
+        match value {
+            Some(0) => bail!("{what}: at least 1"),
+            Some(n) => *limit = n,
+            None => {}
+        }
+    }
+    for (value, limit, what) in [
+        (
+            &c.tx_id_retention,
+            &mut l.seen_tx_ms,
+            "state.tx_id_retention",
+        ),
+        (
+            &c.account_idle,
+            &mut l.account_idle_ms,
+            "state.account_idle",
+        ),
+    ] {
+        if let Some(s) = value {
+            let d = duration(s, what)?;
+            if d.is_zero() {
+                bail!("{what}: longer than 0s");
+            }
+            *limit = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        }
+    }
+    let capacity = c.accounts.unwrap_or(0);
+    if capacity > l.accounts_max {
+        bail!(
+            "state.accounts: {capacity} accounts expected, but state.accounts_max holds {}",
+            l.accounts_max
+        );
+    }
+    Ok((capacity, l))
 }
 
 #[cfg(test)]
@@ -461,6 +536,59 @@ mod tests {
             "r",
         )?;
         assert_eq!(none.clock_ahead, None, "0s: no check");
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn the_state_section_sizes_and_bounds_the_engine() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("vigil-config-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let p = dir.join("vigil.toml");
+        let resolved = |text: &str| {
+            std::fs::write(&p, text)?;
+            resolve(Some(&p), vec![], Overrides::default(), "r")
+        };
+        let s = resolved(
+            "[state]\naccounts = 2000000\naccounts_max = 5000000\nkeys_max = 3000000\ntx_ids_max = 9000000\ntx_id_retention = \"2d\"\naccount_idle = \"30d\"\n",
+        )?;
+        assert_eq!(s.accounts_capacity, 2_000_000);
+        assert_eq!(
+            s.state_limits,
+            StateLimits {
+                accounts_max: 5_000_000,
+                keys_max: 3_000_000,
+                seen_tx_max: 9_000_000,
+                seen_tx_ms: 2 * 86_400_000,
+                account_idle_ms: 30 * 86_400_000,
+            }
+        );
+        let d = resolved("")?;
+        assert_eq!(d.accounts_capacity, 0, "grows as needed");
+        assert_eq!(d.state_limits, StateLimits::default());
+        for (text, want) in [
+            (
+                "[state]\naccounts = 20\naccounts_max = 10\n",
+                "state.accounts: 20 accounts expected, but state.accounts_max holds 10",
+            ),
+            ("[state]\nkeys_max = 0\n", "state.keys_max: at least 1"),
+            (
+                "[state]\ntx_id_retention = \"0s\"\n",
+                "state.tx_id_retention: longer than 0s",
+            ),
+            (
+                "[state]\naccount_idle = \"soon\"\n",
+                "state.account_idle: 'soon' is not a duration",
+            ),
+            (
+                "[state]\naccount = 5\n",
+                "vigil.toml:2:1: unknown field `account`",
+            ),
+        ] {
+            let e = resolved(text).map(|_| ()).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(msg.contains(want), "{text}: {msg}");
+        }
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -168,6 +168,16 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
         Err(code) => return Ok(code),
     };
     tracing::info!("rules: {} from {}", pack.summary(), s.rules.display());
+    let l = &s.state_limits;
+    tracing::info!(
+        "state: sized for {} accounts ([state] accounts); at most {} accounts (idle {}), {} of each other key, {} tx ids (for {})",
+        s.accounts_capacity,
+        l.accounts_max,
+        vigil_rules::num::format_duration(l.account_idle_ms),
+        l.keys_max,
+        l.seen_tx_max,
+        vigil_rules::num::format_duration(l.seen_tx_ms)
+    );
     let engine = Arc::new(Engine::new(
         pack,
         EngineConfig {
@@ -176,6 +186,8 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             // Swept by `maintain_state`, not by whichever decision reaches the count.
             maintain_every: 0,
+            limits: s.state_limits,
+            accounts_capacity: s.accounts_capacity,
             ..EngineConfig::default()
         },
     ));

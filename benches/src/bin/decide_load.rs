@@ -4,7 +4,9 @@
 //! `cargo run --release -p vigil-benches --bin decide-load -- [ACCOUNTS] [EVENTS] [PACK_DIR]
 //! [--one-at-a-time]` (the default pack unless PACK_DIR is given). The timed pass decides in
 //! batches (`Engine::decide_batch`, as replay does) unless `--one-at-a-time` asks for
-//! `decide_into` per transaction (as the Kafka and HTTP paths call it).
+//! `decide_into` per transaction (as the Kafka and HTTP paths call it). The state is sized for
+//! ACCOUNTS up front unless `--capacity N` says otherwise (`--capacity 0`: its tables grow as
+//! accounts arrive, as `vigil serve`'s do without `[state] accounts`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -75,6 +77,18 @@ fn main() {
     let mut args: Vec<String> = std::env::args().collect();
     let one_at_a_time = args.iter().any(|a| a == "--one-at-a-time");
     args.retain(|a| a != "--one-at-a-time");
+    let capacity: Option<usize> = match args.iter().position(|a| a == "--capacity") {
+        Some(i) => {
+            let n = args.get(i + 1).and_then(|a| a.parse().ok());
+            if n.is_none() {
+                eprintln!("--capacity takes a number of accounts");
+                std::process::exit(2);
+            }
+            args.drain(i..i + 2);
+            n
+        }
+        None => None,
+    };
     if args.get(1).map(String::as_str) == Some("--probe") {
         probe(
             args.get(2)
@@ -104,15 +118,24 @@ fn main() {
         }
     };
     let config = EngineConfig {
-        accounts_capacity: accounts as usize,
+        accounts_capacity: capacity.unwrap_or(accounts as usize),
         ..EngineConfig::default()
     };
     let engine = Engine::new(pack, config);
     let mut w = Workload::new(accounts, 7);
     let rss0 = rss_bytes().unwrap_or(0);
+    // The fill's slowest events: a table growing rehashes a shard while holding it.
+    let (mut fill_max, mut fill_slow) = (0u64, 0u64);
+    let t = Instant::now();
     for i in 0..accounts {
-        engine.apply(&w.opened(i));
+        let ev = w.opened(i);
+        let t0 = Instant::now();
+        engine.apply(&ev);
+        let ns = t0.elapsed().as_nanos() as u64;
+        fill_max = fill_max.max(ns);
+        fill_slow += if ns > 100_000 { ns } else { 0 };
     }
+    let fill_secs = t.elapsed().as_secs_f64();
     // Warm-up: every account gets history, so the timed pass runs on full state.
     let warm: Vec<_> = (0..accounts * 2).map(|k| w.tx_for(k % accounts)).collect();
     let t = Instant::now();
@@ -166,7 +189,15 @@ fn main() {
     let t = Instant::now();
     engine.maintain();
     let sweep_ms = t.elapsed().as_secs_f64() * 1e3;
-    println!("accounts            {accounts}");
+    println!(
+        "accounts            {accounts}, state sized for {}",
+        capacity.unwrap_or(accounts as usize)
+    );
+    println!(
+        "fill                {accounts} account_opened in {fill_secs:.2}s; slowest {:.1} ms, {:.0} ms in events over 100µs",
+        fill_max as f64 / 1e6,
+        fill_slow as f64 / 1e6
+    );
     println!(
         "warm-up             {} decisions in {warm_secs:.2}s ({:.0}/s)",
         accounts as usize * 2,
