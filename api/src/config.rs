@@ -436,8 +436,7 @@ mod tests {
 
     #[test]
     fn file_then_env_then_flags() -> Result<()> {
-        let dir = std::env::temp_dir().join(format!("vigil-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let dir = vigil_tests::TempDir::new("config");
         let p = dir.join("vigil.toml");
         std::fs::write(
             &p,
@@ -472,14 +471,12 @@ mod tests {
             s.stream.client.get("sasl.mechanisms").map(String::as_str),
             Some("PLAIN")
         );
-        std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
 
     #[test]
     fn bad_settings_are_named() -> Result<()> {
-        let dir = std::env::temp_dir().join(format!("vigil-config-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let dir = vigil_tests::TempDir::new("config-bad");
         let p = dir.join("vigil.toml");
         std::fs::write(&p, "brokers = \"b:1\"\ngroupid = \"x\"\n")?;
         let e = resolve(Some(&p), vec![], Overrides::default(), "r")
@@ -536,14 +533,12 @@ mod tests {
             "r",
         )?;
         assert_eq!(none.clock_ahead, None, "0s: no check");
-        std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
 
     #[test]
     fn the_state_section_sizes_and_bounds_the_engine() -> Result<()> {
-        let dir = std::env::temp_dir().join(format!("vigil-config-state-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let dir = vigil_tests::TempDir::new("config-state");
         let p = dir.join("vigil.toml");
         let resolved = |text: &str| {
             std::fs::write(&p, text)?;
@@ -589,7 +584,6 @@ mod tests {
             let msg = format!("{e:#}");
             assert!(msg.contains(want), "{text}: {msg}");
         }
-        std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
 }

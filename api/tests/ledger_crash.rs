@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use vigil_tests::TempDir;
+use vigil_tests::{Running, TempDir};
 
 const TOKEN: &str = "crash-test-token";
 const ACCOUNTS: usize = 12;
@@ -33,20 +33,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn serve(port: u16, journal: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["serve", "--http", &format!("127.0.0.1:{port}")])
-        .arg("--journal")
-        .arg(journal)
-        .env(
-            "VIGIL_API_TOKENS",
-            format!("loadgen:payment_service:{TOKEN}"),
-        )
-        .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+fn serve(port: u16, journal: &Path, log: &Path) -> Running {
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["serve", "--http", &format!("127.0.0.1:{port}")])
+            .arg("--journal")
+            .arg(journal)
+            .env(
+                "VIGIL_API_TOKENS",
+                format!("loadgen:payment_service:{TOKEN}"),
+            )
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// One request on its own connection: (status, body).

@@ -16,7 +16,8 @@ use vigil_tests::{TempDir, copy_dir, root};
 mod common;
 use common::{ANA, PAY, tokens};
 
-/// A server over a copy of the default pack that the test may edit.
+/// A server over a copy of the default pack that the test may edit (in the [`TempDir`]: keep
+/// it bound while the server runs, dropping it removes the pack).
 fn app(name: &str) -> (axum::Router, TempDir, Arc<Reloader>) {
     let (state, dir, reloader) = app_state(name);
     (router(state), dir, reloader)

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -16,54 +16,56 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use vigil_engine::stream::StreamConfig;
 use vigil_engine::stream::produce::produce;
-use vigil_tests::TempDir;
 use vigil_tests::kafka::{
     assert_same_or_unique, broker, exact_order, expected_effects, lines, one_record_batches,
     read_all, replay_decisions, sample,
 };
+use vigil_tests::{Running, TempDir};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
 /// `vigil serve` on the test's broker and topics, logging to `log`.
-fn serve(cfg: &StreamConfig, state: &Path, log: &Path, extra: &[&str]) -> Child {
+fn serve(cfg: &StreamConfig, state: &Path, log: &Path, extra: &[&str]) -> Running {
     let t = &cfg.topics;
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args([
-            "serve",
-            "--brokers",
-            &cfg.brokers,
-            "--group-id",
-            &cfg.group_id,
-        ])
-        .arg("--state-dir")
-        .arg(state)
-        .args(extra)
-        // The restart is the same member: it gets its partitions back without waiting for
-        // the killed one's session to time out (which tansu never does).
-        .args(["--instance-id", "vigil-kill9"])
-        .env("VIGIL_SNAPSHOT_EVERY", "200ms")
-        .env("VIGIL_TOPIC_TRANSACTIONS", &t.transactions)
-        .env("VIGIL_TOPIC_ACCOUNT_EVENTS", &t.account_events)
-        .env("VIGIL_TOPIC_DECISIONS", &t.decisions)
-        .env("VIGIL_TOPIC_FREEZES", &t.freezes)
-        .env("VIGIL_TOPIC_NOTIFICATIONS", &t.notifications)
-        .env("VIGIL_TOPIC_DLQ", &t.dlq)
-        .env("VIGIL_TOPIC_SETTLEMENTS", &t.settlements)
-        .args(["--http", "off"])
-        // The test's client properties (see `broker`), as VIGIL_KAFKA_* overrides.
-        .envs(cfg.client.iter().map(|(k, v)| {
-            (
-                format!("VIGIL_KAFKA_{}", k.to_ascii_uppercase().replace('.', "_")),
-                v.clone(),
-            )
-        }))
-        .current_dir(root())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args([
+                "serve",
+                "--brokers",
+                &cfg.brokers,
+                "--group-id",
+                &cfg.group_id,
+            ])
+            .arg("--state-dir")
+            .arg(state)
+            .args(extra)
+            // The restart is the same member: it gets its partitions back without waiting for
+            // the killed one's session to time out (which tansu never does).
+            .args(["--instance-id", "vigil-kill9"])
+            .env("VIGIL_SNAPSHOT_EVERY", "200ms")
+            .env("VIGIL_TOPIC_TRANSACTIONS", &t.transactions)
+            .env("VIGIL_TOPIC_ACCOUNT_EVENTS", &t.account_events)
+            .env("VIGIL_TOPIC_DECISIONS", &t.decisions)
+            .env("VIGIL_TOPIC_FREEZES", &t.freezes)
+            .env("VIGIL_TOPIC_NOTIFICATIONS", &t.notifications)
+            .env("VIGIL_TOPIC_DLQ", &t.dlq)
+            .env("VIGIL_TOPIC_SETTLEMENTS", &t.settlements)
+            .args(["--http", "off"])
+            // The test's client properties (see `broker`), as VIGIL_KAFKA_* overrides.
+            .envs(cfg.client.iter().map(|(k, v)| {
+                (
+                    format!("VIGIL_KAFKA_{}", k.to_ascii_uppercase().replace('.', "_")),
+                    v.clone(),
+                )
+            }))
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Messages on `topic` now (sum of high watermarks).

@@ -823,7 +823,7 @@ fn an_output_the_broker_cannot_take_stops_the_pipeline_and_a_restart_loses_and_r
     // Restarted with a producer that can send it: every transaction decided once, as replay
     // decides the whole input, with no output lost or sent twice.
     let mut again = cfg.clone();
-    again.idle_exit = Some(Duration::from_secs(2));
+    again.idle_exit = Some(Duration::from_secs(4));
     let p = Pipeline::new(engine(), again);
     let stats = p.stats();
     let s = p.run().unwrap();

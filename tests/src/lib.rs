@@ -46,6 +46,31 @@ impl Drop for TempDir {
     }
 }
 
+/// A child process killed (and reaped) when dropped, so a failing test leaves no server
+/// running; bound after the [`TempDir`] it writes to, it is dropped first.
+#[derive(Debug)]
+pub struct Running(pub std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Copies the directory `from` (recursively) to `to`, e.g. a pack a test may edit.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));

@@ -801,7 +801,8 @@ impl Shared {
         self.cfg.state_dir.as_ref().map(|d| d.join(SNAPSHOT_FILE))
     }
 
-    /// Flushes outputs, snapshots state (with a state directory) and commits positions.
+    /// Flushes outputs, snapshots state (with a state directory) and commits positions; after a
+    /// failure ([`Tracker::fail`], or a delivery's) none of that, not even the flush.
     fn checkpoint(
         &self,
         consumer: &BaseConsumer<Rebalancer>,

@@ -310,6 +310,19 @@ mod tests {
     }
 
     #[test]
+    fn an_output_the_producer_refused_is_not_waited_for_but_holds_its_message() {
+        let t = Tracker::default();
+        t.begin(0, 5);
+        t.add(0, 5);
+        t.ack(0, 5); // the begin finished; the output is still awaited
+        assert!(!t.settle(Duration::ZERO), "a delivery report is awaited");
+        t.not_sent();
+        assert!(t.settle(Duration::ZERO), "no report will come for it");
+        assert_eq!(t.done(0), Some(5), "nothing at or past 5 may be committed");
+        assert!(t.in_flight(0));
+    }
+
+    #[test]
     fn acknowledgements_out_of_order_and_at_either_end() {
         let t = Tracker::default();
         for o in 10..15 {
