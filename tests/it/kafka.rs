@@ -41,13 +41,7 @@ fn one_partition_decides_exactly_as_replay() {
         "decided unaligned ({} pauses)",
         Stats::get(&stats.paused)
     );
-    let diffs: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| got.get(*k) != Some(*v))
-        .take(3)
-        .map(|(k, v)| format!("want {v}\n got {:?}", got.get(k)))
-        .collect();
-    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    assert_same_decisions(&got, &want);
 }
 
 #[test]
@@ -729,6 +723,13 @@ fn an_output_the_broker_cannot_take_stops_the_pipeline_and_a_restart_loses_and_r
     use rdkafka::{Offset, TopicPartitionList};
     use vigil_engine::event::Event;
 
+    // Which output is refused is known from replay's decisions, which the pipeline matches
+    // only where the broker lets it read in exact event-time order (see `exact_order`): on
+    // tansu the big decision sometimes comes out smaller, and nothing is refused.
+    if !exact_order() {
+        eprintln!("skipped: needs replay's exact decisions (the embedded broker)");
+        return;
+    }
     let b = broker(1);
     let mut cfg = b.cfg.clone();
     let dir = vigil_tests::TempDir::new("stop-on-error");
@@ -767,7 +768,7 @@ fn an_output_the_broker_cannot_take_stops_the_pipeline_and_a_restart_loses_and_r
     // The first part, decided and checkpointed: the snapshot the restart begins from.
     let n1 = feed(&cfg, &first.join(&b'\n'));
     run(engine(), &cfg, n1);
-    let n2 = feed(&cfg, &second.join(&b'\n'));
+    feed(&cfg, &second.join(&b'\n'));
 
     // The second part, with a producer that may send nothing over 1000 bytes: the big
     // decision is refused as it is produced, and the pipeline stops on it.
@@ -775,8 +776,9 @@ fn an_output_the_broker_cannot_take_stops_the_pipeline_and_a_restart_loses_and_r
     small
         .client
         .insert("message.max.bytes".into(), "1000".into());
-    small.max_messages = Some(n2);
-    small.idle_exit = Some(Duration::from_secs(30));
+    // Until the refusal, not for n2 messages: on tansu the snapshot's offsets can be short of
+    // the first part's end, so some of it is read again.
+    small.idle_exit = Some(Duration::from_secs(10));
     let failing = engine();
     failing.keep_recent(64);
     let err = Pipeline::new(failing.clone(), small)
@@ -849,13 +851,5 @@ fn an_output_the_broker_cannot_take_stops_the_pipeline_and_a_restart_loses_and_r
         Stats::get(&stats.decided)
     );
     assert_eq!(got.len(), want.len());
-    if exact_order() {
-        let diffs: Vec<_> = want
-            .iter()
-            .filter(|(k, v)| got.get(*k) != Some(*v))
-            .take(3)
-            .map(|(k, v)| format!("want {v}\n got {:?}", got.get(k)))
-            .collect();
-        assert!(diffs.is_empty(), "{}", diffs.join("\n"));
-    }
+    assert_same_decisions(&got, &want);
 }

@@ -219,6 +219,18 @@ pub fn replay_decisions(input: &[u8]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Asserts that every decision of `want` (tx_id → JSON, as [`replay_decisions`] gives) is in
+/// `got` byte for byte, showing the first three that are not.
+pub fn assert_same_decisions(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>) {
+    let diffs: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(*v))
+        .take(3)
+        .map(|(k, v)| format!("want {v}\n got {:?}", got.get(k)))
+        .collect();
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
 /// Produces raw `(topic, key, payload)` records as they are, acknowledged before it returns.
 pub fn produce_raw(cfg: &StreamConfig, records: &[(&str, &str, Vec<u8>)]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
