@@ -6,7 +6,9 @@
 //! batches (`Engine::decide_batch`, as replay does) unless `--one-at-a-time` asks for
 //! `decide_into` per transaction (as the Kafka and HTTP paths call it). The state is sized for
 //! ACCOUNTS up front unless `--capacity N` says otherwise (`--capacity 0`: its tables grow as
-//! accounts arrive, as `vigil serve`'s do without `[state] accounts`).
+//! accounts arrive, as `vigil serve`'s do without `[state] accounts`). `--sweeper` sweeps idle
+//! state on a thread of its own during the timed pass, every 50 ms, as `vigil serve` does every
+//! 10 s (the decisions then never sweep inline): what a sweep makes the decisions wait.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -77,6 +79,8 @@ fn main() {
     let mut args: Vec<String> = std::env::args().collect();
     let one_at_a_time = args.iter().any(|a| a == "--one-at-a-time");
     args.retain(|a| a != "--one-at-a-time");
+    let sweeper = args.iter().any(|a| a == "--sweeper");
+    args.retain(|a| a != "--sweeper");
     let capacity: Option<usize> = match args.iter().position(|a| a == "--capacity") {
         Some(i) => {
             let n = args.get(i + 1).and_then(|a| a.parse().ok());
@@ -119,6 +123,11 @@ fn main() {
     };
     let config = EngineConfig {
         accounts_capacity: capacity.unwrap_or(accounts as usize),
+        maintain_every: if sweeper {
+            0
+        } else {
+            EngineConfig::default().maintain_every
+        },
         ..EngineConfig::default()
     };
     let engine = Engine::new(pack, config);
@@ -163,23 +172,39 @@ fn main() {
     perf_ctl("enable\n");
     let t = Instant::now();
     let mut flagged = 0u64;
-    if one_at_a_time {
-        for tx in &txs {
-            let t0 = Instant::now();
-            let d = engine.decide_into(tx, &mut out);
-            hist.saturating_record(t0.elapsed().as_nanos() as u64);
-            flagged += u64::from(d.action != vigil_rules::Action::Allow);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (mut sweeps, mut sweep_max_ms) = (0u32, 0f64);
+    std::thread::scope(|s| {
+        if sweeper {
+            s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    engine.maintain();
+                    sweeps += 1;
+                    sweep_max_ms = sweep_max_ms.max(t.elapsed().as_secs_f64() * 1e3);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            });
         }
-    } else {
-        // A decision's latency: from the one before it (or the start) to its own.
-        let mut t0 = Instant::now();
-        engine.decide_batch(&txs, &mut out, |_, d| {
-            let now = Instant::now();
-            hist.saturating_record(now.duration_since(t0).as_nanos() as u64);
-            t0 = now;
-            flagged += u64::from(d.action != vigil_rules::Action::Allow);
-        });
-    }
+        if one_at_a_time {
+            for tx in &txs {
+                let t0 = Instant::now();
+                let d = engine.decide_into(tx, &mut out);
+                hist.saturating_record(t0.elapsed().as_nanos() as u64);
+                flagged += u64::from(d.action != vigil_rules::Action::Allow);
+            }
+        } else {
+            // A decision's latency: from the one before it (or the start) to its own.
+            let mut t0 = Instant::now();
+            engine.decide_batch(&txs, &mut out, |_, d| {
+                let now = Instant::now();
+                hist.saturating_record(now.duration_since(t0).as_nanos() as u64);
+                t0 = now;
+                flagged += u64::from(d.action != vigil_rules::Action::Allow);
+            });
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
     let secs = t.elapsed().as_secs_f64();
     perf_ctl("disable\n");
     let rss2 = rss_bytes().unwrap_or(0);
@@ -225,12 +250,20 @@ fn main() {
         .filter(|v| v.value_iterated_to() > 100_000)
         .map(|v| v.value_iterated_to() * v.count_at_value())
         .sum();
+    let over = |ns: u64| hist.count_between(ns + 1, hist.max().max(ns + 1));
     println!(
-        "                    mean {:.2}µs; {:.0} ms in decisions over 100µs",
+        "                    mean {:.2}µs; {:.0} ms in decisions over 100µs; {} decisions over 100µs, {} over 1 ms",
         hist.mean() / 1e3,
-        slow_ns as f64 / 1e6
+        slow_ns as f64 / 1e6,
+        over(100_000),
+        over(1_000_000)
     );
     println!("flagged             {flagged}");
+    if sweeper {
+        println!(
+            "sweeper             {sweeps} sweeps on their own thread during the timed pass, the longest {sweep_max_ms:.1} ms"
+        );
+    }
     println!(
         "sweep               idle-state eviction, the stores due (see `State::maintain`): {sweep_ms:.1} ms"
     );
