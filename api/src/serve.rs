@@ -317,7 +317,11 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
         )?),
         None => None,
     };
-    let pipeline = Pipeline::new(engine.clone(), cfg).with_ledger(ledger.clone());
+    // SIGINT/SIGTERM set `stop`: the pipeline stops consuming, finishes what is in flight,
+    // flushes, snapshots and commits.
+    let pipeline = Pipeline::new(engine.clone(), cfg)
+        .with_ledger(ledger.clone())
+        .with_stop(stop.clone());
     let stats = pipeline.stats();
     state.0.metrics.watch_stream(stats.clone());
     let result = pipeline.run();

@@ -1,5 +1,5 @@
-//! `vigil serve` as a process: killed with SIGKILL in the middle of the stream and restarted,
-//! it loses no decision, repeats no effect and counts no event twice.
+//! `vigil serve` as a process: killed with SIGKILL, or stopped with SIGTERM, in the middle of
+//! the stream and restarted, it loses no decision, repeats no effect and counts no event twice.
 //!
 //! The broker is the in-process mock cluster of this test, or with `VIGIL_TEST_BROKERS` an
 //! external one (CI runs this against tansu).
@@ -88,12 +88,38 @@ fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// How the test stops the first `vigil serve`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    /// SIGKILL: no flush, no snapshot, no commit.
+    Kill,
+    /// SIGTERM: a graceful stop (flush, snapshot, commit), which must end the process.
+    Term,
+}
+
+/// Messages `vigil serve` said it handled ("stopped cleanly after N messages"), if it said so.
+fn handled_in(log: &str) -> Option<u64> {
+    log.split("stopped cleanly after ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+}
+
 #[test]
 fn kill_9_and_restart_loses_nothing_and_repeats_nothing() {
+    interrupt_and_restart(Stop::Kill);
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_a_restart_repeats_nothing() {
+    interrupt_and_restart(Stop::Term);
+}
+
+fn interrupt_and_restart(how: Stop) {
     let b = broker(1);
     // The restart reads the input and the outputs from wherever the snapshot left off.
     let cfg = one_record_batches(&b.cfg);
-    let dir = TempDir::new("kill9");
+    let dir = TempDir::new(&format!("{how:?}").to_lowercase());
     let state = dir.join("state");
     let input = sample();
     let txs = lines(&input)
@@ -152,9 +178,45 @@ fn kill_9_and_restart_loses_nothing_and_repeats_nothing() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    eprintln!("--- first vigil serve, killed:\n{}", log_of(&log1));
+    // Messages the first process handled, when it says (a graceful stop).
+    let mut handled_first = None;
+    match how {
+        Stop::Kill => {
+            first.kill().unwrap(); // SIGKILL
+            first.wait().unwrap();
+            eprintln!("--- first vigil serve, killed:\n{}", log_of(&log1));
+        }
+        Stop::Term => {
+            let pid = first.id().to_string();
+            let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            assert!(sent.success(), "kill -TERM {pid} failed");
+            // Its shutdown waits at most the producer's flush (shutdown_timeout, 10 s).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                if let Some(s) = first.try_wait().unwrap() {
+                    break s;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "vigil serve still running 30 s after SIGTERM:\n{}",
+                    log_of(&log1)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let log = log_of(&log1);
+            eprintln!("--- first vigil serve, stopped by SIGTERM:\n{log}");
+            assert!(status.success(), "exit after SIGTERM: {status}\n{log}");
+            assert!(
+                log.contains("stopping gracefully"),
+                "the signal was not taken:\n{log}"
+            );
+            handled_first = handled_in(&log);
+            assert!(
+                handled_first.is_some_and(|n| n > 0),
+                "no clean stop after SIGTERM:\n{log}"
+            );
+        }
+    }
 
     let produced = feeder.join().unwrap();
     assert_eq!(produced.failed, 0);
@@ -199,13 +261,18 @@ fn kill_9_and_restart_loses_nothing_and_repeats_nothing() {
     // Every transaction decided exactly once, and exactly as one uninterrupted replay decides
     // it: an event counted twice in a window (or lost) would change later decisions.
     let decisions = read_all(&cfg, &cfg.topics.decisions);
-    let handled: u64 = log
-        .split("stopped cleanly after ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let handled = handled_in(&log).unwrap_or(0);
     assert!(handled > 0, "the restart handled nothing:\n{log}");
+    if let Some(first) = handled_first.filter(|_| exact_order()) {
+        // A graceful stop committed and snapshotted all it handled: the restart reads on from
+        // there, so between them every input message was handled exactly once.
+        let total = produced.transactions + produced.account_events;
+        assert_eq!(
+            first + handled,
+            total,
+            "handled {first} before SIGTERM and {handled} after, of {total}:\n{log}"
+        );
+    }
     let mut got = BTreeMap::new();
     let mut at = BTreeMap::new();
     for r in &decisions {

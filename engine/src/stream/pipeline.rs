@@ -1066,6 +1066,13 @@ impl Pipeline {
         self.stop.clone()
     }
 
+    /// Stops gracefully once `stop` is set (instead of a flag of its own): e.g. the flag a
+    /// process's SIGTERM handler sets.
+    pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Pipeline {
+        self.stop = stop;
+        self
+    }
+
     /// Runs until stopped (or a configured message count or idle time is reached), then
     /// flushes, snapshots and commits.
     pub fn run(&self) -> Result<Summary, StreamError> {
