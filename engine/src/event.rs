@@ -627,9 +627,10 @@ fn amount(raw: Option<Cow<'_, str>>, currency: Currency) -> Result<i64, EventErr
     }
 }
 
-/// [`amount`] through the decimal parser: any form it accepts, and the error messages.
+/// [`amount`] through the decimal parser: any form it accepts but exponents and digit
+/// separators (`1_000` is a valid Rust literal, not an amount), and the error messages.
 fn decimal_amount(s: &str, currency: Currency) -> Result<i64, EventError> {
-    if s.len() > 32 || s.contains(['e', 'E']) {
+    if s.len() > 32 || s.contains(['e', 'E', '_']) {
         return Err(bad("amount", format!("'{s}' is not a plain decimal")));
     }
     let d = Decimal::from_str(s)
@@ -926,6 +927,18 @@ mod tests {
             (
                 GOOD.replace("\"250.00\"", "\"1e3\""),
                 "amount: '1e3' is not a plain decimal",
+            ),
+            (
+                GOOD.replace("\"250.00\"", "\"1_000\""),
+                "amount: '1_000' is not a plain decimal",
+            ),
+            (
+                GOOD.replace("\"250.00\"", "\"1_0.0_0\""),
+                "amount: '1_0.0_0' is not a plain decimal",
+            ),
+            (
+                GOOD.replace("\"250.00\"", "\"5_\""),
+                "amount: '5_' is not a plain decimal",
             ),
             (
                 GOOD.replace("USD", "XYZ"),
