@@ -365,25 +365,30 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
         fraud_rate: a.fraud_rate,
         ..traffic::GenConfig::default()
     };
-    let file = std::fs::File::create(&a.out)
+    // Written beside the target and renamed over it once complete: a bad argument, a full
+    // disk or an interrupt leaves an existing file as it was, never half written.
+    let name = a.out.file_name().map_or_else(
+        || std::ffi::OsString::from("gen"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = a.out.with_file_name(tmp_name);
+    let file = std::fs::File::create(&tmp)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let bar = progress_bar(a.quiet, "gen");
-    let mut progress = |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
+    let written = write_traffic(a, &cfg, file).and_then(|stats| {
+        std::fs::rename(&tmp, &a.out)
+            .with_context(|| format!("cannot write {}", a.out.display()))?;
+        Ok(stats)
+    });
+    let stats = match written {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
     };
-    let stats = if a.out.extension().is_some_and(|e| e == "gz") {
-        let mut gz = vigil_engine::replay::gz_writer(file);
-        let s = traffic::generate(&cfg, &mut gz, &mut progress)?;
-        gz.finish()?.flush()?;
-        s
-    } else {
-        let mut w = BufWriter::new(file);
-        let s = traffic::generate(&cfg, &mut w, &mut progress)?;
-        w.flush()?;
-        s
-    };
-    bar.finish_and_clear();
     say(format!(
         "wrote {}: {} events ({} transactions, {} account events), {} fraud transactions",
         a.out.display(),
@@ -396,6 +401,32 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
         say(format!("  {name:<20} {n}"));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Generates `cfg`'s traffic into `file` (gzip when `a.out` ends in `.gz`).
+fn write_traffic(
+    a: &GenArgs,
+    cfg: &traffic::GenConfig,
+    file: std::fs::File,
+) -> Result<traffic::GenStats> {
+    let bar = progress_bar(a.quiet, "gen");
+    let mut progress = |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let stats = if a.out.extension().is_some_and(|e| e == "gz") {
+        let mut gz = vigil_engine::replay::gz_writer(file);
+        let s = traffic::generate(cfg, &mut gz, &mut progress)?;
+        gz.finish()?.flush()?;
+        s
+    } else {
+        let mut w = BufWriter::new(file);
+        let s = traffic::generate(cfg, &mut w, &mut progress)?;
+        w.flush()?;
+        s
+    };
+    bar.finish_and_clear();
+    Ok(stats)
 }
 
 /// Writes a line to stdout; a closed pipe (`vigil ... | head`) ends the program quietly

@@ -487,6 +487,32 @@ fn gen_is_deterministic_per_seed_and_gzips_dot_gz() {
     assert!(line.contains(" 0 rejected,"), "{line}");
 }
 
+#[test]
+fn a_gen_that_fails_leaves_the_file_it_would_replace_as_it_was() {
+    let tmp = Scratch::new("gen-fails");
+    let out = tmp.write("keep.jsonl", "precious\n");
+    let o = vigil(&[
+        "gen",
+        "--accounts",
+        "5",
+        "--days",
+        "1",
+        "--fraud-rate",
+        "2",
+        "--out",
+        s(&out),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fraud_rate must be within [0, 1], got 2"));
+    assert_eq!(fs::read_to_string(&out).expect("kept"), "precious\n");
+    let left: Vec<_> = fs::read_dir(&tmp.0)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["keep.jsonl"], "a temporary file was left behind");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad invocations
 
