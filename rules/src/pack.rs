@@ -166,9 +166,9 @@ struct PackDe {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ThresholdsDe {
-    review: Option<i64>,
-    step_up: Option<i64>,
-    block: Option<i64>,
+    review: Option<Spanned<i64>>,
+    step_up: Option<Spanned<i64>>,
+    block: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -356,24 +356,32 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
         if let Some(p) = d.pack.take() {
             let span = p.span();
             let t = &p.get_ref().thresholds;
-            let set: Vec<(&str, i64)> = [
-                ("review", t.review),
-                ("step_up", t.step_up),
-                ("block", t.block),
+            // (name, value, where the value is written)
+            let set: Vec<(&str, i64, usize)> = [
+                ("review", &t.review),
+                ("step_up", &t.step_up),
+                ("block", &t.block),
             ]
             .into_iter()
-            .filter_map(|(n, v)| v.map(|v| (n, v)))
+            .filter_map(|(n, v)| v.as_ref().map(|v| (n, *v.get_ref(), v.span().start)))
             .collect();
-            if let Some((n, v)) = set
-                .iter()
-                .find(|(_, v)| *v <= 0 || *v > SCORE_ABS_MAX * 1000)
-            {
-                diags.push(Diagnostic::at(f, span.start, format!("threshold {n} = {v} must be above 0 (a total of 0 is what every allowed transaction scores)")));
-            } else if set.windows(2).any(|w| w[0].1 > w[1].1) {
+            let max = SCORE_ABS_MAX * 1000;
+            if let Some((n, v, at)) = set.iter().find(|(_, v, _)| *v <= 0) {
+                diags.push(Diagnostic::at(f, *at, format!("threshold {n} = {v} must be above 0 (a total of 0 is what every allowed transaction scores)")));
+            } else if let Some((n, v, at)) = set.iter().find(|(_, v, _)| *v > max) {
                 diags.push(Diagnostic::at(
                     f,
-                    span.start,
-                    "thresholds must rise with the action: review <= step_up <= block",
+                    *at,
+                    format!("threshold {n} = {v} is more than the limit of {max}"),
+                ));
+            } else if let Some(w) = set.windows(2).find(|w| w[0].1 > w[1].1) {
+                diags.push(Diagnostic::at(
+                    f,
+                    w[1].2,
+                    format!(
+                        "thresholds must rise with the action: review <= step_up <= block ({} = {} is below {} = {})",
+                        w[1].0, w[1].1, w[0].0, w[0].1
+                    ),
                 ));
             }
             if let Some((_, first)) = &pack {
@@ -776,9 +784,9 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
             lists,
             uses_home_countries,
             thresholds: Thresholds {
-                review: t.review,
-                step_up: t.step_up,
-                block: t.block,
+                review: t.review.map(Spanned::into_inner),
+                step_up: t.step_up.map(Spanned::into_inner),
+                block: t.block.map(Spanned::into_inner),
             },
         },
         lists: list_info,

@@ -142,11 +142,19 @@ fn scores_and_thresholds_are_bounded_and_ordered() {
     };
     assert_eq!(
         err("review = 0\n"),
-        "p.toml:1:1: threshold review = 0 must be above 0 (a total of 0 is what every allowed transaction scores)"
+        "p.toml:4:10: threshold review = 0 must be above 0 (a total of 0 is what every allowed transaction scores)"
     );
     assert_eq!(
         err("review = 50\nblock = 40\n"),
-        "p.toml:1:1: thresholds must rise with the action: review <= step_up <= block"
+        "p.toml:5:9: thresholds must rise with the action: review <= step_up <= block (block = 40 is below review = 50)"
+    );
+    assert_eq!(
+        err("review = 100\nstep_up = 60\nblock = 80\n"),
+        "p.toml:5:11: thresholds must rise with the action: review <= step_up <= block (step_up = 60 is below review = 100)"
+    );
+    assert_eq!(
+        err("review = 10\nblock = 1000000001\n"),
+        "p.toml:5:9: threshold block = 1000000001 is more than the limit of 1000000000"
     );
 }
 
