@@ -84,6 +84,23 @@ fn count(c: &BaseConsumer, topic: &str) -> i64 {
         .sum()
 }
 
+/// Waits up to `secs` for `child` to exit (its log at `log`); panics, naming `when`, if it
+/// does not (the child is then killed as it drops).
+fn exit_within(child: &mut Running, secs: u64, when: &str, log: &Path) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vigil serve still running {secs} s {when}:\n{}",
+            log_of(log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -191,18 +208,7 @@ fn interrupt_and_restart(how: Stop) {
             let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
             assert!(sent.success(), "kill -TERM {pid} failed");
             // Its shutdown waits at most the producer's flush (shutdown_timeout, 10 s).
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let status = loop {
-                if let Some(s) = first.try_wait().unwrap() {
-                    break s;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "vigil serve still running 30 s after SIGTERM:\n{}",
-                    log_of(&log1)
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            };
+            let status = exit_within(&mut first, 30, "after SIGTERM", &log1);
             let log = log_of(&log1);
             eprintln!("--- first vigil serve, stopped by SIGTERM:\n{log}");
             assert!(status.success(), "exit after SIGTERM: {status}\n{log}");
@@ -236,20 +242,7 @@ fn interrupt_and_restart(how: Stop) {
         &log2,
         &["--idle-exit", "4s", "--log-level", "debug"],
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = second.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            panic!(
-                "the restarted vigil serve did not finish:\n{}",
-                log_of(&log2)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within(&mut second, 120, "(the restart)", &log2);
     let log = log_of(&log2);
     eprintln!("--- restarted vigil serve:\n{log}");
     assert!(status.success(), "restart failed ({status}):\n{log}");
