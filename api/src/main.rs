@@ -365,8 +365,22 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
         fraud_rate: a.fraud_rate,
         ..traffic::GenConfig::default()
     };
-    // Written beside the target and renamed over it once complete: a bad argument, a full
-    // disk or an interrupt leaves an existing file as it was, never half written.
+    // A regular file (or none yet) is written beside and renamed over once complete: a bad
+    // argument, a full disk or an interrupt leaves an existing file as it was, never half
+    // written. Anything else (a symlink, /dev/stdout, a FIFO) is written through directly.
+    if a.out.is_dir() {
+        anyhow::bail!("cannot write {}: it is a directory", a.out.display());
+    }
+    let in_place = std::fs::symlink_metadata(&a.out).is_ok_and(|m| !m.file_type().is_file());
+    if in_place {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&a.out)
+            .with_context(|| format!("cannot write {}", a.out.display()))?;
+        let stats = write_traffic(a, &cfg, file)?;
+        return report_gen(a, &stats);
+    }
     let name = a.out.file_name().map_or_else(
         || std::ffi::OsString::from("gen"),
         std::ffi::OsStr::to_os_string,
@@ -375,8 +389,13 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
     tmp_name.push(&name);
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = a.out.with_file_name(tmp_name);
-    let file = std::fs::File::create(&tmp)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let file = std::fs::File::create(&tmp).with_context(|| {
+        format!(
+            "cannot create {} (to write {})",
+            tmp.display(),
+            a.out.display()
+        )
+    })?;
     let written = write_traffic(a, &cfg, file).and_then(|stats| {
         std::fs::rename(&tmp, &a.out)
             .with_context(|| format!("cannot write {}", a.out.display()))?;
@@ -389,6 +408,11 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
+    report_gen(a, &stats)
+}
+
+/// Says what `vigil gen` wrote.
+fn report_gen(a: &GenArgs, stats: &traffic::GenStats) -> Result<ExitCode> {
     say(format!(
         "wrote {}: {} events ({} transactions, {} account events), {} fraud transactions",
         a.out.display(),
