@@ -207,7 +207,8 @@ fn interrupt_and_restart(how: Stop) {
             let pid = first.id().to_string();
             let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
             assert!(sent.success(), "kill -TERM {pid} failed");
-            // Its shutdown waits at most the producer's flush (shutdown_timeout, 10 s).
+            // Each step of its shutdown (flush, delivery reports, commit) is bounded by
+            // shutdown_timeout (10 s); with this little state they take well under a second.
             let status = exit_within(&mut first, 30, "after SIGTERM", &log1);
             let log = log_of(&log1);
             eprintln!("--- first vigil serve, stopped by SIGTERM:\n{log}");
