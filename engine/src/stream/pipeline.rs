@@ -1196,12 +1196,9 @@ impl Pipeline {
         // Messages handled in this turn of the loop: while they keep coming without a wait,
         // up to BATCH, the transactions among them are decided together at the turn's end.
         let mut burst = 0usize;
-        // Stopped by `stop` (a signal), not by a message count or idleness.
-        let mut stopped = false;
         let result = loop {
             if self.stop.load(Ordering::Relaxed) {
                 tracing::info!("stopping: finishing what is in flight");
-                stopped = true;
                 break Ok(());
             }
             if let Some(f) = tracker.failure() {
@@ -1307,7 +1304,7 @@ impl Pipeline {
         // committed, nor in the snapshot's offsets: the restart reads them again. A stop after
         // a message count or idleness decides them (there is nothing more to wait for).
         let result = result.and_then(|()| {
-            if stopped {
+            if self.stop.load(Ordering::Relaxed) {
                 let left = lock(&shared.align).total();
                 if left > 0 {
                     tracing::info!(
