@@ -424,6 +424,60 @@ async fn the_wallet_story() {
 }
 
 #[tokio::test]
+async fn the_csv_export_keeps_client_ids_from_running_as_spreadsheet_formulas() {
+    let (app, _ledger) = app();
+    for id in ["carol", "@mule"] {
+        let a = post(
+            &app,
+            "/v1/accounts",
+            PAY,
+            json!({"id": id, "currency": "EUR"}),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    }
+    let a = post(
+        &app,
+        "/v1/accounts/carol/deposits",
+        PAY,
+        json!({"op_id": "=1+2", "amount": "100.00"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let a = post(
+        &app,
+        "/v1/transfers",
+        PAY,
+        tx("+cmd", "carol", "@mule", "10.00", "d-1"),
+    )
+    .await;
+    assert_eq!(a.json()["transfer"]["status"], "settled", "{}", a.text);
+    let a = get(&app, "/v1/accounts/carol/transactions.csv", PAY).await;
+    let rows: Vec<String> = a
+        .text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let r: Vec<&str> = l.split(',').collect();
+            format!("{} {} {} {}", r[2], r[3], r[4], r[5])
+        })
+        .collect();
+    // Ids that begin like a formula are quoted as text; amounts stay numbers, minus and all.
+    assert_eq!(
+        rows,
+        [
+            "deposit '=1+2 world 100.00",
+            "transfer_out '+cmd '@mule -10.00"
+        ]
+    );
+    // The JSON history gives the ids as they are.
+    let v = get(&app, "/v1/accounts/carol/transactions", PAY)
+        .await
+        .json();
+    assert_eq!(v["entries"][1]["ref"], "+cmd", "{v}");
+}
+
+#[tokio::test]
 async fn holds_step_up_review_and_refunds() {
     let (app, ledger) = app();
     for id in ["a", "b"] {

@@ -1014,6 +1014,18 @@ pub async fn history(
     ))
 }
 
+/// A text cell of the CSV export, safe to open in a spreadsheet: ids are chosen by clients, and a
+/// cell that begins with `=`, `+`, `-`, `@`, a tab or a carriage return would be read as a
+/// formula ("CSV injection"). Such a cell gets a leading `'`, which spreadsheets show as text.
+/// Amounts are written by Vigil and stay numbers.
+fn spreadsheet_text(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    }
+}
+
 pub async fn history_csv(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -1042,8 +1054,8 @@ pub async fn history_csv(
             e.seq.to_string(),
             format_ts(e.ts_ms),
             e.kind.to_string(),
-            e.ref_id.clone(),
-            e.counterparty.clone(),
+            spreadsheet_text(&e.ref_id),
+            spreadsheet_text(&e.counterparty),
             c.format(e.available_delta),
             c.format(e.held_delta),
             c.format(e.available_after),
