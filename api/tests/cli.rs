@@ -206,6 +206,56 @@ fn rules_check_reports_every_problem_at_its_line_and_column() {
     );
 }
 
+#[test]
+fn rules_check_reads_a_byte_order_mark_and_points_at_bytes_that_are_not_utf8() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tmp = Scratch::new("encodings");
+    let pack = tmp.path("pack");
+    copy_dir(&root.join("rules/packs/default"), &pack);
+    let list = pack.join("lists/sanctioned_countries.txt");
+    let bom = |path: &Path| {
+        let text = fs::read(path).expect("read");
+        fs::write(path, [&b"\xef\xbb\xbf"[..], &text].concat()).expect("write");
+    };
+    // A byte order mark before a list's first item (here a comment) and before a rule file.
+    bom(&list);
+    bom(&pack.join("amount.toml"));
+    let o = vigil(&["rules", "check", s(&pack)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = vigil(&["rules", "test", s(&pack)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+
+    // Latin-1 in the list and an error in a rule file: both are told, each at its place.
+    fs::write(&list, b"KP\nIR  # Ir\xe1n\n").expect("write list");
+    let geo = pack.join("geo.toml");
+    let text = fs::read_to_string(&geo).expect("read geo");
+    fs::write(
+        &geo,
+        text.replace("country in sanctioned", "country in sanctoned"),
+    )
+    .expect("write");
+    let o = vigil(&["rules", "check", s(&pack)]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!(
+            "{}:2:9: not UTF-8 text: byte 0xE1 is not part of a character here (save the file as UTF-8)",
+            list.display()
+        ),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{}:25:20: unknown field, function or list 'sanctoned_countries' (did you mean",
+            geo.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(lines.len(), 3, "{err}");
+}
+
 /// A good pack with a ten-day window.
 const WINDOW_PACK: &str = r#"[pack]
 name = "window"
@@ -353,6 +403,27 @@ fn replay_lists_rejected_lines() {
     )
     .expect("read rejected.txt");
     assert_eq!(rejected, golden.lines().collect::<Vec<_>>(), "{out}");
+}
+
+#[test]
+fn replay_skips_a_byte_order_mark_in_plain_and_gzip_input() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../replay-data/golden/takeover");
+    let events = fs::read_to_string(root.join("events.jsonl")).expect("read events");
+    let want = fs::read(root.join("decisions.jsonl")).expect("read decisions");
+    let tmp = Scratch::new("bom");
+    let plain = tmp.write("bom.jsonl", &format!("\u{feff}{events}"));
+    let gz = tmp.path("bom.jsonl.gz");
+    let mut w = vigil_engine::replay::gz_writer(fs::File::create(&gz).expect("create gz"));
+    std::io::Write::write_all(&mut w, format!("\u{feff}{events}").as_bytes()).expect("write gz");
+    w.finish().expect("finish gz");
+    for input in [&plain, &gz] {
+        let out = tmp.path("decisions.jsonl");
+        let o = vigil(&["replay", s(input), "--out", s(&out), "-q"]);
+        let report = stdout(&o);
+        assert_eq!(o.status.code(), Some(0), "{report}\n{}", stderr(&o));
+        assert!(report.contains(" 0 rejected"), "{report}");
+        assert!(fs::read(&out).expect("read out") == want, "{report}");
+    }
 }
 
 /// `(N transactions)` from the report's events line.

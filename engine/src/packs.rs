@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use vigil_rules::{CompiledPack, Diagnostics, PackOptions, SourceFile, TestCase, compile_pack};
+use vigil_rules::{
+    CompiledPack, Diagnostic, Diagnostics, PackOptions, SourceFile, TestCase, compile_pack,
+};
 
 use crate::decision::Decision;
 use crate::engine::{Engine, EngineConfig};
@@ -49,16 +51,66 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     Ok(v)
 }
 
+/// The files of a pack as read from disk.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// Every file; one that is not UTF-8 holds its text with U+FFFD for the bad bytes.
+    pub files: Vec<SourceFile>,
+    /// The files that are not UTF-8: (relative path, offset and value of the first bad byte).
+    not_text: Vec<(String, usize, u8)>,
+}
+
+impl Sources {
+    /// A problem at the first bad byte of each file that is not UTF-8 and is still among
+    /// `files`: the compiler reads such a file's text with the bytes replaced, and may report
+    /// more problems in it, but the pack is refused.
+    pub fn not_text(&self) -> Vec<Diagnostic> {
+        self.not_text
+            .iter()
+            .filter_map(|(rel, at, byte)| {
+                let f = self.files.iter().find(|f| &f.rel == rel)?;
+                Some(Diagnostic::at(
+                    f,
+                    *at,
+                    format!("not UTF-8 text: byte 0x{byte:02X} is not part of a character here (save the file as UTF-8)"),
+                ))
+            })
+            .collect()
+    }
+
+    /// Compiles the files, reporting the files that are not UTF-8 first.
+    fn compile(&self, opts: &PackOptions) -> Result<CompiledPack, Diagnostics> {
+        let mut d = self.not_text();
+        match compile_pack(&self.files, opts) {
+            Ok(p) if d.is_empty() => Ok(p),
+            Ok(_) => Err(Diagnostics(d)),
+            Err(e) => {
+                d.extend(e.0);
+                Err(Diagnostics(d))
+            }
+        }
+    }
+}
+
 /// Reads the files of the pack in `dir`: `*.toml`, `lists/*`, `tests/*.toml`.
-pub fn read_sources(dir: &Path) -> Result<Vec<SourceFile>, LoadError> {
-    let mut files = Vec::new();
+pub fn read_sources(dir: &Path) -> Result<Sources, LoadError> {
+    let mut sources = Sources::default();
     let mut add = |path: PathBuf, rel: String| -> Result<(), LoadError> {
         let meta = std::fs::metadata(&path).map_err(io(&path))?;
         if meta.len() > PACK_FILE_BYTES_MAX {
             return Err(LoadError::TooLarge(path));
         }
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        files.push(SourceFile {
+        let text = match String::from_utf8(std::fs::read(&path).map_err(io(&path))?) {
+            Ok(text) => text,
+            Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                let bytes = e.into_bytes();
+                // The text before `at` is unchanged by the replacement, so `at` is its offset.
+                sources.not_text.push((rel.clone(), at, bytes[at]));
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+        };
+        sources.files.push(SourceFile {
             path: path.display().to_string(),
             rel,
             text,
@@ -85,16 +137,16 @@ pub fn read_sources(dir: &Path) -> Result<Vec<SourceFile>, LoadError> {
             }
         }
     }
-    Ok(files)
+    Ok(sources)
 }
 
 /// Loads and compiles the pack in `dir`.
 pub fn load(dir: &Path, opts: &PackOptions) -> Result<CompiledPack, LoadError> {
-    let files = read_sources(dir)?;
-    if !files.iter().any(|f| !f.rel.contains('/')) {
+    let sources = read_sources(dir)?;
+    if !sources.files.iter().any(|f| !f.rel.contains('/')) {
         return Err(LoadError::Empty(dir.to_path_buf()));
     }
-    compile_pack(&files, opts).map_err(LoadError::Invalid)
+    sources.compile(opts).map_err(LoadError::Invalid)
 }
 
 /// The result of one test case.
@@ -481,22 +533,25 @@ pub fn compile_candidate(
     }
     let mut sources = match base {
         Some(dir) => read_sources(dir).map_err(|e| vec![e.to_string()])?,
-        None => Vec::new(),
+        None => Sources::default(),
     };
-    for s in &mut sources {
+    let kept = &mut sources.files;
+    for s in kept.iter_mut() {
         s.path.clone_from(&s.rel);
     }
-    sources.retain(|s| {
+    kept.retain(|s| {
         !s.rel.starts_with("tests/") && !files.contains_key(&s.rel) && !remove.contains(&s.rel)
     });
-    sources.extend(files.iter().map(|(rel, text)| SourceFile {
+    kept.extend(files.iter().map(|(rel, text)| SourceFile {
         path: rel.clone(),
         rel: rel.clone(),
         text: text.clone(),
     }));
-    sources.sort_by(|a, b| a.rel.cmp(&b.rel));
-    if !sources.iter().any(|f| !f.rel.contains('/')) {
+    kept.sort_by(|a, b| a.rel.cmp(&b.rel));
+    if !kept.iter().any(|f| !f.rel.contains('/')) {
         return Err(vec!["the candidate pack has no rule file".into()]);
     }
-    compile_pack(&sources, opts).map_err(|d| d.0.iter().map(ToString::to_string).collect())
+    sources
+        .compile(opts)
+        .map_err(|d| d.0.iter().map(ToString::to_string).collect())
 }

@@ -36,16 +36,23 @@ pub struct Input {
     pub rejected: Vec<Rejected>,
 }
 
-/// Opens a file, decompressing gzip if it starts with the gzip magic bytes.
+/// Opens a file, decompressing gzip if it starts with the gzip magic bytes, and skips a UTF-8
+/// byte order mark at the start of the text (editors on Windows write one).
 pub fn open(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
     let mut f = BufReader::new(std::fs::File::open(path)?);
     let gz = f.fill_buf()?.starts_with(&[0x1f, 0x8b]);
-    Ok(if gz {
+    let mut r: Box<dyn BufRead> = if gz {
         Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(f)))
     } else {
         Box::new(f)
-    })
+    };
+    if r.fill_buf()?.starts_with(BOM) {
+        r.consume(BOM.len());
+    }
+    Ok(r)
 }
+
+const BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// Reads and validates every line; blank lines are skipped.
 pub fn read(mut r: impl BufRead) -> std::io::Result<Input> {

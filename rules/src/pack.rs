@@ -455,8 +455,11 @@ pub fn compile_pack(files: &[SourceFile], opts: &PackOptions) -> Result<Compiled
             let items: Vec<String> = match def.get_ref() {
                 ListDe::Inline(v) => v.clone(),
                 ListDe::File { file } => match list_files.get(file.as_str()) {
+                    // A byte order mark (editors on Windows write one) is not part of the first item.
                     Some(lf) => lf
                         .text
+                        .strip_prefix('\u{feff}')
+                        .unwrap_or(&lf.text)
                         .lines()
                         .map(|l| l.split('#').next().unwrap_or("").trim())
                         .filter(|l| !l.is_empty())
