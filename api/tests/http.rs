@@ -170,6 +170,36 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
     assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
     let a = get(&app, "/v1/accounts/a/transactions?kind=salary", PAY).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+    // A missing field is named, as a bad one is, here and inside an object.
+    let a = post(&app, "/v1/accounts", PAY, json!({"currency": "EUR"})).await;
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["field"], "id", "{v}");
+    let mut t = tx("t-geo", "a", "b", "5.00", "d-1");
+    t["geo"] = json!({"lat": 48.85});
+    let a = post(&app, "/v1/authorize", PAY, t).await;
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["field"], "geo.lon", "{v}");
+    // Bytes that are not JSON are invalid_json on every route, the event routes too.
+    for uri in [
+        "/v1/accounts",
+        "/v1/authorize",
+        "/v1/events",
+        "/v1/transfers",
+    ] {
+        // An array is refused even when it lists the fields in order.
+        let fields = br#"["a2", "EUR"]"#;
+        for body in [&b"{\"id\":"[..], b"[1]", fields, b"{\"id\":\"\xff\"}"] {
+            let (status, content_type, text) =
+                common::send(&app, "POST", uri, Some(PAY), Some(body.to_vec())).await;
+            let a = Answer {
+                status,
+                content_type,
+                text,
+            };
+            let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_json");
+            assert!(v.get("field").is_none(), "{v}");
+        }
+    }
 }
 
 fn tx(id: &str, from: &str, to: &str, amount: &str, device: &str) -> Value {

@@ -334,6 +334,35 @@ pub struct EventError {
     pub message: String,
 }
 
+impl EventError {
+    /// Whether the bytes were not JSON (or not one JSON object) at all, as against JSON
+    /// with a bad field.
+    pub fn is_json_syntax(&self) -> bool {
+        self.field.is_none()
+            && (self.message.starts_with("invalid JSON") || self.message.starts_with(NOT_AN_OBJECT))
+    }
+}
+
+const NOT_AN_OBJECT: &str = "an event is a JSON object";
+
+/// The field a serde error is about, and its message: serde names a missing or unknown field
+/// only in its message (`missing field `lon``), at the path of the object that holds it.
+pub fn serde_error_field(path: &str, message: &str) -> (Option<String>, String) {
+    let message = message.split(" at line ").next().unwrap_or_default();
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p)?.split('`').next());
+    let path = path.trim_start_matches('.');
+    let field = match (named, path) {
+        // serde_path_to_error already ends the path with an unknown field's name.
+        (Some(n), p) if message.starts_with("missing") && !p.is_empty() => Some(format!("{p}.{n}")),
+        (Some(n), "") => Some(n.to_string()),
+        (_, "") => None,
+        (_, p) => Some(p.to_string()),
+    };
+    (field, message.to_string())
+}
+
 impl fmt::Display for EventError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.field {
@@ -410,7 +439,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, EventError> {
     if bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err(EventError {
             field: None,
-            message: "an event is a JSON object: expected '{'".into(),
+            message: format!("{NOT_AN_OBJECT}: expected '{{'"),
         });
     }
     // The shape producers write is read by hand; anything else by serde_json, first without
@@ -441,18 +470,8 @@ fn decode_tracked(bytes: &[u8]) -> Result<RawEvent<'_>, EventError> {
                 message: format!("invalid JSON: {inner}"),
             };
         }
-        let message = {
-            inner
-                .to_string()
-                .split(" at line ")
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        };
-        EventError {
-            field: (path != ".").then_some(path),
-            message,
-        }
+        let (field, message) = serde_error_field(&path, &inner.to_string());
+        EventError { field, message }
     })?;
     de.end().map_err(|e| EventError {
         field: None,
@@ -512,13 +531,17 @@ fn parse_ts_rfc3339(s: &str) -> Result<i64, EventError> {
             format!("'{s}' is not an RFC 3339 timestamp such as 2026-11-01T09:30:00Z ({e})"),
         )
     })?;
-    if !(TS_YEAR_MIN..=TS_YEAR_MAX).contains(&t.year()) {
+    let ms = i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000))
+        .map_err(|_| bad("ts", "out of range"))?;
+    // The year in UTC, not at the timestamp's own offset.
+    let (year, _, _) = civil_from_days(ms.div_euclid(86_400_000));
+    if !(i64::from(TS_YEAR_MIN)..=i64::from(TS_YEAR_MAX)).contains(&year) {
         return Err(bad(
             "ts",
-            format!("'{s}' is outside the years {TS_YEAR_MIN} to {TS_YEAR_MAX}"),
+            format!("'{s}' is outside the years {TS_YEAR_MIN} to {TS_YEAR_MAX} (UTC)"),
         ));
     }
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad("ts", "out of range"))
+    Ok(ms)
 }
 
 /// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.
@@ -630,7 +653,7 @@ fn amount(raw: Option<Cow<'_, str>>, currency: Currency) -> Result<i64, EventErr
 /// [`amount`] through the decimal parser: any form it accepts but exponents and digit
 /// separators (`1_000` is a valid Rust literal, not an amount), and the error messages.
 fn decimal_amount(s: &str, currency: Currency) -> Result<i64, EventError> {
-    if s.len() > 32 || s.contains(['e', 'E', '_']) {
+    if s.len() > 32 || s.contains(['e', 'E', '_', '+']) {
         return Err(bad("amount", format!("'{s}' is not a plain decimal")));
     }
     let d = Decimal::from_str(s)
@@ -941,6 +964,10 @@ mod tests {
                 "amount: '5_' is not a plain decimal",
             ),
             (
+                GOOD.replace("\"250.00\"", "\"+5\""),
+                "amount: '+5' is not a plain decimal",
+            ),
+            (
                 GOOD.replace("USD", "XYZ"),
                 "currency: unknown currency 'XYZ'",
             ),
@@ -950,7 +977,15 @@ mod tests {
             ),
             (
                 GOOD.replace("2026-11-23", "2999-11-23"),
-                "ts: '2999-11-23T09:41:07.120Z' is outside the years 2000 to 2100",
+                "ts: '2999-11-23T09:41:07.120Z' is outside the years 2000 to 2100 (UTC)",
+            ),
+            (
+                GOOD.replace("2026-11-23T09:41:07.120Z", "2100-12-31T23:00:00-05:00"),
+                "ts: '2100-12-31T23:00:00-05:00' is outside the years 2000 to 2100 (UTC)",
+            ),
+            (
+                GOOD.replace("2026-11-23T09:41:07.120Z", "2000-01-01T00:30:00+01:00"),
+                "ts: '2000-01-01T00:30:00+01:00' is outside the years 2000 to 2100 (UTC)",
             ),
             (
                 GOOD.replace("31.23", "91.5"),

@@ -225,7 +225,11 @@ impl From<vigil_engine::EventError> for ApiError {
     fn from(e: vigil_engine::EventError) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            code: "invalid_field",
+            code: if e.is_json_syntax() {
+                "invalid_json"
+            } else {
+                "invalid_field"
+            },
             field: e.field.map(|f| f.trim_start_matches('.').to_string()),
             message: e.message,
         }
@@ -295,6 +299,13 @@ fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "the request needs a JSON body",
         ));
     }
+    // serde would also read a struct from an array of its fields in order: ["a", "EUR"].
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad(
+            "invalid_json",
+            "the body must be a JSON object: expected '{'",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -302,14 +313,12 @@ fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             return ApiError::bad("invalid_json", format!("invalid JSON: {inner}"));
         }
-        let msg = inner.to_string();
-        let msg = msg
-            .split(" at line ")
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let (field, msg) = vigil_engine::event::serde_error_field(&path, &inner.to_string());
         let err = ApiError::bad("invalid_field", msg);
-        if path == "." { err } else { err.field(path) }
+        match field {
+            Some(f) => err.field(f),
+            None => err,
+        }
     })?;
     de.end()
         .map_err(|e| ApiError::bad("invalid_json", format!("invalid JSON: {e}")))?;

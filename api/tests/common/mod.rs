@@ -35,8 +35,9 @@ pub async fn send(
     method: &str,
     uri: &str,
     token: Option<&str>,
-    body: Option<String>,
+    body: Option<impl Into<Vec<u8>>>,
 ) -> (StatusCode, String, String) {
+    let body = body.map(Into::into);
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
