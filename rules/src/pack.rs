@@ -171,11 +171,56 @@ struct ThresholdsDe {
     block: Option<Spanned<i64>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum ListDe {
     Inline(Vec<String>),
     File { file: String },
+}
+
+impl<'de> Deserialize<'de> for ListDe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        use toml::Value;
+        const SHAPE: &str = "a list is an array of strings, [\"KP\", \"IR\"], or a list file, { file = \"lists/NAME.txt\" }";
+        match Value::deserialize(d)? {
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    v => Err(D::Error::custom(format!(
+                        "list item {} is {}, not a string: write every item in quotes",
+                        i + 1,
+                        article(v.type_str())
+                    ))),
+                })
+                .collect::<Result<_, _>>()
+                .map(ListDe::Inline),
+            Value::Table(mut t) => {
+                let file = t.remove("file");
+                match (file, t.keys().next()) {
+                    (_, Some(k)) => Err(D::Error::custom(format!(
+                        "unknown key '{k}' in a list: {SHAPE}"
+                    ))),
+                    (Some(Value::String(file)), None) => Ok(ListDe::File { file }),
+                    (Some(v), None) => Err(D::Error::custom(format!(
+                        "file is {}: write the path in quotes, {{ file = \"lists/NAME.txt\" }}",
+                        article(v.type_str())
+                    ))),
+                    (None, None) => Err(D::Error::custom(SHAPE)),
+                }
+            }
+            v => Err(D::Error::custom(format!(
+                "{SHAPE}; found {}",
+                article(v.type_str())
+            ))),
+        }
+    }
+}
+
+/// "a string", "an integer".
+fn article(kind: &str) -> String {
+    let an = kind.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {kind}", if an { "an" } else { "a" })
 }
 
 #[derive(Deserialize)]

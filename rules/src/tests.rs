@@ -204,6 +204,38 @@ fn one_broken_rule_file_is_one_problem_not_a_cascade() {
 }
 
 #[test]
+fn a_list_of_the_wrong_shape_says_what_a_list_is() {
+    let cases = [
+        (
+            "x = [\"KP\", 1]",
+            "p/extra.toml:2:5: list item 2 is an integer, not a string: write every item in quotes",
+        ),
+        (
+            "x = { file = 7 }",
+            "p/extra.toml:2:5: file is an integer: write the path in quotes, { file = \"lists/NAME.txt\" }",
+        ),
+        (
+            "x = { path = \"lists/a.txt\" }",
+            "p/extra.toml:2:5: unknown key 'path' in a list: a list is an array of strings, [\"KP\", \"IR\"], or a list file, { file = \"lists/NAME.txt\" }",
+        ),
+        (
+            "x = \"KP\"",
+            "p/extra.toml:2:5: a list is an array of strings, [\"KP\", \"IR\"], or a list file, { file = \"lists/NAME.txt\" }; found a string",
+        ),
+    ];
+    for (line, want) in cases {
+        let mut f = files("");
+        f.push(SourceFile {
+            path: "p/extra.toml".into(),
+            rel: "extra.toml".into(),
+            text: format!("[lists]\n{line}\n"),
+        });
+        let got = compile_pack(&f, &PackOptions::default()).unwrap_err().0;
+        assert_eq!(got[0].to_string(), want, "{line}");
+    }
+}
+
+#[test]
 fn a_missing_list_file_and_a_missing_pack_table_are_errors() {
     let mut f = files("");
     f.push(SourceFile {
