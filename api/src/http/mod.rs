@@ -205,7 +205,7 @@ impl From<LedgerError> for ApiError {
         };
         let field = match &e {
             LedgerError::InvalidAmount
-            | LedgerError::LimitExceeded(_)
+            | LedgerError::LimitExceeded(..)
             | LedgerError::RefundExceeds { .. } => Some("amount"),
             LedgerError::UnknownCurrency(_) | LedgerError::CurrencyMismatch { .. } => {
                 Some("currency")

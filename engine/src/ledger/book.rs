@@ -537,21 +537,28 @@ pub enum LedgerError {
     /// Amounts are positive.
     #[error("amount must be greater than zero")]
     InvalidAmount,
-    /// Above the per-operation limit.
-    #[error("amount is above the limit of {0} minor units")]
-    LimitExceeded(i64),
+    /// Above the per-operation limit (minor units, in this currency).
+    #[error("amount is above the limit of {} {}", .1.format(*.0), .1.code())]
+    LimitExceeded(i64, Currency),
     /// The account is frozen.
     #[error("account {0} is frozen")]
     Frozen(String),
     /// Not enough available.
-    #[error("account {account} has {available} minor units available, {needed} needed")]
+    #[error(
+        "account {account} has {} {} available, {} needed",
+        currency.format(*available),
+        currency.code(),
+        currency.format(*needed)
+    )]
     InsufficientFunds {
         /// Account.
         account: String,
-        /// Available.
+        /// Available, minor units.
         available: i64,
-        /// Needed.
+        /// Needed, minor units.
         needed: i64,
+        /// The account's currency.
+        currency: Currency,
     },
     /// The transfer is not in a state that allows this.
     #[error("transfer {tx_id} is {status}, not {needed}")]
@@ -564,14 +571,21 @@ pub enum LedgerError {
         needed: &'static str,
     },
     /// More than what is left to refund.
-    #[error("refund of {asked} minor units is more than the {remaining} left to refund on {tx_id}")]
+    #[error(
+        "a refund of {} {} is more than the {} left to refund on {tx_id}",
+        currency.format(*asked),
+        currency.code(),
+        currency.format(*remaining)
+    )]
     RefundExceeds {
         /// Transfer.
         tx_id: String,
-        /// Asked.
+        /// Asked, minor units.
         asked: i64,
-        /// Settled minus refunded.
+        /// Settled minus refunded, minor units.
         remaining: i64,
+        /// The transfer's currency.
+        currency: Currency,
     },
     /// The idempotency key was used before with a different request.
     #[error("{0} was already used for a different request")]
@@ -598,7 +612,7 @@ impl LedgerError {
             LedgerError::UnknownCurrency(_) => "unknown_currency",
             LedgerError::CurrencyMismatch { .. } => "currency_mismatch",
             LedgerError::InvalidAmount => "invalid_amount",
-            LedgerError::LimitExceeded(_) => "limit_exceeded",
+            LedgerError::LimitExceeded(..) => "limit_exceeded",
             LedgerError::Frozen(_) => "account_frozen",
             LedgerError::InsufficientFunds { .. } => "insufficient_funds",
             LedgerError::InvalidState { .. } => "invalid_state",
@@ -874,7 +888,7 @@ impl Book {
         }
         let limit = self.limit(c);
         if amount > limit {
-            return Err(LedgerError::LimitExceeded(limit));
+            return Err(LedgerError::LimitExceeded(limit, c));
         }
         Ok(())
     }
@@ -936,6 +950,7 @@ impl Book {
                 account: id.to_string(),
                 available: a.available,
                 needed: amount,
+                currency: a.currency,
             });
         }
         let delta = if inward { amount } else { -amount };
@@ -1284,6 +1299,7 @@ impl Book {
                 tx_id: tx_id.to_string(),
                 asked,
                 remaining,
+                currency: tr.currency,
             });
         }
         let (payer_back, payee, c) = (tr.from.clone(), tr.to.clone(), tr.currency);
@@ -1296,6 +1312,7 @@ impl Book {
                     account: p.clone(),
                     available: a.available,
                     needed: asked,
+                    currency: c,
                 });
             }
         }
@@ -1304,6 +1321,7 @@ impl Book {
                 tx_id: tx_id.to_string(),
                 asked,
                 remaining,
+                currency: tr.currency,
             });
         }
         if asked > 0 {

@@ -230,6 +230,28 @@ fn refunds_never_exceed_what_was_settled() {
     l.execute(refund("rf1", Some(20_00))).expect("partial");
     let err = l.execute(refund("rf2", Some(30_01))).expect_err("too much");
     assert_eq!(err.code(), "refund_exceeds_settled");
+    // Messages give amounts as the API does: decimals in the currency, never minor units.
+    assert_eq!(
+        err.to_string(),
+        "a refund of 30.01 EUR is more than the 30.00 left to refund on p1"
+    );
+    let err = l
+        .execute(Command::Withdraw {
+            op_id: "w-big".into(),
+            account: "bob".into(),
+            amount: 50_01,
+        })
+        .expect_err("more than bob has");
+    assert_eq!(
+        err.to_string(),
+        "account bob has 30.00 EUR available, 50.01 needed"
+    );
+    let limit = BookConfig::default().max_amount_major;
+    let err = deposit(&l, "dep-big", "bob", limit * 100 + 1).expect_err("over the limit");
+    assert_eq!(
+        err.to_string(),
+        format!("amount is above the limit of {limit}.00 EUR")
+    );
     let a = l.execute(refund("rf3", None)).expect("the rest");
     let Outcome::Refund(r) = a.outcome else {
         panic!("not a refund")
