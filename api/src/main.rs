@@ -378,7 +378,7 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
             .truncate(true)
             .open(&a.out)
             .with_context(|| format!("cannot write {}", a.out.display()))?;
-        let stats = write_traffic(a, &cfg, file)?;
+        let stats = write_traffic(a, &cfg, file, false)?;
         return report_gen(a, &stats);
     }
     let name = a.out.file_name().map_or_else(
@@ -396,7 +396,13 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
             a.out.display()
         )
     })?;
-    let written = write_traffic(a, &cfg, file).and_then(|stats| {
+    // A file replaced keeps its permissions.
+    let kept = std::fs::metadata(&a.out).ok().map(|m| m.permissions());
+    let written = write_traffic(a, &cfg, file, true).and_then(|stats| {
+        if let Some(p) = kept {
+            std::fs::set_permissions(&tmp, p)
+                .with_context(|| format!("cannot set the permissions of {}", tmp.display()))?;
+        }
         std::fs::rename(&tmp, &a.out)
             .with_context(|| format!("cannot write {}", a.out.display()))?;
         Ok(stats)
@@ -428,10 +434,13 @@ fn report_gen(a: &GenArgs, stats: &traffic::GenStats) -> Result<ExitCode> {
 }
 
 /// Generates `cfg`'s traffic into `file` (gzip when `a.out` ends in `.gz`).
+/// Writes the traffic to `file`; with `sync`, waits until it is on disk (before it is renamed
+/// over the file it replaces, so a crash cannot leave an empty file under the old name).
 fn write_traffic(
     a: &GenArgs,
     cfg: &traffic::GenConfig,
     file: std::fs::File,
+    sync: bool,
 ) -> Result<traffic::GenStats> {
     let bar = progress_bar(a.quiet, "gen");
     let mut progress = |done, total| {
@@ -441,12 +450,18 @@ fn write_traffic(
     let stats = if a.out.extension().is_some_and(|e| e == "gz") {
         let mut gz = vigil_engine::replay::gz_writer(file);
         let s = traffic::generate(cfg, &mut gz, &mut progress)?;
-        gz.finish()?.flush()?;
+        let file = gz.finish()?.into_inner().map_err(|e| e.into_error())?;
+        if sync {
+            file.sync_all()?;
+        }
         s
     } else {
         let mut w = BufWriter::new(file);
         let s = traffic::generate(cfg, &mut w, &mut progress)?;
-        w.flush()?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        if sync {
+            file.sync_all()?;
+        }
         s
     };
     bar.finish_and_clear();

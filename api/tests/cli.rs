@@ -582,6 +582,14 @@ fn a_gen_that_fails_leaves_the_file_it_would_replace_as_it_was() {
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(left, ["keep.jsonl"], "a temporary file was left behind");
+
+    // A gen that succeeds replaces the file and keeps its permissions.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o640)).expect("chmod");
+    gen_to(&out, "7");
+    assert!(fs::read_to_string(&out).expect("read").starts_with('{'));
+    let mode = fs::metadata(&out).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o640, "{mode:o}");
 }
 
 // ---------------------------------------------------------------------------------------------
