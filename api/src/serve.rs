@@ -126,6 +126,16 @@ fn settings(conn: &ConnArgs, extra: Overrides) -> Result<Settings> {
     )
 }
 
+/// When the first SIGINT/SIGTERM came: the graceful stop's `shutdown_timeout` counts from it.
+static STOPPING_SINCE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// What is left of the graceful stop's budget (all of it without a signal).
+fn shutdown_left(budget: Duration) -> Duration {
+    STOPPING_SINCE.get().map_or(budget, |t| {
+        (*t + budget).saturating_duration_since(std::time::Instant::now())
+    })
+}
+
 /// SIGINT/SIGTERM stop gracefully; a second one stops at once.
 fn on_signals(stop: Arc<AtomicBool>) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
@@ -134,6 +144,7 @@ fn on_signals(stop: Arc<AtomicBool>) -> Result<()> {
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
+                let _ = STOPPING_SINCE.set(std::time::Instant::now());
                 if stop.swap(true, Ordering::SeqCst) {
                     esay("second signal: stopping now, without a final snapshot or commit");
                     std::process::exit(130);
@@ -329,7 +340,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     if let Some(api) = api {
         api.stop();
     }
-    if let Some(Err(e)) = publisher.map(|p| p.flush(s.stream.shutdown_timeout)) {
+    if let Some(Err(e)) = publisher.map(|p| p.flush(shutdown_left(s.stream.shutdown_timeout))) {
         tracing::error!("HTTP decisions not all published at shutdown: {e}");
     }
     ledger.close();

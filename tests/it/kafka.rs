@@ -634,6 +634,30 @@ fn a_commit_the_broker_refuses_is_sent_again() {
 }
 
 #[test]
+fn a_stop_during_the_start_up_read_back_writes_no_snapshot() {
+    // A SIGTERM while the output topics are read back at start: the read-back has not reached
+    // the ends a snapshot would record, so the pipeline must stop without writing one (nor
+    // consuming, deciding or committing anything).
+    let b = broker(1);
+    let mut cfg = b.cfg.clone();
+    let dir = vigil_tests::TempDir::new("stop-at-start");
+    cfg.state_dir = Some(dir.to_path_buf());
+    let input = sample();
+    feed(&cfg, &lines(&input)[..200].join(&b'\n'));
+    let p = Pipeline::new(engine(), cfg.clone());
+    let stats = p.stats();
+    p.stop_handle().store(true, Ordering::Relaxed);
+    let summary = p.run().unwrap();
+    assert_eq!(summary.consumed, 0);
+    assert_eq!(Stats::get(&stats.decided), 0);
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(files.is_empty(), "wrote {files:?}");
+}
+
+#[test]
 fn a_restored_member_starts_where_the_group_is_and_never_commits_behind_it() {
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
     use rdkafka::{Offset, TopicPartitionList};

@@ -267,11 +267,13 @@ const READ_BACK_QUIET: Duration = Duration::from_millis(500);
 pub type Positions = HashMap<(u8, i32), i64>;
 
 /// Reads the output topics from `bases` (or their beginning) to their current end and returns
-/// the effects found there, and the ends reached.
+/// the effects found there, and the ends reached. Once `stop` is set it returns what it has:
+/// the caller must then write nothing (the ends were not all reached).
 pub fn read_effects(
     cfg: &StreamConfig,
     bases: &Positions,
     timeout: Duration,
+    stop: &AtomicBool,
 ) -> Result<(HashSet<u64>, Positions), StreamError> {
     let consumer: BaseConsumer = client_config(cfg)
         .set("group.id", format!("{}-readback", cfg.group_id))
@@ -315,7 +317,10 @@ pub fn read_effects(
     // Past the reported ends, read on until quiet: some brokers (tansu's memory storage)
     // report a high watermark short of the last batch.
     let mut last = Instant::now();
-    while (!want.is_empty() || last.elapsed() < READ_BACK_QUIET) && Instant::now() < deadline {
+    while (!want.is_empty() || last.elapsed() < READ_BACK_QUIET)
+        && Instant::now() < deadline
+        && !stop.load(Ordering::Relaxed)
+    {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 read += 1;
@@ -342,7 +347,7 @@ pub fn read_effects(
             None => {}
         }
     }
-    if !want.is_empty() {
+    if !want.is_empty() && !stop.load(Ordering::Relaxed) {
         tracing::warn!(
             "read-back stopped after {:.0}s with {} partition(s) unread (of ~{records} records); effects there may repeat",
             timeout.as_secs_f64(),
@@ -663,7 +668,8 @@ impl ConsumerContext for Rebalancer {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!("revoked {}; finishing what is in flight", names.join(", "));
-                if let Err(e) = s.checkpoint(consumer, CommitMode::Sync, "rebalance") {
+                let deadline = Instant::now() + s.cfg.shutdown_timeout;
+                if let Err(e) = s.checkpoint(consumer, CommitMode::Sync, "rebalance", deadline) {
                     tracing::error!("checkpoint before giving up partitions failed: {e}");
                 }
                 let slots = lock(&s.slots);
@@ -802,24 +808,27 @@ impl Shared {
     }
 
     /// Flushes outputs, snapshots state (with a state directory) and commits positions; after a
-    /// failure ([`Tracker::fail`], or a delivery's) none of that, not even the flush.
+    /// failure ([`Tracker::fail`], or a delivery's) none of that, not even the flush. The
+    /// outputs must be acknowledged by `deadline`.
     fn checkpoint(
         &self,
         consumer: &BaseConsumer<Rebalancer>,
         mode: CommitMode,
         why: &str,
+        deadline: Instant,
     ) -> Result<(), StreamError> {
         // After a failure nothing is committed: said before waiting for the outputs in flight.
         if let Some(f) = self.tracker.failure() {
             return Err(StreamError::Delivery(f));
         }
-        if let Err(e) = flush(&self.producer, self.cfg.shutdown_timeout) {
+        let left = || deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = flush(&self.producer, left()) {
             return Err(StreamError::Delivery(format!(
                 "outputs not acknowledged within {:.0}s ({e}); nothing committed",
                 self.cfg.shutdown_timeout.as_secs_f64()
             )));
         }
-        if !self.tracker.settle(self.cfg.shutdown_timeout) {
+        if !self.tracker.settle(left()) {
             return Err(StreamError::Delivery(
                 "delivery reports not handled in time; nothing committed".into(),
             ));
@@ -986,16 +995,20 @@ fn rebalancing(e: &StreamError) -> bool {
     )
 }
 
-/// The shutdown checkpoint. A group member leaving at the same moment puts the group in a
+/// The shutdown checkpoint, all of it (flush, delivery reports, snapshot, commit and its
+/// retries) within `deadline`. A group member leaving at the same moment puts the group in a
 /// rebalance, and the broker refuses commits until this member has rejoined or given its
 /// partitions up: serve the rebalance (fetching paused; a message that still arrives is
 /// left uncommitted for the partition's next owner) and retry until the deadline.
-fn final_checkpoint(s: &Shared, consumer: &BaseConsumer<Rebalancer>) -> Result<(), StreamError> {
+fn final_checkpoint(
+    s: &Shared,
+    consumer: &BaseConsumer<Rebalancer>,
+    deadline: Instant,
+) -> Result<(), StreamError> {
     if let Ok(a) = consumer.assignment() {
         let _ = consumer.pause(&a);
     }
-    let mut result = s.checkpoint(consumer, CommitMode::Sync, "shutdown");
-    let deadline = Instant::now() + s.cfg.shutdown_timeout;
+    let mut result = s.checkpoint(consumer, CommitMode::Sync, "shutdown", deadline);
     while let Err(e) = &result {
         if !rebalancing(e) {
             break;
@@ -1121,7 +1134,19 @@ impl Pipeline {
 
         // 2. Effects already produced since then, so they are not produced again.
         let effects = if cfg.state_dir.is_some() {
-            let (effects, ends) = read_effects(cfg, &bases, Duration::from_secs(60))?;
+            let (effects, ends) = read_effects(cfg, &bases, Duration::from_secs(60), &self.stop)?;
+            if self.stop.load(Ordering::Relaxed) {
+                // Nothing consumed yet: stop without a snapshot (the read-back did not reach
+                // the ends it would record) or a commit.
+                tracing::info!(
+                    "stopped during the start-up read-back: nothing consumed, nothing written"
+                );
+                return Ok(Summary {
+                    consumed: 0,
+                    seconds: started.elapsed().as_secs_f64(),
+                    restored,
+                });
+            }
             for (k, v) in ends {
                 bases.entry(k).or_insert(v);
             }
@@ -1284,7 +1309,10 @@ impl Pipeline {
                 {
                     last_snapshot = now;
                     handled_at_snapshot = handled;
-                    if let Err(e) = shared.checkpoint(&consumer, CommitMode::Async, "periodic") {
+                    let deadline = now + cfg.shutdown_timeout;
+                    if let Err(e) =
+                        shared.checkpoint(&consumer, CommitMode::Async, "periodic", deadline)
+                    {
                         break Err(e);
                     }
                 }
@@ -1303,6 +1331,8 @@ impl Pipeline {
         // account that is on the broker but not read yet. Never acknowledged, they are not
         // committed, nor in the snapshot's offsets: the restart reads them again. A stop after
         // a message count or idleness decides them (there is nothing more to wait for).
+        // One budget for the whole graceful end, from here.
+        let deadline = Instant::now() + cfg.shutdown_timeout;
         let result = result.and_then(|()| {
             if self.stop.load(Ordering::Relaxed) {
                 let left = lock(&shared.align).total();
@@ -1319,7 +1349,7 @@ impl Pipeline {
         });
         match result {
             Ok(()) => {
-                final_checkpoint(&shared, &consumer)?;
+                final_checkpoint(&shared, &consumer, deadline)?;
                 tracing::info!("stopped cleanly after {handled} messages");
             }
             Err(e) => {
@@ -1328,7 +1358,9 @@ impl Pipeline {
                 // the state may hold decisions whose outputs were never produced, and a
                 // snapshot of it would make their redelivery look like duplicates.
                 shared.tracker.fail(format!("stopped on error: {e}"));
-                let _ = shared.producer.flush(cfg.shutdown_timeout);
+                let _ = shared
+                    .producer
+                    .flush(deadline.saturating_duration_since(Instant::now()));
                 return Err(e);
             }
         }
