@@ -170,6 +170,53 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
     assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
     let a = get(&app, "/v1/accounts/a/transactions?kind=salary", PAY).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+    // A write the engine would refuse is refused before any money moves, not after.
+    let long = "a".repeat(128);
+    let a = post(
+        &app,
+        "/v1/accounts",
+        PAY,
+        json!({"id": long, "currency": "EUR"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let a = post(
+        &app,
+        "/v1/accounts",
+        PAY,
+        json!({"id": "loc", "currency": "EUR", "locale": "x".repeat(17)}),
+    )
+    .await;
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["field"], "locale", "{v}");
+    let a = get(&app, "/v1/accounts/loc", PAY).await;
+    assert_error(&a, StatusCode::NOT_FOUND, "unknown_account");
+    let deposits = format!("/v1/accounts/{long}/deposits");
+    let a = post(
+        &app,
+        &deposits,
+        PAY,
+        json!({"op_id": "o".repeat(118), "amount": "5.00"}),
+    )
+    .await;
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["field"], "op_id", "{v}");
+    let a = post(
+        &app,
+        &deposits,
+        PAY,
+        json!({"op_id": "o".repeat(117), "amount": "5.00"}),
+    )
+    .await;
+    assert_eq!(a.json()["available"], "5.00", "{}", a.text);
+    let a = post(
+        &app,
+        &format!("/v1/accounts/{long}/withdrawals"),
+        PAY,
+        json!({"op_id": "w".repeat(117), "amount": "1.00"}),
+    )
+    .await;
+    assert_eq!(a.json()["available"], "4.00", "{}", a.text);
     // A missing field is named, as a bad one is, here and inside an object.
     let a = post(&app, "/v1/accounts", PAY, json!({"currency": "EUR"})).await;
     let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use vigil_engine::event::{Currency, Event, Transaction, format_ts, parse_ts};
+use vigil_engine::event::{Currency, Event, ID_BYTES_MAX, Transaction, format_ts, parse_ts};
 use vigil_engine::ledger::{
     Applied, Command, Decline, LedgerError, Outcome, PostBy, Risk, Verdict, VoidReason,
 };
@@ -703,12 +703,10 @@ pub async fn create_transfer(
     Ok(json_bytes(status, decided_body(&d)))
 }
 
-/// Feeds an event to the engine as the Kafka path would (account events: logins, password
-/// resets, new devices, payees; transactions are decided and the decision is dropped).
-fn feed(s: &Shared, json: Value) -> Result<(), ApiError> {
-    let ev = vigil_engine::event::decode_value(&json)?;
-    s.engine.apply(&ev);
-    Ok(())
+/// The event a ledger write shows the engine, checked before the write (a bad `locale`, say,
+/// is refused while nothing has moved): once money moved, the answer must not be an error.
+fn engine_event(json: &Value) -> Result<Event, ApiError> {
+    Ok(vigil_engine::event::decode_value(json)?)
 }
 
 pub async fn account_event(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
@@ -771,21 +769,44 @@ fn case_currency(s: &Shared, tx_id: &str) -> Option<Currency> {
 }
 
 fn check_id(field: &str, v: &str) -> Result<(), ApiError> {
-    if v.is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
+    check_id_up_to(field, v, ID_BYTES_MAX)
+}
+
+/// An id of 1 to `max` bytes without control characters.
+fn check_id_up_to(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
         return Err(ApiError::bad(
             "invalid_field",
-            "must be 1 to 128 characters without control characters",
+            format!("must be 1 to {max} bytes without control characters"),
         )
         .field(field));
     }
     Ok(())
 }
 
+/// The prefix of the engine's id for a deposit's or a withdrawal's event (`withdrawal:OP_ID`),
+/// the longer of the two: an `op_id` leaves room for it within the engine's id limit.
+const MOVEMENT_PREFIX_MAX: &str = "withdrawal:";
+
 pub async fn open_account(
     State(s): State<AppState>,
     Body(b): Body<OpenAccount>,
 ) -> Result<Response, ApiError> {
     check_id("id", &b.id)?;
+    // The engine learns the opening (account age, a balance it can follow, the locale). Its
+    // event id is only a label: cut to fit the id limit.
+    let mut event_id = format!("open-{}", b.id);
+    let mut cut = ID_BYTES_MAX;
+    while !event_id.is_char_boundary(cut.min(event_id.len())) {
+        cut -= 1;
+    }
+    event_id.truncate(cut);
+    let mut ev = json!({"schema": 1, "event_id": event_id, "kind": "account_opened",
+        "account_id": b.id, "ts": format_ts(vigil_engine::ledger::now_ms())});
+    if let Some(l) = &b.locale {
+        ev["locale"] = json!(l);
+    }
+    let ev = engine_event(&ev)?;
     if Currency::from_code(&b.currency).is_none() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -804,13 +825,7 @@ pub async fn open_account(
     )
     .await?;
     if !a.replayed {
-        // The engine learns the opening (account age, a balance it can follow, the locale).
-        let mut ev = json!({"schema": 1, "event_id": format!("open-{}", b.id), "kind": "account_opened",
-            "account_id": b.id, "ts": format_ts(vigil_engine::ledger::now_ms())});
-        if let Some(l) = b.locale {
-            ev["locale"] = json!(l);
-        }
-        feed(&s.0, ev)?;
+        s.0.engine.apply(&ev);
     }
     Ok(json(created(&a), &outcome_json(&a.outcome, &s.0)))
 }
@@ -843,7 +858,7 @@ fn minor(s: &Shared, account: &str, amount: &str) -> Result<i64, ApiError> {
 
 /// The engine follows balances and usual amounts from the money that moves: a deposit or a
 /// withdrawal is shown to it as the transaction it is (its decision is not used).
-fn feed_movement(s: &Shared, b: &Movement, account: &str, kind: &str) -> Result<(), ApiError> {
+fn movement_event(s: &Shared, b: &Movement, account: &str, kind: &str) -> Result<Event, ApiError> {
     let currency = s
         .ledger
         .read(|l| {
@@ -851,9 +866,8 @@ fn feed_movement(s: &Shared, b: &Movement, account: &str, kind: &str) -> Result<
                 .map(|a| a.currency.code().to_string())
         })
         .unwrap_or_default();
-    feed(
-        s,
-        json!({"schema": 1, "tx_id": format!("{kind}:{}", b.op_id), "kind": kind, "account_id": account,
+    engine_event(
+        &json!({"schema": 1, "tx_id": format!("{kind}:{}", b.op_id), "kind": kind, "account_id": account,
             "amount": b.amount, "currency": currency, "channel": "ledger",
             "ts": format_ts(vigil_engine::ledger::now_ms())}),
     )
@@ -861,8 +875,9 @@ fn feed_movement(s: &Shared, b: &Movement, account: &str, kind: &str) -> Result<
 
 /// A deposit (`inward`) or a withdrawal: booked, then shown to the engine.
 async fn movement(s: &Shared, id: String, b: Movement, inward: bool) -> Result<Response, ApiError> {
-    check_id("op_id", &b.op_id)?;
+    check_id_up_to("op_id", &b.op_id, ID_BYTES_MAX - MOVEMENT_PREFIX_MAX.len())?;
     let amount = minor(s, &id, &b.amount)?;
+    let ev = movement_event(s, &b, &id, if inward { "top_up" } else { "withdrawal" })?;
     let (op_id, account) = (b.op_id.clone(), id.clone());
     let cmd = if inward {
         Command::Deposit {
@@ -879,7 +894,7 @@ async fn movement(s: &Shared, id: String, b: Movement, inward: bool) -> Result<R
     };
     let a = run(s, cmd).await?;
     if !a.replayed {
-        feed_movement(s, &b, &id, if inward { "top_up" } else { "withdrawal" })?;
+        s.engine.apply(&ev);
     }
     Ok(json(created(&a), &outcome_json(&a.outcome, s)))
 }
