@@ -282,7 +282,10 @@ pub struct TransferCmd {
 impl TransferCmd {
     /// The payer and payee for an event of `kind` from `account` with `counterparty`: money
     /// leaves the account for transfers, payments and withdrawals (to the counterparty when it is
-    /// a ledger account, else outside), and arrives for top-ups and refunds.
+    /// a ledger account, else outside), and arrives for top-ups and refunds, always from outside:
+    /// the event is the receiver's, whose risk is what was decided, so it may never debit
+    /// another account (a refund of a transfer in the ledger is `Command::Refund`, bounded by
+    /// what was settled).
     pub fn parties(
         kind: TxKind,
         account: &str,
@@ -293,7 +296,7 @@ impl TransferCmd {
         let other = match (kind, counterparty) {
             (TxKind::Withdrawal, _) | (_, None) => Party::World,
             (TxKind::Transfer, Some(c)) => Party::Account(c.to_string()),
-            (_, Some(c)) if is_account(c) => Party::Account(c.to_string()),
+            (k, Some(c)) if k.is_outgoing() && is_account(c) => Party::Account(c.to_string()),
             _ => Party::World,
         };
         if kind.is_outgoing() {

@@ -217,6 +217,43 @@ fn holds_expire() {
 }
 
 #[test]
+fn money_arrives_from_outside_and_never_from_another_account() {
+    let accounts = |id: &str| ["alice", "bob", "shop"].contains(&id);
+    let acc = |id: &str| Party::Account(id.into());
+    let cases = [
+        (TxKind::Transfer, Some("bob"), (acc("alice"), acc("bob"))),
+        (
+            TxKind::Transfer,
+            Some("stranger"),
+            (acc("alice"), acc("stranger")),
+        ),
+        (TxKind::Payment, Some("shop"), (acc("alice"), acc("shop"))),
+        (
+            TxKind::Payment,
+            Some("amazon"),
+            (acc("alice"), Party::World),
+        ),
+        (
+            TxKind::Withdrawal,
+            Some("bob"),
+            (acc("alice"), Party::World),
+        ),
+        // A top-up or refund event is alice's: it cannot take bob's money, however it is
+        // written (refunds of ledger transfers are Command::Refund).
+        (TxKind::TopUp, Some("bob"), (Party::World, acc("alice"))),
+        (TxKind::Refund, Some("shop"), (Party::World, acc("alice"))),
+        (TxKind::Refund, None, (Party::World, acc("alice"))),
+    ];
+    for (kind, counterparty, want) in cases {
+        assert_eq!(
+            TransferCmd::parties(kind, "alice", counterparty, accounts),
+            want,
+            "{kind:?} {counterparty:?}"
+        );
+    }
+}
+
+#[test]
 fn refunds_never_exceed_what_was_settled() {
     let l = two_accounts();
     l.execute(transfer("p1", "alice", "bob", 50_00, Risk::Allow))
