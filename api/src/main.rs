@@ -433,9 +433,9 @@ fn report_gen(a: &GenArgs, stats: &traffic::GenStats) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Generates `cfg`'s traffic into `file` (gzip when `a.out` ends in `.gz`).
-/// Writes the traffic to `file`; with `sync`, waits until it is on disk (before it is renamed
-/// over the file it replaces, so a crash cannot leave an empty file under the old name).
+/// Generates `cfg`'s traffic into `file` (gzip when `a.out` ends in `.gz`); with `sync`, waits
+/// until it is on disk (before it is renamed over the file it replaces, so a crash cannot leave
+/// an empty file under the old name).
 fn write_traffic(
     a: &GenArgs,
     cfg: &traffic::GenConfig,

@@ -129,6 +129,9 @@ fn settings(conn: &ConnArgs, extra: Overrides) -> Result<Settings> {
 /// When the first SIGINT/SIGTERM came: the graceful stop's `shutdown_timeout` counts from it.
 static STOPPING_SINCE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
+/// The least time the HTTP decisions' publisher gets at a graceful stop.
+const PUBLISH_AT_STOP_MIN: Duration = Duration::from_secs(2);
+
 /// What is left of the graceful stop's budget (all of it without a signal).
 fn shutdown_left(budget: Duration) -> Duration {
     STOPPING_SINCE.get().map_or(budget, |t| {
@@ -340,7 +343,10 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     if let Some(api) = api {
         api.stop();
     }
-    if let Some(Err(e)) = publisher.map(|p| p.flush(shutdown_left(s.stream.shutdown_timeout))) {
+    // What the HTTP API answered is published with what is left of the budget, and at least
+    // a moment: nothing else would publish it.
+    let left = shutdown_left(s.stream.shutdown_timeout).max(PUBLISH_AT_STOP_MIN);
+    if let Some(Err(e)) = publisher.map(|p| p.flush(left)) {
         tracing::error!("HTTP decisions not all published at shutdown: {e}");
     }
     ledger.close();

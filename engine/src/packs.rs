@@ -542,6 +542,10 @@ pub fn compile_candidate(
     kept.retain(|s| {
         !s.rel.starts_with("tests/") && !files.contains_key(&s.rel) && !remove.contains(&s.rel)
     });
+    // A file replaced or removed takes its encoding problem with it.
+    sources
+        .not_text
+        .retain(|(rel, ..)| !files.contains_key(rel) && !remove.contains(rel));
     kept.extend(files.iter().map(|(rel, text)| SourceFile {
         path: rel.clone(),
         rel: rel.clone(),
@@ -554,4 +558,35 @@ pub fn compile_candidate(
     sources
         .compile(opts)
         .map_err(|d| d.0.iter().map(ToString::to_string).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_candidate_that_replaces_a_file_that_is_not_utf8_compiles() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/packs/default");
+        let dir = std::env::temp_dir().join(format!("vigil-candidate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("lists")).expect("mkdir");
+        for f in read_sources(&root).expect("default pack").files {
+            if !f.rel.starts_with("tests/") {
+                std::fs::write(dir.join(&f.rel), f.text).expect("copy");
+            }
+        }
+        let list = "lists/sanctioned_countries.txt";
+        std::fs::write(dir.join(list), b"KP\nIR  # Ir\xe1n\n").expect("write list");
+        let opts = PackOptions::default();
+        let none = std::collections::BTreeMap::new();
+        let err = compile_candidate(Some(&dir), &none, &[], &opts).expect_err("Latin-1 list");
+        assert!(
+            err[0].starts_with(&format!("{list}:2:9: not UTF-8 text")),
+            "{err:?}"
+        );
+        let fixed = std::collections::BTreeMap::from([(list.to_string(), "KP\nIR\n".to_string())]);
+        let got = compile_candidate(Some(&dir), &fixed, &[], &opts);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(got.is_ok(), "{:?}", got.err());
+    }
 }

@@ -566,7 +566,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 "get",
                 "/v1/accounts/{id}/transactions.csv",
                 BOTH,
-                "History as CSV (same filter, every page). An id that begins with = + - @ or a tab gets a leading ' so that spreadsheets show it as text.",
+                "History as CSV (same filter, every page). An id that begins with = + - or @ gets a leading ' so that spreadsheets show it as text.",
                 None,
                 (200, "Csv"),
                 get(h::history_csv),

@@ -430,6 +430,18 @@ struct Shared {
     ledger: Option<Ledger>,
     /// The highest ledger ticket handed out: durable before any commit.
     ledger_ticket: AtomicU64,
+    /// Once the pipeline is ending: when its graceful end must be done, which a checkpoint
+    /// for a revoke (while the shutdown commit serves a rebalance, or as the consumer closes)
+    /// does not extend.
+    ending_by: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    /// `shutdown_timeout` from now, or the end's deadline once the pipeline is ending.
+    fn deadline(&self) -> Instant {
+        let d = Instant::now() + self.cfg.shutdown_timeout;
+        lock(&self.ending_by).map_or(d, |e| e.min(d))
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -668,8 +680,8 @@ impl ConsumerContext for Rebalancer {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!("revoked {}; finishing what is in flight", names.join(", "));
-                let deadline = Instant::now() + s.cfg.shutdown_timeout;
-                if let Err(e) = s.checkpoint(consumer, CommitMode::Sync, "rebalance", deadline) {
+                if let Err(e) = s.checkpoint(consumer, CommitMode::Sync, "rebalance", s.deadline())
+                {
                     tracing::error!("checkpoint before giving up partitions failed: {e}");
                 }
                 let slots = lock(&s.slots);
@@ -822,13 +834,16 @@ impl Shared {
             return Err(StreamError::Delivery(f));
         }
         let left = || deadline.saturating_duration_since(Instant::now());
+        let waited = Instant::now();
         if let Err(e) = flush(&self.producer, left()) {
             return Err(StreamError::Delivery(format!(
-                "outputs not acknowledged within {:.0}s ({e}); nothing committed",
-                self.cfg.shutdown_timeout.as_secs_f64()
+                "outputs not acknowledged within {:.1}s ({e}); nothing committed",
+                waited.elapsed().as_secs_f64()
             )));
         }
-        if !self.tracker.settle(left()) {
+        // The reports of what the flush saw acknowledged may still be on their way to the
+        // callback: a moment for them even when the budget is spent.
+        if !self.tracker.settle(left().max(Duration::from_millis(500))) {
             return Err(StreamError::Delivery(
                 "delivery reports not handled in time; nothing committed".into(),
             ));
@@ -1177,6 +1192,7 @@ impl Pipeline {
             highs: Mutex::new(HashMap::new()),
             ledger: self.ledger.clone(),
             ledger_ticket: AtomicU64::new(0),
+            ending_by: Mutex::new(None),
         });
         let session_ms = cfg.session_timeout.as_millis().max(1000);
         let mut consumer_config = client_config(cfg);
@@ -1333,6 +1349,7 @@ impl Pipeline {
         // a message count or idleness decides them (there is nothing more to wait for).
         // One budget for the whole graceful end, from here.
         let deadline = Instant::now() + cfg.shutdown_timeout;
+        *lock(&shared.ending_by) = Some(deadline);
         let result = result.and_then(|()| {
             if self.stop.load(Ordering::Relaxed) {
                 let left = lock(&shared.align).total();
