@@ -40,12 +40,57 @@ impl Audit {
         }
     }
 
-    /// Appends every entry from now on to `path` too.
+    /// Appends every entry from now on to `path` too, after reading the latest entries already
+    /// there (a restart keeps `GET /v1/audit`'s history). A line that is not a JSON object (a
+    /// crash cut it short) is skipped and counted in the log.
     pub fn open_file(&self, path: &Path) -> std::io::Result<()> {
-        let f = std::fs::OpenOptions::new()
+        use std::io::BufRead;
+        let mut f = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)?;
+        let mut read = VecDeque::new();
+        let mut skipped = 0u64;
+        for line in std::io::BufReader::new(&mut f).split(b'\n') {
+            let line = line?;
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Value>(&line) {
+                Ok(v @ Value::Object(_)) => {
+                    if read.len() == RECENT_MAX {
+                        read.pop_front();
+                    }
+                    read.push_back(v);
+                }
+                _ => skipped += 1,
+            }
+        }
+        // A last line cut short gets its end, so the next entry starts a line of its own.
+        {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8; 1];
+            if f.seek(SeekFrom::End(-1)).is_ok()
+                && f.read_exact(&mut last).is_ok()
+                && last[0] != b'\n'
+            {
+                f.write_all(b"\n")?;
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                "audit log {}: {skipped} line(s) that are not entries skipped",
+                path.display()
+            );
+        }
+        let mut recent = lock(&self.recent);
+        read.extend(recent.drain(..));
+        while read.len() > RECENT_MAX {
+            read.pop_front();
+        }
+        *recent = read;
+        drop(recent);
         *lock(&self.file) = Some(f);
         Ok(())
     }
@@ -84,5 +129,46 @@ impl Audit {
             .take(limit)
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_reads_the_entries_already_in_the_file() {
+        let dir = std::env::temp_dir().join(format!("vigil-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let first = Audit::new(Arc::new(Metrics::new()));
+        first.open_file(&path).expect("open");
+        first.record("ana", "freeze", json!({"account_id": "alice"}));
+        first.record("ana", "unfreeze", json!({"account_id": "alice"}));
+        drop(first);
+        // A line cut short by a crash, then a restart.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"{\"at\":\"2026"))
+            .expect("cut line");
+        let again = Audit::new(Arc::new(Metrics::new()));
+        again.open_file(&path).expect("reopen");
+        again.record("root", "rules_reload", json!({}));
+        let kinds = |a: &Audit| -> Vec<Value> {
+            a.recent(None, 10)
+                .iter()
+                .map(|e| e["kind"].clone())
+                .collect()
+        };
+        let want = [json!("rules_reload"), json!("unfreeze"), json!("freeze")];
+        assert_eq!(kinds(&again), want);
+        drop(again);
+        // The entry written after the cut line is a line of its own: the next restart reads it.
+        let third = Audit::new(Arc::new(Metrics::new()));
+        third.open_file(&path).expect("reopen");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(kinds(&third), want);
     }
 }
