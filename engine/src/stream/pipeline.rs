@@ -1340,6 +1340,9 @@ impl Pipeline {
                 }
             }
         };
+        // One budget for the whole graceful end, from here.
+        let deadline = Instant::now() + cfg.shutdown_timeout;
+        *lock(&shared.ending_by) = Some(deadline);
         // 5. Graceful end: flush, snapshot, commit — unless an output failed, in which case
         // nothing past it may be committed.
         // Stopped by a signal, the events still waiting in the merge for the other topic stay
@@ -1347,9 +1350,6 @@ impl Pipeline {
         // account that is on the broker but not read yet. Never acknowledged, they are not
         // committed, nor in the snapshot's offsets: the restart reads them again. A stop after
         // a message count or idleness decides them (there is nothing more to wait for).
-        // One budget for the whole graceful end, from here.
-        let deadline = Instant::now() + cfg.shutdown_timeout;
-        *lock(&shared.ending_by) = Some(deadline);
         let result = result.and_then(|()| {
             if self.stop.load(Ordering::Relaxed) {
                 let left = lock(&shared.align).total();
