@@ -447,23 +447,18 @@ fn write_traffic(
         bar.set_length(total);
         bar.set_position(done);
     };
-    let stats = if a.out.extension().is_some_and(|e| e == "gz") {
+    let (stats, file) = if a.out.extension().is_some_and(|e| e == "gz") {
         let mut gz = vigil_engine::replay::gz_writer(file);
         let s = traffic::generate(cfg, &mut gz, &mut progress)?;
-        let file = gz.finish()?.into_inner().map_err(|e| e.into_error())?;
-        if sync {
-            file.sync_all()?;
-        }
-        s
+        (s, gz.finish()?.into_inner().map_err(|e| e.into_error())?)
     } else {
         let mut w = BufWriter::new(file);
         let s = traffic::generate(cfg, &mut w, &mut progress)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        if sync {
-            file.sync_all()?;
-        }
-        s
+        (s, w.into_inner().map_err(|e| e.into_error())?)
     };
+    if sync {
+        file.sync_all()?;
+    }
     bar.finish_and_clear();
     Ok(stats)
 }

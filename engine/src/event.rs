@@ -332,18 +332,20 @@ pub struct EventError {
     pub field: Option<String>,
     /// What is wrong with it.
     pub message: String,
+    /// The bytes were not one JSON object at all (bad syntax, an array), as against an object
+    /// with a bad or missing field.
+    pub not_json: bool,
 }
 
 impl EventError {
-    /// Whether the bytes were not JSON (or not one JSON object) at all, as against JSON
-    /// with a bad field.
-    pub fn is_json_syntax(&self) -> bool {
-        self.field.is_none()
-            && (self.message.starts_with("invalid JSON") || self.message.starts_with(NOT_AN_OBJECT))
+    fn not_json(message: String) -> EventError {
+        EventError {
+            field: None,
+            message,
+            not_json: true,
+        }
     }
 }
-
-const NOT_AN_OBJECT: &str = "an event is a JSON object";
 
 /// The field a serde error is about, and its message: serde names a missing or unknown field
 /// only in its message (`missing field `lon``), at the path of the object that holds it.
@@ -378,6 +380,7 @@ fn bad(field: &str, message: impl Into<String>) -> EventError {
     EventError {
         field: Some(field.to_string()),
         message: message.into(),
+        not_json: false,
     }
 }
 
@@ -434,13 +437,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, EventError> {
                 "event is {} bytes, more than the limit of {EVENT_BYTES_MAX}",
                 bytes.len()
             ),
+            not_json: false,
         });
     }
     if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(EventError {
-            field: None,
-            message: format!("{NOT_AN_OBJECT}: expected '{{'"),
-        });
+        return Err(EventError::not_json(
+            "an event is a JSON object: expected '{'".into(),
+        ));
     }
     // The shape producers write is read by hand; anything else by serde_json, first without
     // path tracking, and a bad event is parsed again with it, for the message.
@@ -465,18 +468,17 @@ fn decode_tracked(bytes: &[u8]) -> Result<RawEvent<'_>, EventError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            return EventError {
-                field: None,
-                message: format!("invalid JSON: {inner}"),
-            };
+            return EventError::not_json(format!("invalid JSON: {inner}"));
         }
         let (field, message) = serde_error_field(&path, &inner.to_string());
-        EventError { field, message }
+        EventError {
+            field,
+            message,
+            not_json: false,
+        }
     })?;
-    de.end().map_err(|e| EventError {
-        field: None,
-        message: format!("invalid JSON: {e}"),
-    })?;
+    de.end()
+        .map_err(|e| EventError::not_json(format!("invalid JSON: {e}")))?;
     Ok(raw)
 }
 
@@ -485,6 +487,7 @@ pub fn decode_value(v: &serde_json::Value) -> Result<Event, EventError> {
     let bytes = serde_json::to_vec(v).map_err(|e| EventError {
         field: None,
         message: e.to_string(),
+        not_json: false,
     })?;
     decode(&bytes)
 }

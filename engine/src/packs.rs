@@ -64,7 +64,7 @@ impl Sources {
     /// A problem at the first bad byte of each file that is not UTF-8 and is still among
     /// `files`: the compiler reads such a file's text with the bytes replaced, and may report
     /// more problems in it, but the pack is refused.
-    pub fn not_text(&self) -> Vec<Diagnostic> {
+    fn not_text(&self) -> Vec<Diagnostic> {
         self.not_text
             .iter()
             .filter_map(|(rel, at, byte)| {

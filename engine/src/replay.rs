@@ -90,6 +90,7 @@ pub fn read(mut r: impl BufRead) -> std::io::Result<Input> {
             let error = EventError {
                 field: None,
                 message: format!("line is longer than the event limit of {EVENT_BYTES_MAX} bytes"),
+                not_json: false,
             };
             input.rejected.push(Rejected { line: no, error });
             continue;

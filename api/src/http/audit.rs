@@ -50,32 +50,34 @@ impl Audit {
             .read(true)
             .append(true)
             .open(path)?;
-        let mut read = VecDeque::new();
-        let mut skipped = 0u64;
-        for line in std::io::BufReader::new(&mut f).split(b'\n') {
-            let line = line?;
+        // The last lines, kept as bytes: only the ones kept are parsed.
+        let mut lines: VecDeque<Vec<u8>> = VecDeque::new();
+        let mut ended = true;
+        let mut r = std::io::BufReader::new(&mut f);
+        loop {
+            let mut line = Vec::new();
+            if r.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            ended = line.ends_with(b"\n");
             if line.trim_ascii().is_empty() {
                 continue;
             }
-            match serde_json::from_slice::<Value>(&line) {
-                Ok(v @ Value::Object(_)) => {
-                    if read.len() == RECENT_MAX {
-                        read.pop_front();
-                    }
-                    read.push_back(v);
-                }
-                _ => skipped += 1,
+            if lines.len() == RECENT_MAX {
+                lines.pop_front();
             }
+            lines.push_back(line);
         }
         // A last line cut short gets its end, so the next entry starts a line of its own.
-        {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut last = [0u8; 1];
-            if f.seek(SeekFrom::End(-1)).is_ok()
-                && f.read_exact(&mut last).is_ok()
-                && last[0] != b'\n'
-            {
-                f.write_all(b"\n")?;
+        if !ended {
+            f.write_all(b"\n")?;
+        }
+        let mut read = VecDeque::with_capacity(lines.len());
+        let mut skipped = 0u64;
+        for line in lines {
+            match serde_json::from_slice::<Value>(&line) {
+                Ok(v @ Value::Object(_)) => read.push_back(v),
+                _ => skipped += 1,
             }
         }
         if skipped > 0 {

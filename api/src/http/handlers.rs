@@ -796,8 +796,8 @@ pub async fn open_account(
     // The engine learns the opening (account age, a balance it can follow, the locale). Its
     // event id is only a label: cut to fit the id limit.
     let mut event_id = format!("open-{}", b.id);
-    let mut cut = ID_BYTES_MAX;
-    while !event_id.is_char_boundary(cut.min(event_id.len())) {
+    let mut cut = ID_BYTES_MAX.min(event_id.len());
+    while !event_id.is_char_boundary(cut) {
         cut -= 1;
     }
     event_id.truncate(cut);

@@ -225,7 +225,7 @@ impl From<vigil_engine::EventError> for ApiError {
     fn from(e: vigil_engine::EventError) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            code: if e.is_json_syntax() {
+            code: if e.not_json {
                 "invalid_json"
             } else {
                 "invalid_field"
