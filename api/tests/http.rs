@@ -86,6 +86,27 @@ async fn tokens_and_roles_are_checked() {
     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
     let a = get(&app, "/v1/accounts/x", "not-a-token").await;
     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
+    // The scheme's case does not matter (RFC 9110); the token's does.
+    for (authorization, status) in [
+        (format!("bearer {PAY}"), StatusCode::NOT_FOUND),
+        (format!("BEARER  {PAY} "), StatusCode::NOT_FOUND),
+        (
+            format!("Bearer {}", PAY.to_uppercase()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (format!("Basic {PAY}"), StatusCode::UNAUTHORIZED),
+        (PAY.to_string(), StatusCode::UNAUTHORIZED),
+    ] {
+        let (got, _, text) = common::send_authorized(
+            &app,
+            "GET",
+            "/v1/accounts/x",
+            Some(&authorization),
+            None::<Vec<u8>>,
+        )
+        .await;
+        assert_eq!(got, status, "{authorization}: {text}");
+    }
     // An analyst cannot move money; the payment service cannot freeze.
     let a = post(&app, "/v1/transfers", ANA, json!({})).await;
     assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
@@ -226,6 +247,35 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
     let a = post(&app, "/v1/authorize", PAY, t).await;
     let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
     assert_eq!(v["field"], "geo.lon", "{v}");
+    // A field no event has is refused with its name (a misspelt device_id would turn the
+    // device rules off), on every event route, and nothing is decided or recorded.
+    let mut t = tx("t-typo", "a", "b", "5.00", "d-1");
+    let device = t.as_object_mut().and_then(|o| o.remove("device_id"));
+    t["device"] = device.expect("tx has a device_id");
+    t["kind"] = json!("transfer");
+    for uri in ["/v1/authorize", "/v1/transfers"] {
+        let a = post(&app, uri, PAY, t.clone()).await;
+        let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(v["field"], "device", "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("did you mean 'device_id'")),
+            "{v}"
+        );
+    }
+    let a = get(&app, "/v1/transfers/t-typo", PAY).await;
+    assert_error(&a, StatusCode::NOT_FOUND, "unknown_transfer");
+    let mut t = tx("t-alt", "a", "b", "5.00", "d-1");
+    t["geo"]["alt"] = json!(30);
+    let a = post(&app, "/v1/transfers", PAY, t).await;
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["field"], "geo.alt", "{v}");
+    let e =
+        json!({"event_id": "e-x", "kind": "password_reset", "account_id": "a", "devise_id": "d"});
+    let a = post(&app, "/v1/events", PAY, e).await;
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["field"], "devise_id", "{v}");
     // Bytes that are not JSON are invalid_json on every route, the event routes too.
     for uri in [
         "/v1/accounts",

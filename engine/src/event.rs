@@ -492,6 +492,69 @@ pub fn decode_value(v: &serde_json::Value) -> Result<Event, EventError> {
     decode(&bytes)
 }
 
+/// The keys of an event's `geo`.
+const GEO_FIELDS: [&str; 3] = ["lat", "lon", "country"];
+
+/// The first field of `bytes`, an event [`decode`] accepted, that no event has (`geo.alt` for
+/// one in `geo`), as an error naming it. [`decode`] skips such fields: the Kafka path reads
+/// events from producers that may be newer than the engine. A caller over HTTP is told
+/// instead, since a misspelt `device_id` would turn the device rules off without a word.
+pub fn unknown_field(bytes: &[u8]) -> Option<EventError> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    /// Reads one object's keys, and `geo`'s too, keeping the first unknown one's path.
+    struct Keys {
+        geo: bool,
+    }
+    impl<'de> serde::de::DeserializeSeed<'de> for Keys {
+        type Value = Option<String>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        // `geo: null` (no location) was accepted by `decode`.
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut first = None;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                let inner = if !self.geo && key == "geo" {
+                    map.next_value_seed(Keys { geo: true })?
+                        .map(|k| format!("geo.{k}"))
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                    let known: &[&str] = if self.geo { &GEO_FIELDS } else { &FIELDS };
+                    (!known.contains(&&*key)).then(|| key.into_owned())
+                };
+                first = first.or(inner);
+            }
+            Ok(first)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let path = de.deserialize_any(Keys { geo: false }).ok()??;
+    let (known, name): (&[&str], &str) = match path.strip_prefix("geo.") {
+        Some(k) => (&GEO_FIELDS, k),
+        None => (&FIELDS, &path),
+    };
+    let hint = vigil_rules::diag::suggest(name, known.iter().copied());
+    Some(EventError {
+        message: format!(
+            "unknown field '{name}'{hint}: an event has {}",
+            known.join(", ")
+        ),
+        field: Some(path),
+        not_json: false,
+    })
+}
+
 fn id(field: &str, v: Option<Cow<'_, str>>, required: bool) -> Result<Option<Id>, EventError> {
     match v {
         None if required => Err(bad(field, "is required")),
@@ -841,6 +904,35 @@ mod tests {
             let kind = TxKind::from_name(name).expect("every kind has a variant");
             assert_eq!(kind.bit(), vigil_rules::program::kind_bit(name), "{name}");
         }
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_the_closest_known_one() {
+        assert!(unknown_field(GOOD.as_bytes()).is_none());
+        let with = |extra: &str| GOOD.replacen("\"memo\"", &format!("{extra},\"memo\""), 1);
+        let typo = with(r#""device":"d-1""#);
+        assert!(decode(typo.as_bytes()).is_ok(), "decode skips it");
+        let e = unknown_field(typo.as_bytes()).expect("named");
+        assert_eq!(e.field.as_deref(), Some("device"));
+        assert!(
+            e.message.starts_with(
+                "unknown field 'device' (did you mean 'device_id'?): an event has schema, tx_id,"
+            ),
+            "{e}"
+        );
+        // Nested values, escapes in the key and the first of several.
+        let e = unknown_field(with(r#""x\u0079":{"a":[1,{"b":null}]},"zz":1"#).as_bytes());
+        assert_eq!(e.and_then(|e| e.field).as_deref(), Some("xy"));
+        let geo = GOOD.replace(r#""country":"CN""#, r#""country":"CN","alt":12.5"#);
+        let e = unknown_field(geo.as_bytes()).expect("named");
+        assert_eq!(e.field.as_deref(), Some("geo.alt"));
+        assert_eq!(
+            e.message,
+            "unknown field 'alt': an event has lat, lon, country"
+        );
+        let no_geo = GOOD.replace(r#"{"lat":31.23,"lon":121.47,"country":"CN"}"#, "null");
+        assert!(decode(no_geo.as_bytes()).is_ok());
+        assert!(unknown_field(no_geo.as_bytes()).is_none());
     }
 
     #[test]

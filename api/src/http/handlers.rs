@@ -453,9 +453,10 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
 // ---------- transactions: authorize and transfers ----------
 
 /// Decodes an event; `schema` and `ts` may be left out (1, now), and `kind` too when
-/// `default_kind` is given. The common case, everything given, is decoded once.
+/// `default_kind` is given. The common case, everything given, is decoded once. A field no
+/// event has is refused (the Kafka path skips it), after the other checks.
 fn event(bytes: &[u8], default_kind: Option<&str>) -> Result<Event, ApiError> {
-    Ok(match decode(bytes) {
+    let ev = match decode(bytes) {
         Ok(e) => e,
         Err(e)
             if e.field
@@ -473,7 +474,11 @@ fn event(bytes: &[u8], default_kind: Option<&str>) -> Result<Event, ApiError> {
             vigil_engine::event::decode_value(&Value::Object(v))?
         }
         Err(e) => return Err(e.into()),
-    })
+    };
+    match vigil_engine::event::unknown_field(bytes) {
+        Some(e) => Err(e.into()),
+        None => Ok(ev),
+    }
 }
 
 /// Decodes a transaction event (see [`event`]).

@@ -36,7 +36,7 @@ fn schemas() -> Value {
                 "at": {"type": "string"}, "who": {"type": "string"},
                 "kind": {"type": "string"}}}}}},
         "Csv": {"type": "string", "description": "text/csv: seq,at,kind,ref,counterparty,amount,held_change,available_after,held_after,currency"},
-        "TransactionEvent": {"type": "object", "required": ["tx_id", "account_id", "amount", "currency"], "properties": {
+        "TransactionEvent": {"type": "object", "required": ["tx_id", "account_id", "amount", "currency"], "additionalProperties": false, "properties": {
             "schema": {"type": "integer", "enum": [1], "description": "default 1"},
             "tx_id": s("idempotency key"),
             "ts": s("RFC 3339 event time; default now"),
@@ -46,19 +46,22 @@ fn schemas() -> Value {
             "amount": money("decimal string, at most the currency's decimals"),
             "currency": s("ISO 4217"),
             "channel": s("app, web, …"), "device_id": s(""), "ip": s(""),
-            "geo": {"type": "object", "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}, "country": s("ISO 3166 alpha-2")}},
-            "memo": s("")}},
+            "geo": {"$ref": "#/components/schemas/Geo"},
+            "memo": s(""),
+            "is_fraud": {"type": "boolean", "description": "a label (generated and replayed traffic); not read by the rules"},
+            "fraud_scenario": s("a label, as is_fraud")}},
+        "Geo": {"type": ["object", "null"], "required": ["lat", "lon"], "additionalProperties": false, "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}, "country": s("ISO 3166 alpha-2")}},
         "Authorization": {"type": "object", "properties": {
             "decision": {"type": "object", "description": "action, score, reasons (rule, values), rules_version"},
             "decline_code": {"type": ["string", "null"], "enum": ["risk_blocked", "step_up_required", "insufficient_funds", "account_frozen", "currency_mismatch", "limit_exceeded", "unknown_account", null]},
             "transfer": {"$ref": "#/components/schemas/Transfer"},
             "notification": {"type": "object", "properties": {"kind": s(""), "locale": s(""), "text": s("")}},
             "replayed": {"type": "boolean"}}},
-        "AccountEvent": {"type": "object", "required": ["event_id", "kind", "account_id"], "properties": {
+        "AccountEvent": {"type": "object", "required": ["event_id", "kind", "account_id"], "additionalProperties": false, "properties": {
             "schema": {"type": "integer", "enum": [1]}, "event_id": s(""), "ts": s("RFC 3339; default now"),
             "kind": {"type": "string", "enum": ["account_opened", "login", "new_device", "password_reset", "email_changed", "phone_changed", "payee_added"]},
             "account_id": s(""), "device_id": s(""), "ip": s(""), "counterparty_id": s("the payee, for payee_added"),
-            "geo": {"type": "object"}, "locale": s("account_opened only")}},
+            "geo": {"$ref": "#/components/schemas/Geo"}, "locale": s("account_opened only")}},
         "TransferResult": {"$ref": "#/components/schemas/Authorization"},
         "OpenAccount": {"type": "object", "required": ["id", "currency"], "additionalProperties": false, "properties": {
             "id": s("account id"), "currency": s("ISO 4217"), "locale": s("notification language, e.g. en, zh-CN")}},

@@ -37,10 +37,22 @@ pub async fn send(
     token: Option<&str>,
     body: Option<impl Into<Vec<u8>>>,
 ) -> (StatusCode, String, String) {
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    send_authorized(app, method, uri, authorization.as_deref(), body).await
+}
+
+/// [`send`] with the whole `Authorization` header given.
+pub async fn send_authorized(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    authorization: Option<&str>,
+    body: Option<impl Into<Vec<u8>>>,
+) -> (StatusCode, String, String) {
     let body = body.map(Into::into);
     let mut req = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    if let Some(a) = authorization {
+        req = req.header(header::AUTHORIZATION, a);
     }
     let req = req
         .header(header::CONTENT_TYPE, "application/json")
