@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use vigil_api::http::{AppState, Limits, router};
-use vigil_engine::ledger::{Book, BookConfig, Ledger};
+use vigil_engine::ledger::{Book, BookConfig, Command, Ledger, Party, Risk};
 use vigil_engine::{Engine, EngineConfig, packs};
 use vigil_rules::PackOptions;
 use vigil_tests::root;
@@ -472,6 +472,50 @@ async fn the_wallet_story() {
         get(&app, "/v1/labels", PAY).await.status,
         StatusCode::FORBIDDEN
     );
+    // The analyst's retry gets the case as it stands and records no second verdict; a
+    // second dispute of the same transfer is refused, so verdicts cannot contradict.
+    let a = post(
+        &app,
+        "/v1/cases/dsp-1/resolve",
+        ANA,
+        json!({"verdict": "fraud", "note": "ATO"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["recovered"], "60.00", "{}", a.text);
+    let audit = get(&app, "/v1/audit", ADMIN).await.json();
+    let verdicts = audit["entries"]
+        .as_array()
+        .map(|e| e.iter().filter(|e| e["kind"] == "verdict").count());
+    assert_eq!(verdicts, Some(1), "{audit}");
+    let a = post(
+        &app,
+        "/v1/cases/dsp-1/resolve",
+        ANA,
+        json!({"verdict": "legit"}),
+    )
+    .await;
+    assert_error(&a, StatusCode::CONFLICT, "case_closed");
+    let a = post(
+        &app,
+        "/v1/disputes",
+        PAY,
+        json!({"dispute_id": "dsp-2", "tx_id": "t-2", "reason": "still not me"}),
+    )
+    .await;
+    let v = assert_error(&a, StatusCode::CONFLICT, "already_disputed");
+    assert_eq!(v["field"], "tx_id", "{v}");
+    let a = post(
+        &app,
+        "/v1/disputes",
+        PAY,
+        json!({"dispute_id": "review-t-9", "tx_id": "t-2"}),
+    )
+    .await;
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["field"], "dispute_id", "{v}");
+    let a = get(&app, "/v1/labels", ANA).await;
+    assert_eq!(a.text.lines().count(), 1, "{}", a.text);
     // The analyst unfreezes her after the password is reset again.
     let a = post(
         &app,
@@ -691,6 +735,40 @@ async fn holds_step_up_review_and_refunds() {
     assert_eq!(v["decline_code"], "risk_blocked");
     assert!(v.get("transfer").is_none());
     assert_eq!(balance(&app, "a").await.0, "500.00");
+
+    // A review hold the holder cancels leaves the analysts' queue, closed with the reason; a
+    // retried cancel answers the transfer as it stands.
+    let held = vigil_engine::ledger::TransferCmd {
+        tx_id: "p-3".into(),
+        kind: vigil_engine::event::TxKind::Transfer,
+        from: Party::Account("a".into()),
+        to: Party::Account("b".into()),
+        amount: 50_00,
+        currency: "EUR".into(),
+        risk: Risk::Review,
+        rules: vec!["amount.large_new_payee".into()],
+        score: 0,
+    };
+    ledger.execute(Command::Transfer(held)).expect("held");
+    let open = get(&app, "/v1/cases", ANA).await.json();
+    assert_eq!(open["cases"][0]["id"], "review-p-3", "{open}");
+    assert_eq!(open["cases"][0]["status"], "open", "{open}");
+    for _ in 0..2 {
+        let a = post(&app, "/v1/transfers/p-3/cancel", PAY, json!({})).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert_eq!(a.json()["status"], "voided", "{}", a.text);
+    }
+    assert_eq!(
+        balance(&app, "a").await,
+        ("500.00".into(), "0.00".into(), false)
+    );
+    let open = get(&app, "/v1/cases", ANA).await.json();
+    assert_eq!(open["cases"].as_array().map(Vec::len), Some(0), "{open}");
+    let case = get(&app, "/v1/cases/review-p-3", ANA).await.json();
+    assert_eq!(case["status"], "closed", "{case}");
+    assert_eq!(case["closed_reason"], "cancelled", "{case}");
+    let all = get(&app, "/v1/cases?status=all", ANA).await.json();
+    assert_eq!(all["cases"].as_array().map(Vec::len), Some(1), "{all}");
     assert!(ledger.read(Book::check).is_empty());
 }
 

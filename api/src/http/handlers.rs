@@ -1276,6 +1276,14 @@ pub async fn dispute(
     Body(b): Body<DisputeRequest>,
 ) -> Result<Response, ApiError> {
     check_id("dispute_id", &b.dispute_id)?;
+    let reserved = vigil_engine::ledger::book::REVIEW_CASE_PREFIX;
+    if b.dispute_id.starts_with(reserved) {
+        return Err(ApiError::bad(
+            "invalid_field",
+            format!("ids starting with '{reserved}' are kept for review cases"),
+        )
+        .field("dispute_id"));
+    }
     let a = run(
         &s.0,
         Command::Dispute {
@@ -1394,7 +1402,10 @@ pub async fn resolve_case(
         },
     )
     .await?;
-    if let Outcome::Case(c) = &a.outcome {
+    // A retry (the same verdict again) answers the case as it stands and records nothing.
+    if let Outcome::Case(c) = &a.outcome
+        && !a.replayed
+    {
         lifted(&s.0, &c.account);
         let verdict = match b.verdict {
             Verdict::Fraud => "fraud",

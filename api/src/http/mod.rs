@@ -199,7 +199,8 @@ impl From<LedgerError> for ApiError {
             LedgerError::AccountExists(_)
             | LedgerError::Conflict(_)
             | LedgerError::InvalidState { .. }
-            | LedgerError::CaseClosed(_) => StatusCode::CONFLICT,
+            | LedgerError::CaseClosed(_)
+            | LedgerError::AlreadyDisputed { .. } => StatusCode::CONFLICT,
             LedgerError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
@@ -210,6 +211,7 @@ impl From<LedgerError> for ApiError {
             LedgerError::UnknownCurrency(_) | LedgerError::CurrencyMismatch { .. } => {
                 Some("currency")
             }
+            LedgerError::AlreadyDisputed { .. } => Some("tx_id"),
             _ => None,
         };
         ApiError {
@@ -632,7 +634,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "post",
             "/v1/transfers/{tx_id}/cancel",
             PAY,
-            "Cancel a pending transfer: its hold is released.",
+            "Cancel a pending transfer: its hold is released, and its review case closed. Cancelling again answers the transfer as it stands.",
             None,
             (200, "Transfer"),
             post(h::cancel),
@@ -641,7 +643,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "post",
             "/v1/transfers/{tx_id}/confirm",
             PAY,
-            "The holder passed step-up: post the pending transfer.",
+            "The holder passed step-up: post the pending transfer. Confirming again answers the transfer as it stands.",
             None,
             (200, "Transfer"),
             post(h::confirm),
@@ -650,13 +652,16 @@ pub(crate) fn routes() -> Vec<Route> {
             "post",
             "/v1/disputes",
             BOTH,
-            "The holder reports a transfer as unauthorized: the account is frozen and a case opens.",
+            "The holder reports a transfer as unauthorized: the account is frozen and a case opens. A transfer is disputed once (409 already_disputed); the same dispute again answers its case (200).",
             Some("DisputeRequest"),
             (201, "Case"),
             post(h::dispute),
         ),
         Route {
-            query: &[("status", "open (default) or all")],
+            query: &[(
+                "status",
+                "open (default: waiting for an analyst) or all (also resolved, and reviews closed when their hold ended)",
+            )],
             ..r(
                 "get",
                 "/v1/cases",
@@ -680,7 +685,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "post",
             "/v1/cases/{id}/resolve",
             ANALYST,
-            "Resolve a case: fraud (void the hold, or recover and refund) or legit (post the hold, or unfreeze).",
+            "Resolve a case: fraud (void the hold, or recover and refund) or legit (post the hold, or unfreeze). The same verdict again answers the case as it stands; another is 409 case_closed.",
             Some("Resolution"),
             (200, "Case"),
             post(h::resolve_case),

@@ -95,10 +95,11 @@ fn schemas() -> Value {
             "refund_id": s(""), "tx_id": s(""), "amount": money(""), "currency": s(""),
             "refunded_total": money(""), "reason": s(""), "created_at": s("")}},
         "DisputeRequest": {"type": "object", "required": ["dispute_id", "tx_id"], "additionalProperties": false, "properties": {
-            "dispute_id": s("idempotency key and case id"), "tx_id": s(""), "reason": s("the holder's words")}},
+            "dispute_id": s("idempotency key and case id; not starting with review-"), "tx_id": s("a settled transfer, disputed once"), "reason": s("the holder's words")}},
         "Case": {"type": "object", "properties": {
             "id": s(""), "kind": {"type": "string", "enum": ["review", "dispute"]},
-            "status": {"type": "string", "enum": ["open", "resolved"]}, "tx_id": s(""), "account_id": s(""),
+            "status": {"type": "string", "enum": ["open", "resolved", "closed"], "description": "closed: a review whose hold ended first (closed_reason); a verdict may still be given"},
+            "closed_reason": {"type": ["string", "null"], "enum": ["cancelled", "expired", null]}, "tx_id": s(""), "account_id": s(""),
             "reason": s(""), "rules": {"type": "array", "items": s("")}, "opened_at": s(""),
             "verdict": {"type": "string", "enum": ["fraud", "legit"]}, "resolved_by": s(""), "note": s(""),
             "resolved_at": s(""), "recovered": money("refunded from the payee on a fraud verdict")}},

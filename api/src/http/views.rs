@@ -67,7 +67,12 @@ pub fn case(k: &Case, currency: Option<Currency>) -> Value {
     json!({
         "id": k.id,
         "kind": name(&k.kind),
-        "status": if k.verdict.is_some() { "resolved" } else { "open" },
+        "status": match (k.verdict, k.closed) {
+            (Some(_), _) => "resolved",
+            (None, Some(_)) => "closed",
+            (None, None) => "open",
+        },
+        "closed_reason": k.closed.map(|r| name(&r)),
         "tx_id": k.tx_id,
         "account_id": k.account,
         "reason": k.reason,

@@ -474,6 +474,16 @@ pub struct Case {
     pub resolved_ms: Option<i64>,
     /// Recovered and refunded on a fraud verdict, minor units.
     pub recovered: i64,
+    /// Why a review case left the queue without a verdict: its hold ended first, cancelled by
+    /// the holder or expired. A verdict may still be given (as a label; nothing moves).
+    pub closed: Option<VoidReason>,
+}
+
+impl Case {
+    /// Waiting for an analyst: no verdict, and still something to decide.
+    pub fn is_open(&self) -> bool {
+        self.verdict.is_none() && self.closed.is_none()
+    }
 }
 
 /// A refund.
@@ -574,12 +584,16 @@ pub enum LedgerError {
         needed: &'static str,
     },
     /// More than what is left to refund.
-    #[error(
-        "a refund of {} {} is more than the {} left to refund on {tx_id}",
-        currency.format(*asked),
-        currency.code(),
-        currency.format(*remaining)
-    )]
+    #[error("{}", if *remaining == 0 {
+        format!("transfer {tx_id} is already refunded in full")
+    } else {
+        format!(
+            "a refund of {} {} is more than the {} left to refund on {tx_id}",
+            currency.format(*asked),
+            currency.code(),
+            currency.format(*remaining)
+        )
+    })]
     RefundExceeds {
         /// Transfer.
         tx_id: String,
@@ -596,6 +610,14 @@ pub enum LedgerError {
     /// The case is closed.
     #[error("case {0} is already resolved")]
     CaseClosed(String),
+    /// A transfer is disputed once.
+    #[error("transfer {tx_id} is already disputed in case {case_id}")]
+    AlreadyDisputed {
+        /// Transfer.
+        tx_id: String,
+        /// The dispute.
+        case_id: String,
+    },
     /// A transfer kind or direction this operation does not support.
     #[error("{0}")]
     Unsupported(String),
@@ -622,6 +644,7 @@ impl LedgerError {
             LedgerError::RefundExceeds { .. } => "refund_exceeds_settled",
             LedgerError::Conflict(_) => "idempotency_conflict",
             LedgerError::CaseClosed(_) => "case_closed",
+            LedgerError::AlreadyDisputed { .. } => "already_disputed",
             LedgerError::Unsupported(_) => "unsupported",
             LedgerError::Journal(_) => "journal_unavailable",
         }
@@ -679,6 +702,9 @@ impl std::ops::DerefMut for Kept {
     }
 }
 
+/// A review case's id is this and its transfer's id.
+pub const REVIEW_CASE_PREFIX: &str = "review-";
+
 /// Idempotency kinds; transfers (kind 3) keep theirs in the transfer map.
 const DONE_KINDS: usize = 6;
 const TRANSFER_KIND: u8 = 3;
@@ -696,6 +722,10 @@ pub struct Book {
     transfers: FxHashMap<String, Box<Kept>>,
     refunds: FxHashMap<String, Refund>,
     cases: BTreeMap<String, Case>,
+    /// The dispute of each disputed transfer: tx_id → case id.
+    disputes: FxHashMap<String, String>,
+    /// The sequence of the last record applied.
+    last_seq: u64,
     /// Idempotent results of commands other than transfers, by kind then key.
     done: [FxHashMap<String, Done>; DONE_KINDS],
     /// Pending holds by expiry.
@@ -777,7 +807,35 @@ impl Book {
     /// different request. Returns the outcome and the sequence that made it: for a transfer or
     /// an open, the transfer or account as it stands now (a retried transfer learns that it
     /// was refunded since); for other commands, the result stored when they ran.
+    ///
+    /// A confirmation, cancellation or verdict has no key of its own: it is a repeat when what
+    /// it would do is done, in the same way (a transfer posted by confirmation, voided for the
+    /// same reason, a case resolved with the same verdict). Its answer is the transfer or case
+    /// as it stands, with the last sequence applied (a retry waits for at least as much).
     pub fn replayed(&self, cmd: &Command) -> Result<Option<(Outcome, u64)>, LedgerError> {
+        let now = match cmd {
+            Command::Post { tx_id, by } => self
+                .transfers
+                .get(tx_id)
+                .filter(|t| t.status == Status::Settled && t.posted_by == Some(*by))
+                .map(|t| Outcome::Transfer(t.t.clone())),
+            Command::Void { tx_id, why } => self
+                .transfers
+                .get(tx_id)
+                .filter(|t| t.status == Status::Voided && t.void_reason == Some(*why))
+                .map(|t| Outcome::Transfer(t.t.clone())),
+            Command::Resolve {
+                case_id, verdict, ..
+            } => self
+                .cases
+                .get(case_id)
+                .filter(|c| c.verdict == Some(*verdict))
+                .map(|c| Outcome::Case(c.clone())),
+            _ => None,
+        };
+        if let Some(outcome) = now {
+            return Ok(Some((outcome, self.last_seq)));
+        }
         let Some((kind, key)) = idem_key(cmd) else {
             return Ok(None);
         };
@@ -805,8 +863,29 @@ impl Book {
         Ok(Some((outcome, seq)))
     }
 
+    /// Refuses a new command that rules added since a journal may have recorded ones like it,
+    /// so that [`Book::apply`] still replays those journals as they were: a dispute's id may
+    /// not take the form of a review case's (`review-<tx_id>`, which a later review of that
+    /// transfer would overwrite), and a transfer is disputed once.
+    pub fn admit(&self, cmd: &Command) -> Result<(), LedgerError> {
+        if let Command::Dispute { case_id, tx_id, .. } = cmd {
+            if case_id.starts_with(REVIEW_CASE_PREFIX) {
+                return Err(LedgerError::Unsupported(format!(
+                    "dispute ids starting with '{REVIEW_CASE_PREFIX}' are kept for review cases"
+                )));
+            }
+            if let Some(case_id) = self.disputes.get(tx_id) {
+                return Err(LedgerError::AlreadyDisputed {
+                    tx_id: tx_id.clone(),
+                    case_id: case_id.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Applies a command at `ts_ms` as journal record `seq`. A repeated command must be caught
-    /// by [`Book::replayed`] first.
+    /// by [`Book::replayed`] first, and a new one checked by [`Book::admit`].
     pub fn apply(&mut self, cmd: &Command, ts_ms: i64, seq: u64) -> Result<Outcome, LedgerError> {
         let outcome = match cmd {
             Command::Open {
@@ -872,6 +951,7 @@ impl Book {
                 );
             }
         }
+        self.last_seq = seq;
         Ok(outcome)
     }
 
@@ -1139,7 +1219,7 @@ impl Book {
                     self.expiries.insert((expires, t.tx_id.clone()));
                     if t.risk == Risk::Review {
                         let case = Case {
-                            id: format!("review-{}", t.tx_id),
+                            id: format!("{REVIEW_CASE_PREFIX}{}", t.tx_id),
                             kind: CaseKind::Review,
                             tx_id: t.tx_id.clone(),
                             account: t.from.name().to_string(),
@@ -1155,6 +1235,7 @@ impl Book {
                             note: None,
                             resolved_ms: None,
                             recovered: 0,
+                            closed: None,
                         };
                         self.cases.insert(case.id.clone(), case);
                     }
@@ -1257,6 +1338,15 @@ impl Book {
         }
         if let Some(e) = expires {
             self.expiries.remove(&(e, tx_id.to_string()));
+        }
+        // A hold that ends on its own takes its review out of the queue; a rejection is the
+        // review's verdict, set by `resolve`.
+        if why != VoidReason::Rejected
+            && let Some(c) = self.cases.get_mut(&format!("{REVIEW_CASE_PREFIX}{tx_id}"))
+            && c.kind == CaseKind::Review
+            && c.is_open()
+        {
+            c.closed = Some(why);
         }
         let Some(tr) = self.transfers.get_mut(tx_id) else {
             unreachable!("checked above");
@@ -1443,8 +1533,10 @@ impl Book {
             note: None,
             resolved_ms: None,
             recovered: 0,
+            closed: None,
         };
         self.cases.insert(case.id.clone(), case.clone());
+        self.disputes.insert(tx_id.to_string(), case_id.to_string());
         Ok(Outcome::Case(case))
     }
 
@@ -1553,7 +1645,7 @@ impl Book {
     pub fn cases(&self, open_only: bool) -> impl Iterator<Item = &Case> {
         self.cases
             .values()
-            .filter(move |c| !open_only || c.verdict.is_none())
+            .filter(move |c| !open_only || c.is_open())
     }
 
     /// Frozen accounts with their latest freeze.
@@ -1583,7 +1675,7 @@ impl Book {
         (
             self.accounts.len(),
             self.transfers.len(),
-            self.cases.values().filter(|c| c.verdict.is_none()).count(),
+            self.cases.values().filter(|c| c.is_open()).count(),
         )
     }
 

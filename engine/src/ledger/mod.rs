@@ -368,6 +368,7 @@ impl Ledger {
                 replayed: true,
             });
         }
+        inner.book.admit(&cmd)?;
         let seq = inner.next_seq;
         if self.shared.memory {
             let outcome = inner.book.apply(&cmd, ts_ms, seq)?;

@@ -153,12 +153,37 @@ fn holds_post_on_confirmation_and_release_on_cancel() {
 
     l.execute(transfer("s3", "alice", "bob", 20_00, Risk::StepUp))
         .expect("s3");
-    l.execute(Command::Void {
-        tx_id: "s3".into(),
+    let cancel = |tx: &str| Command::Void {
+        tx_id: tx.into(),
         why: VoidReason::Cancelled,
-    })
-    .expect("cancel");
+    };
+    l.execute(cancel("s3")).expect("cancel");
     assert_eq!(balances(&l, "alice"), (60_00, 0));
+    assert!(l.read(Book::check).is_empty());
+
+    // A retry whose first answer was lost gets the transfer as it stands, not a 409, and
+    // moves nothing; the other command on the same hold is still refused.
+    let again = l.execute(cancel("s3")).expect("cancel again");
+    assert!(again.replayed);
+    assert_eq!(tr(&again).status, Status::Voided);
+    let confirm = |tx: &str| Command::Post {
+        tx_id: tx.into(),
+        by: PostBy::Confirmed,
+    };
+    let again = l.execute(confirm("s1")).expect("confirm again");
+    assert!(again.replayed);
+    assert_eq!(tr(&again).status, Status::Settled);
+    assert_eq!(balances(&l, "alice"), (60_00, 0));
+    assert_eq!(balances(&l, "bob"), (40_00, 0));
+    let err = l.execute(confirm("s3")).expect_err("cancelled");
+    assert_eq!(err.code(), "invalid_state");
+    // An expired hold is not "cancelled": cancelling it is refused.
+    l.execute_at(transfer("s4", "alice", "bob", 1_00, Risk::StepUp), 1_000)
+        .expect("s4");
+    let (voided, _) = l.expire_due(1_000 + BookConfig::default().step_up_hold_ms);
+    assert_eq!(voided.len(), 1);
+    let err = l.execute(cancel("s4")).expect_err("expired");
+    assert_eq!(err.code(), "invalid_state");
     assert!(l.read(Book::check).is_empty());
 }
 
@@ -201,6 +226,42 @@ fn review_opens_a_case_and_the_verdict_posts_or_voids() {
         .execute(resolve("review-r1", Verdict::Fraud))
         .expect_err("closed");
     assert_eq!(err.code(), "case_closed");
+    // The same verdict again is a retry: the case as it stands, nothing moves again.
+    let again = l
+        .execute(resolve("review-r1", Verdict::Legit))
+        .expect("same verdict");
+    assert!(again.replayed);
+    assert!(matches!(&again.outcome, Outcome::Case(c) if c.verdict == Some(Verdict::Legit)));
+    assert_eq!(balances(&l, "bob"), (10_00, 0));
+
+    // A hold that ends without the analyst takes its case out of the queue, closed with the
+    // reason; a verdict may still label it, and moves nothing.
+    l.execute(transfer("r3", "alice", "bob", 5_00, Risk::Review))
+        .expect("r3");
+    l.execute_at(transfer("r4", "alice", "bob", 6_00, Risk::Review), 1_000)
+        .expect("r4");
+    assert_eq!(l.read(|b| b.cases(true).count()), 2);
+    l.execute(Command::Void {
+        tx_id: "r3".into(),
+        why: VoidReason::Cancelled,
+    })
+    .expect("cancel");
+    l.expire_due(1_000 + BookConfig::default().review_hold_ms);
+    let closed = |id: &str| l.read(|b| b.get_case(id).and_then(|c| c.closed));
+    assert_eq!(closed("review-r3"), Some(VoidReason::Cancelled));
+    assert_eq!(closed("review-r4"), Some(VoidReason::Expired));
+    assert_eq!(closed("review-r2"), None, "a rejection is a verdict");
+    assert_eq!(l.read(|b| b.cases(true).count()), 0);
+    assert_eq!(l.read(|b| b.counts().2), 0);
+    let before = balances(&l, "alice");
+    l.execute(resolve("review-r3", Verdict::Fraud))
+        .expect("a label");
+    assert_eq!(balances(&l, "alice"), before);
+    assert_eq!(
+        l.read(|b| b.get_transfer("r3").and_then(|t| t.label)),
+        Some(Verdict::Fraud)
+    );
+    assert!(l.read(Book::check).is_empty());
 }
 
 #[test]
@@ -416,6 +477,54 @@ fn dispute_found_legit_unfreezes() {
         l.read(|b| b.freeze_history("alice").map(<[_]>::len)),
         Some(2)
     );
+}
+
+#[test]
+fn a_transfer_is_disputed_once_and_review_ids_are_kept() {
+    let l = two_accounts();
+    l.execute(transfer("z1", "alice", "bob", 10_00, Risk::Allow))
+        .expect("z1");
+    l.execute(transfer("z2", "alice", "bob", 10_00, Risk::Allow))
+        .expect("z2");
+    let dispute = |case: &str, tx: &str| Command::Dispute {
+        case_id: case.into(),
+        tx_id: tx.into(),
+        reason: "not me".into(),
+    };
+    l.execute(dispute("d-1", "z1")).expect("dispute");
+    // The same dispute again is a retry; another on the same transfer is refused, open or
+    // resolved, so two verdicts cannot contradict each other.
+    assert!(l.execute(dispute("d-1", "z1")).expect("retry").replayed);
+    let err = l.execute(dispute("d-2", "z1")).expect_err("twice");
+    assert_eq!(err.code(), "already_disputed");
+    assert_eq!(
+        err.to_string(),
+        "transfer z1 is already disputed in case d-1"
+    );
+    l.execute(Command::Resolve {
+        case_id: "d-1".into(),
+        verdict: Verdict::Fraud,
+        by: "ana".into(),
+        note: String::new(),
+    })
+    .expect("resolve");
+    let err = l.execute(dispute("d-3", "z1")).expect_err("resolved");
+    assert_eq!(err.code(), "already_disputed");
+    // A dispute named like a review case would be overwritten by z3's review.
+    let err = l.execute(dispute("review-z3", "z2")).expect_err("reserved");
+    assert_eq!(err.code(), "unsupported");
+    assert_eq!(l.read(|b| b.cases(false).count()), 1);
+    // A full refund with nothing left says so, not "0.00 is more than the 0.00 left".
+    let err = l
+        .execute(Command::Refund {
+            refund_id: "f-1".into(),
+            tx_id: "z1".into(),
+            amount: None,
+            reason: String::new(),
+        })
+        .expect_err("nothing left");
+    assert_eq!(err.code(), "refund_exceeds_settled");
+    assert_eq!(err.to_string(), "transfer z1 is already refunded in full");
 }
 
 /// A journal's path in a fresh directory of the temp dir, removed when dropped.
@@ -643,6 +752,8 @@ struct Model {
     frozen: HashMap<usize, bool>,
     /// (from, to, amount, status, refunded, step_up)
     txs: Vec<(usize, usize, i64, Status, i64)>,
+    /// Transfers settled by a `Post`: a second one is a retry.
+    posted: std::collections::HashSet<usize>,
 }
 
 proptest! {
@@ -724,12 +835,20 @@ proptest! {
                         Command::Void { tx_id: format!("tx{i}"), why: VoidReason::Cancelled }
                     };
                     let r = l.execute(cmd);
-                    prop_assert_eq!(r.is_ok(), st == Status::Pending, "{:?}", r);
+                    // Done already in the same way: a retry, answered as it stands.
+                    let repeat = if post {
+                        st == Status::Settled && m.posted.contains(&i)
+                    } else {
+                        st == Status::Voided
+                    };
+                    prop_assert_eq!(r.is_ok(), st == Status::Pending || repeat, "{:?}", r);
+                    prop_assert_eq!(r.as_ref().is_ok_and(|a| a.replayed), repeat);
                     if st == Status::Pending {
                         *m.held.entry(a).or_default() -= amt;
                         if post {
                             *m.avail.entry(b).or_default() += amt;
                             m.txs[i].3 = Status::Settled;
+                            m.posted.insert(i);
                         } else {
                             *m.avail.entry(a).or_default() += amt;
                             m.txs[i].3 = Status::Voided;
