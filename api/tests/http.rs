@@ -403,6 +403,34 @@ async fn the_wallet_story() {
     );
     assert_eq!(v["notification"]["kind"], "blocked_transfer");
     assert_eq!(v["notification"]["locale"], "zh");
+    // Its retry answers the decision the ledger kept (the rules, not their values), and
+    // notifies no one again.
+    let again = post(
+        &app,
+        "/v1/transfers",
+        PAY,
+        tx("t-3", "alice", "mallory", "900.00", "d-evil"),
+    )
+    .await
+    .json();
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(again["decline_code"], "risk_blocked", "{again}");
+    let first = &v["decision"];
+    let kept = &again["decision"];
+    assert_eq!(kept["stored"], true, "{again}");
+    assert_eq!(kept["action"], "block", "{again}");
+    assert_eq!(kept["tx_id"], "t-3", "{again}");
+    assert_eq!(kept["score"], first["score"], "{again}");
+    let rules = |d: &Value, acting_only: bool| -> Vec<Value> {
+        d["reasons"].as_array().map_or_else(Vec::new, |r| {
+            r.iter()
+                .filter(|r| !acting_only || r.get("shadow").is_none())
+                .map(|r| r["rule"].clone())
+                .collect()
+        })
+    };
+    assert_eq!(rules(kept, false), rules(first, true), "{again}");
+    assert!(again.get("notification").is_none(), "{again}");
     assert!(
         v["notification"]["text"]
             .as_str()

@@ -502,7 +502,10 @@ pub struct AuthorizeQuery {
 
 /// A decision with its consequences, as one JSON body.
 struct Decided {
+    /// The decision made now; `None` for a replay.
     decision: Option<Decision>,
+    /// For a replay, what the ledger kept of the first decision ([`stored_decision`]).
+    stored: Option<Value>,
     decline: Option<&'static str>,
     transfer: Option<Value>,
     replayed: bool,
@@ -593,6 +596,7 @@ async fn decide(s: &Arc<Shared>, tx: &Transaction, settle: bool) -> Result<Decid
                 None
             }),
             transfer: Some(views::transfer(t)),
+            stored: Some(stored_decision(t)),
             replayed: true,
             notification: None,
         });
@@ -625,6 +629,7 @@ async fn decide(s: &Arc<Shared>, tx: &Transaction, settle: bool) -> Result<Decid
         return Ok(Decided {
             decline: decline_code(risk, t.decline),
             transfer: Some(views::transfer(t)),
+            stored: None,
             replayed: a.replayed,
             decision: Some(d),
             notification,
@@ -648,18 +653,33 @@ async fn decide(s: &Arc<Shared>, tx: &Transaction, settle: bool) -> Result<Decid
     Ok(Decided {
         decline: decline_code(risk, ledger_decline),
         transfer: None,
+        stored: None,
         replayed: false,
         decision: Some(d),
         notification,
     })
 }
 
+/// What the ledger kept of a settled transaction's decision, for a retry's answer: the
+/// action, score and acting rules (not the values they saw, nor the pack's version).
+fn stored_decision(t: &vigil_engine::ledger::Transfer) -> Value {
+    let reasons: Vec<Value> = t.rules.iter().map(|r| json!({ "rule": r })).collect();
+    json!({
+        "tx_id": t.tx_id,
+        "action": t.risk.name(),
+        "score": t.score,
+        "reasons": reasons,
+        "stored": true,
+    })
+}
+
 fn decided_body(d: &Decided) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
     out.extend_from_slice(b"{\"decision\":");
-    match &d.decision {
-        Some(dec) => dec.write_json(&mut out),
-        None => out.extend_from_slice(b"null"),
+    match (&d.decision, &d.stored) {
+        (Some(dec), _) => dec.write_json(&mut out),
+        (None, Some(v)) => out.extend_from_slice(v.to_string().as_bytes()),
+        (None, None) => out.extend_from_slice(b"null"),
     }
     let rest = json!({
         "decline_code": d.decline,
