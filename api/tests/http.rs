@@ -185,6 +185,9 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
     assert_error(&a, StatusCode::NOT_FOUND, "unknown_transfer");
     let a = get(&app, "/v1/nothing", PAY).await;
     assert_error(&a, StatusCode::NOT_FOUND, "not_found");
+    // An id that is not UTF-8 once percent-decoded gets JSON too, not axum's plain text.
+    let a = get(&app, "/v1/accounts/%FF%FE", PAY).await;
+    assert_error(&a, StatusCode::BAD_REQUEST, "invalid_path");
     let a = call(&app, "DELETE", "/v1/accounts", Some(PAY), None).await;
     assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     let a = get(&app, "/v1/accounts/a/transactions?limit=0", PAY).await;
@@ -615,6 +618,31 @@ async fn the_wallet_story() {
         }
     }
     assert_eq!(seen, ["dep-1", "t-1", "t-2", "dsp-1:recovery"]);
+    // The CSV takes the same cursor and limit, when given.
+    let a = get(
+        &app,
+        "/v1/accounts/alice/transactions.csv?cursor=1&limit=2",
+        PAY,
+    )
+    .await;
+    let refs: Vec<&str> = a
+        .text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(3))
+        .collect();
+    assert_eq!(refs, ["t-1", "t-2"], "{}", a.text);
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=ten", "limit"),
+        ("colour=red", "colour"),
+    ] {
+        for route in ["transactions", "transactions.csv"] {
+            let a = get(&app, &format!("/v1/accounts/alice/{route}?{query}"), PAY).await;
+            let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+            assert_eq!(v["field"], field, "{route}?{query}: {v}");
+        }
+    }
     let v = get(&app, "/v1/accounts/alice/transactions?kind=refund_in", PAY)
         .await
         .json();

@@ -31,9 +31,33 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
         let RawQuery(q) = RawQuery::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad("invalid_query", e.to_string()))?;
-        serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        let pairs = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes());
+        serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs))
             .map(Params)
-            .map_err(|e| ApiError::bad("invalid_query", e.to_string()))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let (field, message) =
+                    vigil_engine::event::serde_error_field(&path, &e.into_inner().to_string());
+                let err = ApiError::bad("invalid_query", message);
+                match field {
+                    Some(f) => err.field(f),
+                    None => err,
+                }
+            })
+    }
+}
+
+/// One path parameter, with a JSON error (`invalid_path`) where axum answers plain text: an
+/// id whose percent-decoding is not UTF-8, say.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| PathId(id))
+            .map_err(|e| ApiError::bad("invalid_path", e.body_text()))
     }
 }
 
@@ -390,7 +414,7 @@ pub async fn snoozes(State(s): State<AppState>, Params(q): Params<SnoozesQuery>)
 pub async fn remove_snooze(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let removed = s.0.snoozes.remove(&s.0.engine, &id).map_err(|e| {
         ApiError::new(
@@ -857,7 +881,7 @@ pub async fn open_account(
 
 pub async fn get_account(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let a =
         s.0.ledger
@@ -926,7 +950,7 @@ async fn movement(s: &Shared, id: String, b: Movement, inward: bool) -> Result<R
 
 pub async fn deposit(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Body(b): Body<Movement>,
 ) -> Result<Response, ApiError> {
     movement(&s.0, id, b, true).await
@@ -934,7 +958,7 @@ pub async fn deposit(
 
 pub async fn withdraw(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Body(b): Body<Movement>,
 ) -> Result<Response, ApiError> {
     movement(&s.0, id, b, false).await
@@ -1000,16 +1024,24 @@ fn filter(q: &HistoryQuery, paged: bool) -> Result<Filter, ApiError> {
             ApiError::bad("invalid_query", "not a cursor from a previous page").field("cursor")
         })?,
     };
-    let limit = q.limit.unwrap_or(100);
-    if paged && !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad("invalid_query", "limit is 1 to 1000").field("limit"));
-    }
+    // A page holds 1 to 1000 entries (100 by default); the CSV export everything unless
+    // given a limit.
+    let limit = match (paged, q.limit) {
+        (true, l) if !(1..=1000).contains(&l.unwrap_or(100)) => {
+            return Err(ApiError::bad("invalid_query", "limit is 1 to 1000").field("limit"));
+        }
+        (true, l) => l.unwrap_or(100),
+        (false, Some(0)) => {
+            return Err(ApiError::bad("invalid_query", "limit is at least 1").field("limit"));
+        }
+        (false, l) => l.unwrap_or(usize::MAX),
+    };
     Ok(Filter {
         from: time("from", &q.from, i64::MIN)?,
         to: time("to", &q.to, i64::MAX)?,
         kinds,
         start,
-        limit: if paged { limit } else { usize::MAX },
+        limit,
     })
 }
 
@@ -1042,7 +1074,7 @@ fn page(s: &Shared, id: &str, f: &Filter) -> Result<Page, ApiError> {
 
 pub async fn history(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Params(q): Params<HistoryQuery>,
 ) -> Result<Response, ApiError> {
     let f = filter(&q, true)?;
@@ -1068,11 +1100,11 @@ fn spreadsheet_text(s: &str) -> String {
 
 pub async fn history_csv(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Params(q): Params<HistoryQuery>,
 ) -> Result<Response, ApiError> {
     let f = filter(&q, false)?;
-    let (entries, _, c) = page(&s.0, &id, &f)?;
+    let (entries, next, c) = page(&s.0, &id, &f)?;
     let mut w = csv::Writer::from_writer(Vec::with_capacity(entries.len() * 96 + 128));
     let header = [
         "seq",
@@ -1119,6 +1151,11 @@ pub async fn history_csv(
     if let Ok(v) = HeaderValue::from_str(&disposition) {
         r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
+    // Cut short by `limit`: where the next part starts, as the JSON history's `next_cursor`.
+    if let Some(n) = next {
+        r.headers_mut()
+            .insert("x-next-cursor", HeaderValue::from(n as u64));
+    }
     Ok(r)
 }
 
@@ -1133,7 +1170,7 @@ pub struct Reason {
 pub async fn freeze(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Body(b): Body<Reason>,
 ) -> Result<Response, ApiError> {
     let a = run(
@@ -1159,7 +1196,7 @@ pub async fn freeze(
 pub async fn unfreeze(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Body(b): Body<Reason>,
 ) -> Result<Response, ApiError> {
     let a = run(
@@ -1203,7 +1240,7 @@ pub async fn freezes(State(s): State<AppState>) -> Response {
 
 pub async fn get_transfer(
     State(s): State<AppState>,
-    Path(tx_id): Path<String>,
+    PathId(tx_id): PathId,
 ) -> Result<Response, ApiError> {
     let t =
         s.0.ledger
@@ -1224,7 +1261,7 @@ pub struct RefundRequest {
 
 pub async fn refund(
     State(s): State<AppState>,
-    Path(tx_id): Path<String>,
+    PathId(tx_id): PathId,
     Body(b): Body<RefundRequest>,
 ) -> Result<Response, ApiError> {
     check_id("refund_id", &b.refund_id)?;
@@ -1252,7 +1289,7 @@ pub async fn refund(
 
 pub async fn cancel(
     State(s): State<AppState>,
-    Path(tx_id): Path<String>,
+    PathId(tx_id): PathId,
 ) -> Result<Response, ApiError> {
     let a = run(
         &s.0,
@@ -1267,7 +1304,7 @@ pub async fn cancel(
 
 pub async fn confirm(
     State(s): State<AppState>,
-    Path(tx_id): Path<String>,
+    PathId(tx_id): PathId,
 ) -> Result<Response, ApiError> {
     let a = run(
         &s.0,
@@ -1384,10 +1421,7 @@ pub async fn labels(State(s): State<AppState>) -> Response {
     r
 }
 
-pub async fn get_case(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn get_case(State(s): State<AppState>, PathId(id): PathId) -> Result<Response, ApiError> {
     let c =
         s.0.ledger
             .read(|b| {
@@ -1409,7 +1443,7 @@ pub struct Resolution {
 pub async fn resolve_case(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Body(b): Body<Resolution>,
 ) -> Result<Response, ApiError> {
     let a = run(

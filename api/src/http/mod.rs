@@ -452,7 +452,10 @@ pub(crate) fn routes() -> Vec<Route> {
             "entry kinds, comma-separated (deposit, transfer_out, hold, …)",
         ),
         ("cursor", "from a previous page's next_cursor"),
-        ("limit", "entries per page, 1–1000 (default 100)"),
+        (
+            "limit",
+            "entries per page, 1–1000 (default 100); for the CSV at least 1 (default all)",
+        ),
     ];
     let r = |method, path, roles, summary, body, ok, handler| Route {
         method,
@@ -570,7 +573,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 "get",
                 "/v1/accounts/{id}/transactions.csv",
                 BOTH,
-                "History as CSV (same filter, every page). An id that begins with = + - or @ gets a leading ' so that spreadsheets show it as text.",
+                "History as CSV (same filter; every entry from the cursor on, or `limit` of them, with the next cursor in the X-Next-Cursor header when cut short). An id that begins with = + - or @ gets a leading ' so that spreadsheets show it as text.",
                 None,
                 (200, "Csv"),
                 get(h::history_csv),
