@@ -149,7 +149,24 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
         json!({"id": "a", "currency": "XYZ"}),
     )
     .await;
-    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "unknown_currency");
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["field"], "currency", "{v}");
+    // As on the event routes, with a hint for a code in lower case.
+    for (uri, body) in [
+        ("/v1/accounts", json!({"id": "a", "currency": "eur"})),
+        (
+            "/v1/transfers",
+            json!({"tx_id": "t", "account_id": "a", "amount": "1", "currency": "eur"}),
+        ),
+    ] {
+        let a = post(&app, uri, PAY, body).await;
+        let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(v["field"], "currency", "{v}");
+        assert_eq!(
+            v["message"], "unknown currency 'eur' (codes are upper case: 'EUR')",
+            "{v}"
+        );
+    }
     let big = json!({"id": "a", "currency": "EUR", "locale": "x".repeat(5000)});
     let a = post(&app, "/v1/accounts", PAY, big).await;
     assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
@@ -241,6 +258,28 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
     )
     .await;
     assert_eq!(a.json()["available"], "4.00", "{}", a.text);
+    // A field given twice is named, in a body and in an event, at the top and inside geo.
+    for (uri, body, field) in [
+        (
+            "/v1/accounts",
+            r#"{"id":"a","id":"b","currency":"EUR"}"#,
+            "id",
+        ),
+        (
+            "/v1/transfers",
+            r#"{"tx_id":"t","account_id":"a","amount":"1","currency":"EUR","tx_id":"u"}"#,
+            "tx_id",
+        ),
+        (
+            "/v1/transfers",
+            r#"{"tx_id":"t","account_id":"a","amount":"1","currency":"EUR","geo":{"lat":1,"lon":2,"lat":3}}"#,
+            "geo.lat",
+        ),
+    ] {
+        let a = call(&app, "POST", uri, Some(PAY), Some(body.into())).await;
+        let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(v["field"], field, "{body}: {v}");
+    }
     // A missing field is named, as a bad one is, here and inside an object.
     let a = post(&app, "/v1/accounts", PAY, json!({"currency": "EUR"})).await;
     let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");

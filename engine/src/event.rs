@@ -351,13 +351,15 @@ impl EventError {
 /// only in its message (`missing field `lon``), at the path of the object that holds it.
 pub fn serde_error_field(path: &str, message: &str) -> (Option<String>, String) {
     let message = message.split(" at line ").next().unwrap_or_default();
-    let named = ["missing field `", "unknown field `"]
+    let named = ["missing field `", "unknown field `", "duplicate field `"]
         .iter()
         .find_map(|p| message.strip_prefix(p)?.split('`').next());
     let path = path.trim_start_matches('.');
     let field = match (named, path) {
         // serde_path_to_error already ends the path with an unknown field's name.
-        (Some(n), p) if message.starts_with("missing") && !p.is_empty() => Some(format!("{p}.{n}")),
+        (Some(n), p) if !message.starts_with("unknown") && !p.is_empty() => {
+            Some(format!("{p}.{n}"))
+        }
         (Some(n), "") => Some(n.to_string()),
         (_, "") => None,
         (_, p) => Some(p.to_string()),
@@ -769,6 +771,17 @@ fn plain_amount(s: &str, exponent: u8) -> Option<i64> {
     (minor > 0).then_some(minor)
 }
 
+/// A currency code this build does not know, with the code it likely meant.
+fn unknown_currency(code: &str) -> EventError {
+    let upper = code.to_ascii_uppercase();
+    let hint = if upper != code && Currency::from_code(&upper).is_some() {
+        format!(" (codes are upper case: '{upper}')")
+    } else {
+        String::new()
+    };
+    bad("currency", format!("unknown currency '{code}'{hint}"))
+}
+
 fn validate(r: RawEvent<'_>) -> Result<Event, EventError> {
     match r.schema {
         Some(SCHEMA_VERSION) => {}
@@ -797,8 +810,7 @@ fn validate(r: RawEvent<'_>) -> Result<Event, EventError> {
             .currency
             .as_deref()
             .ok_or_else(|| bad("currency", "is required"))?;
-        let currency = Currency::from_code(code)
-            .ok_or_else(|| bad("currency", format!("unknown currency '{code}'")))?;
+        let currency = Currency::from_code(code).ok_or_else(|| unknown_currency(code))?;
         let amount_minor = amount(r.amount, currency)?;
         let channel = match r.channel {
             None => Id::default(),
@@ -855,10 +867,7 @@ fn validate(r: RawEvent<'_>) -> Result<Event, EventError> {
             l => l.map(Cow::into_owned),
         };
         let currency = match r.currency.as_deref() {
-            Some(code) => Some(
-                Currency::from_code(code)
-                    .ok_or_else(|| bad("currency", format!("unknown currency '{code}'")))?,
-            ),
+            Some(code) => Some(Currency::from_code(code).ok_or_else(|| unknown_currency(code))?),
             None => None,
         };
         return Ok(Event::Account(AccountEvent {

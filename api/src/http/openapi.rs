@@ -7,8 +7,20 @@ use serde_json::{Map, Value, json};
 
 use super::{Role, json as respond, routes};
 
+/// An amount in an answer: the currency's decimals, always written.
 fn money(desc: &str) -> Value {
     json!({"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$", "description": desc, "example": "250.00"})
+}
+
+/// A change of balance in an answer: negative when money leaves.
+fn signed_money(desc: &str) -> Value {
+    json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?$", "description": desc, "example": "-25.00"})
+}
+
+/// An amount in a request: a decimal with at most the currency's decimals, greater than zero
+/// (`5`, `5.00`, `5.` and `.50` are read).
+fn amount_in(desc: &str) -> Value {
+    json!({"type": "string", "pattern": "^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)$", "description": desc, "example": "250.00"})
 }
 
 fn schemas() -> Value {
@@ -43,7 +55,7 @@ fn schemas() -> Value {
             "kind": {"type": "string", "enum": ["transfer", "payment", "withdrawal", "top_up", "refund"], "description": "required on /v1/authorize; default transfer on /v1/transfers"},
             "account_id": s("the paying account (receiving, for top_up and refund)"),
             "counterparty_id": s("payee account, merchant or source"),
-            "amount": money("decimal string, at most the currency's decimals"),
+            "amount": amount_in("decimal string, at most the currency's decimals"),
             "currency": s("ISO 4217"),
             "channel": s("app, web, …"), "device_id": s(""), "ip": s(""),
             "geo": {"$ref": "#/components/schemas/Geo"},
@@ -69,12 +81,12 @@ fn schemas() -> Value {
             "id": s(""), "currency": s(""), "available": money("spendable"), "held": money("held for pending transfers"),
             "frozen": {"type": "boolean"}, "locale": s(""), "opened_at": s("")}},
         "Movement": {"type": "object", "required": ["op_id", "amount"], "additionalProperties": false, "properties": {
-            "op_id": s("idempotency key"), "amount": money("")}},
+            "op_id": s("idempotency key"), "amount": amount_in("")}},
         "History": {"type": "object", "properties": {
             "account_id": s(""), "next_cursor": s("pass as cursor for the next page; null at the end"),
             "entries": {"type": "array", "items": {"type": "object", "properties": {
                 "seq": {"type": "integer"}, "at": s(""), "kind": s(""), "ref": s("transfer or operation id"),
-                "counterparty": s(""), "amount": money("change to available"), "held_change": money(""),
+                "counterparty": s(""), "amount": signed_money("change to available"), "held_change": signed_money(""),
                 "available_after": money(""), "held_after": money(""), "currency": s("")}}}}},
         "Reason": {"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {"reason": s("")}},
         "Freezes": {"type": "object", "properties": {"freezes": {"type": "array", "items": {"type": "object", "properties": {
@@ -90,7 +102,7 @@ fn schemas() -> Value {
             "refunded": money(""), "label": {"type": "string", "enum": ["fraud", "legit"]},
             "created_at": s(""), "updated_at": s(""), "hold_expires_at": s("")}},
         "RefundRequest": {"type": "object", "required": ["refund_id"], "additionalProperties": false, "properties": {
-            "refund_id": s("idempotency key"), "amount": money("default: all that is left"), "reason": s("")}},
+            "refund_id": s("idempotency key"), "amount": amount_in("default: all that is left"), "reason": s("")}},
         "Refund": {"type": "object", "properties": {
             "refund_id": s(""), "tx_id": s(""), "amount": money(""), "currency": s(""),
             "refunded_total": money(""), "reason": s(""), "created_at": s("")}},
