@@ -830,6 +830,16 @@ async fn holds_step_up_review_and_refunds() {
     assert_eq!(v["decline_code"], "risk_blocked");
     assert!(v.get("transfer").is_none());
     assert_eq!(balance(&app, "a").await.0, "500.00");
+    // Authorizing a transfer to a payee the ledger does not hold answers what settling
+    // would: unknown_account.
+    let mut t = tx("p-5", "a", "nobody", "10.00", "d1");
+    t["kind"] = json!("transfer");
+    let v = post(&app, "/v1/authorize", PAY, t.clone()).await.json();
+    assert_eq!(v["decision"]["action"], "allow", "{v}");
+    assert_eq!(v["decline_code"], "unknown_account", "{v}");
+    t["tx_id"] = json!("p-6");
+    let v = post(&app, "/v1/transfers", PAY, t).await.json();
+    assert_eq!(v["decline_code"], "unknown_account", "{v}");
 
     // A review hold the holder cancels leaves the analysts' queue, closed with the reason; a
     // retried cancel answers the transfer as it stands.

@@ -659,7 +659,8 @@ async fn decide(s: &Arc<Shared>, tx: &Transaction, settle: bool) -> Result<Decid
             notification,
         });
     }
-    // Decision only: the ledger's view (frozen, funds) when the payer is in the ledger.
+    // Decision only: the ledger's view (frozen, funds, a payee it does not hold) when the payer
+    // is in the ledger: what settling would answer.
     let cmd = s.ledger.transfer_cmd(tx, Some(&d));
     let ledger_decline = s
         .ledger
@@ -668,7 +669,7 @@ async fn decide(s: &Arc<Shared>, tx: &Transaction, settle: bool) -> Result<Decid
                 .then(|| b.precheck(&cmd))
                 .flatten()
         })
-        .filter(|d| *d != Decline::UnknownAccount && *d != Decline::RiskBlocked);
+        .filter(|d| *d != Decline::RiskBlocked);
     let ticket = s.ledger.freeze_decided(tx, &d)?;
     publish(s, ticket, tx, &d, None);
     if let Some(t) = ticket {
