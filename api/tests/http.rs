@@ -306,6 +306,14 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
             "{v}"
         );
     }
+    // The ids the ledger's movements show the engine are kept for them.
+    for id in ["top_up:d1", "withdrawal:w1"] {
+        let mut t = tx(id, "a", "b", "5.00", "d-1");
+        t["kind"] = json!("transfer");
+        let a = post(&app, "/v1/authorize", PAY, t).await;
+        let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
+        assert_eq!(v["field"], "tx_id", "{v}");
+    }
     let a = get(&app, "/v1/transfers/t-typo", PAY).await;
     assert_error(&a, StatusCode::NOT_FOUND, "unknown_transfer");
     let mut t = tx("t-alt", "a", "b", "5.00", "d-1");

@@ -505,10 +505,24 @@ fn event(bytes: &[u8], default_kind: Option<&str>) -> Result<Event, ApiError> {
     }
 }
 
+/// The tx_ids the ledger's deposits and withdrawals show the engine (`top_up:OP_ID`,
+/// `withdrawal:OP_ID`): a transaction sent with one would pass for a repeat of the movement,
+/// or the movement for a repeat of it, and go uncounted.
+const MOVEMENT_PREFIXES: [&str; 2] = ["top_up:", "withdrawal:"];
+
 /// Decodes a transaction event (see [`event`]).
 fn transaction(bytes: &[u8], default_kind: Option<&str>) -> Result<Transaction, ApiError> {
     match event(bytes, default_kind)? {
-        Event::Tx(t) => Ok(t),
+        Event::Tx(t) => {
+            if let Some(p) = MOVEMENT_PREFIXES.iter().find(|p| t.tx_id.starts_with(**p)) {
+                return Err(ApiError::bad(
+                    "invalid_field",
+                    format!("tx_ids starting with '{p}' are kept for the ledger's deposits and withdrawals"),
+                )
+                .field("tx_id"));
+            }
+            Ok(t)
+        }
         Event::Account(_) => Err(ApiError::bad(
             "invalid_field",
             "an account event is not a transaction: send it to the account-events topic",
@@ -836,7 +850,7 @@ fn check_id_up_to(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
 
 /// The prefix of the engine's id for a deposit's or a withdrawal's event (`withdrawal:OP_ID`),
 /// the longer of the two: an `op_id` leaves room for it within the engine's id limit.
-const MOVEMENT_PREFIX_MAX: &str = "withdrawal:";
+const MOVEMENT_PREFIX_MAX: &str = MOVEMENT_PREFIXES[1];
 
 pub async fn open_account(
     State(s): State<AppState>,

@@ -864,10 +864,23 @@ impl Book {
     }
 
     /// Refuses a new command that rules added since a journal may have recorded ones like it,
-    /// so that [`Book::apply`] still replays those journals as they were: a dispute's id may
-    /// not take the form of a review case's (`review-<tx_id>`, which a later review of that
-    /// transfer would overwrite), and a transfer is disputed once.
+    /// so that [`Book::apply`] still replays those journals as they were: an op_id is a
+    /// deposit's or a withdrawal's, not both; a dispute's id may not take the form of a review
+    /// case's (`review-<tx_id>`, which a later review of that transfer would overwrite), and a
+    /// transfer is disputed once.
     pub fn admit(&self, cmd: &Command) -> Result<(), LedgerError> {
+        // Deposits and withdrawals share one namespace of op_ids: a key reused across them is
+        // a client's mistake (a retried withdrawal sent as a deposit), not a new operation.
+        let other = match cmd {
+            Command::Deposit { op_id, .. } => Some((2, op_id)),
+            Command::Withdraw { op_id, .. } => Some((1, op_id)),
+            _ => None,
+        };
+        if let Some((kind, op_id)) = other
+            && self.done[kind].contains_key(op_id.as_str())
+        {
+            return Err(LedgerError::Conflict(op_id.clone()));
+        }
         if let Command::Dispute { case_id, tx_id, .. } = cmd {
             if case_id.starts_with(REVIEW_CASE_PREFIX) {
                 return Err(LedgerError::Unsupported(format!(

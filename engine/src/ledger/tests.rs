@@ -385,6 +385,19 @@ fn same_request_same_result_and_different_request_conflicts() {
     assert_eq!(err.code(), "idempotency_conflict");
     let err = deposit(&l, "dep-1", "alice", 1).expect_err("deposit id reused");
     assert_eq!(err.code(), "idempotency_conflict");
+    // Deposits and withdrawals share their op_ids, both ways.
+    let withdraw = |op: &str| Command::Withdraw {
+        op_id: op.into(),
+        account: "alice".into(),
+        amount: 1,
+    };
+    let err = l.execute(withdraw("dep-1")).expect_err("a deposit's id");
+    assert_eq!(err.code(), "idempotency_conflict");
+    l.execute(withdraw("wd-1")).expect("withdrawal");
+    let err = deposit(&l, "wd-1", "alice", 1).expect_err("a withdrawal's id");
+    assert_eq!(err.code(), "idempotency_conflict");
+    assert!(l.execute(withdraw("wd-1")).expect("retry").replayed);
+    deposit(&l, "dep-back", "alice", 1).expect("the cent back");
     // A retry after a refund learns about the refund: the transfer as it stands now.
     l.execute(Command::Refund {
         refund_id: "r-i1".into(),
