@@ -665,20 +665,32 @@ async fn the_wallet_story() {
         }
     }
     assert_eq!(seen, ["dep-1", "t-1", "t-2", "dsp-1:recovery"]);
-    // The CSV takes the same cursor and limit, when given.
-    let a = get(
-        &app,
-        "/v1/accounts/alice/transactions.csv?cursor=1&limit=2",
-        PAY,
-    )
-    .await;
-    let refs: Vec<&str> = a
-        .text
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split(',').nth(3))
-        .collect();
-    assert_eq!(refs, ["t-1", "t-2"], "{}", a.text);
+    // The CSV takes the same cursor and limit, when given, and says where the rest starts.
+    let csv = |query: &'static str| {
+        let app = app.clone();
+        async move {
+            let uri = format!("/v1/accounts/alice/transactions.csv?{query}");
+            let auth = format!("Bearer {PAY}");
+            let (status, headers, text) =
+                common::send_full(&app, "GET", &uri, Some(&auth), None::<Vec<u8>>).await;
+            assert_eq!(status, StatusCode::OK, "{text}");
+            let refs: Vec<String> = text
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split(',').nth(3).map(str::to_string))
+                .collect();
+            let next = headers
+                .get("x-next-cursor")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            (refs, next)
+        }
+    };
+    assert_eq!(
+        csv("cursor=1&limit=2").await,
+        (vec!["t-1".into(), "t-2".into()], Some("3".into()))
+    );
+    assert_eq!(csv("cursor=3").await, (vec!["dsp-1:recovery".into()], None));
     for (query, field) in [
         ("limit=0", "limit"),
         ("limit=ten", "limit"),
@@ -882,6 +894,36 @@ async fn holds_step_up_review_and_refunds() {
     assert_eq!(case["closed_reason"], "cancelled", "{case}");
     let all = get(&app, "/v1/cases?status=all", ANA).await.json();
     assert_eq!(all["cases"].as_array().map(Vec::len), Some(1), "{all}");
+    // Closed reviews are a queue of their own; a verdict labels one and moves nothing.
+    let closed = get(&app, "/v1/cases?status=closed", ANA).await.json();
+    assert_eq!(closed["cases"][0]["id"], "review-p-3", "{closed}");
+    let resolve = |note: &'static str, token: &'static str| {
+        let app = app.clone();
+        async move {
+            post(
+                &app,
+                "/v1/cases/review-p-3/resolve",
+                token,
+                json!({"verdict": "fraud", "note": note}),
+            )
+            .await
+        }
+    };
+    let a = resolve("holder cancelled a takeover", ANA).await;
+    assert_eq!(a.json()["status"], "resolved", "{}", a.text);
+    assert_eq!(balance(&app, "a").await.0, "500.00");
+    let resolved = get(&app, "/v1/cases?status=resolved", ANA).await.json();
+    assert_eq!(resolved["cases"][0]["id"], "review-p-3", "{resolved}");
+    // The same analyst's retry is answered; another analyst's verdict is not a retry.
+    let a = resolve("holder cancelled a takeover", ANA).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let a = resolve("second look", ANA).await;
+    assert_error(&a, StatusCode::CONFLICT, "case_closed");
+    let a = resolve("holder cancelled a takeover", ADMIN).await;
+    assert_error(&a, StatusCode::CONFLICT, "case_closed");
+    let a = get(&app, "/v1/cases?status=later", ANA).await;
+    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
+    assert_eq!(v["field"], "status", "{v}");
     assert!(ledger.read(Book::check).is_empty());
 }
 
@@ -911,6 +953,22 @@ async fn openapi_documents_every_route_with_its_roles() {
         paths["/v1/freezes"]["get"]["x-roles"],
         json!(["analyst", "admin"])
     );
+    // The event schemas list exactly the fields an event may hold: unknown ones are refused.
+    for schema in ["TransactionEvent", "AccountEvent"] {
+        let props = &doc["components"]["schemas"][schema]["properties"];
+        let mut listed: Vec<&str> = props
+            .as_object()
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        listed.sort_unstable();
+        let mut fields = vigil_engine::event::FIELDS.to_vec();
+        fields.sort_unstable();
+        assert_eq!(listed, fields, "{schema}");
+        assert_eq!(
+            doc["components"]["schemas"][schema]["additionalProperties"],
+            false
+        );
+    }
     // Every $ref resolves.
     let text = a.text;
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");

@@ -477,8 +477,9 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
 // ---------- transactions: authorize and transfers ----------
 
 /// Decodes an event; `schema` and `ts` may be left out (1, now), and `kind` too when
-/// `default_kind` is given. The common case, everything given, is decoded once. A field no
-/// event has is refused (the Kafka path skips it), after the other checks.
+/// `default_kind` is given. The common case, everything given, is decoded in one pass, and
+/// read once more for its keys: a field no event has is refused (the Kafka path skips it),
+/// after the other checks.
 fn event(bytes: &[u8], default_kind: Option<&str>) -> Result<Event, ApiError> {
     let ev = match decode(bytes) {
         Ok(e) => e,
@@ -513,16 +514,7 @@ const MOVEMENT_PREFIXES: [&str; 2] = ["top_up:", "withdrawal:"];
 /// Decodes a transaction event (see [`event`]).
 fn transaction(bytes: &[u8], default_kind: Option<&str>) -> Result<Transaction, ApiError> {
     match event(bytes, default_kind)? {
-        Event::Tx(t) => {
-            if let Some(p) = MOVEMENT_PREFIXES.iter().find(|p| t.tx_id.starts_with(**p)) {
-                return Err(ApiError::bad(
-                    "invalid_field",
-                    format!("tx_ids starting with '{p}' are kept for the ledger's deposits and withdrawals"),
-                )
-                .field("tx_id"));
-            }
-            Ok(t)
-        }
+        Event::Tx(t) => Ok(t),
         Event::Account(_) => Err(ApiError::bad(
             "invalid_field",
             "an account event is not a transaction: send it to the account-events topic",
@@ -638,6 +630,16 @@ async fn decide(s: &Arc<Shared>, tx: &Transaction, settle: bool) -> Result<Decid
             replayed: true,
             notification: None,
         });
+    }
+    // Checked after the retry above, so a transfer settled before this rule still replays.
+    if let Some(p) = MOVEMENT_PREFIXES.iter().find(|p| tx.tx_id.starts_with(**p)) {
+        return Err(ApiError::bad(
+            "invalid_field",
+            format!(
+                "tx_ids starting with '{p}' are kept for the ledger's deposits and withdrawals"
+            ),
+        )
+        .field("tx_id"));
     }
     let d = s.engine.decide(tx);
     let risk = Risk::from_action(d.action);
@@ -1341,14 +1343,6 @@ pub async fn dispute(
     Body(b): Body<DisputeRequest>,
 ) -> Result<Response, ApiError> {
     check_id("dispute_id", &b.dispute_id)?;
-    let reserved = vigil_engine::ledger::book::REVIEW_CASE_PREFIX;
-    if b.dispute_id.starts_with(reserved) {
-        return Err(ApiError::bad(
-            "invalid_field",
-            format!("ids starting with '{reserved}' are kept for review cases"),
-        )
-        .field("dispute_id"));
-    }
     let a = run(
         &s.0,
         Command::Dispute {
@@ -1371,19 +1365,24 @@ pub async fn cases(
     State(s): State<AppState>,
     Params(q): Params<CasesQuery>,
 ) -> Result<Response, ApiError> {
-    let open_only = match q.status.as_deref() {
-        None | Some("open") => true,
-        Some("all") => false,
+    // Closed reviews (their hold ended first) are a queue of their own: labelling them keeps
+    // the rules' precision honest, and a holder's cancel must not hide a takeover's transfer.
+    let wanted: fn(&vigil_engine::ledger::Case) -> bool = match q.status.as_deref() {
+        None | Some("open") => |c| c.is_open(),
+        Some("closed") => |c| c.verdict.is_none() && c.closed.is_some(),
+        Some("resolved") => |c| c.verdict.is_some(),
+        Some("all") => |_| true,
         Some(o) => {
             return Err(ApiError::bad(
                 "invalid_query",
-                format!("status is open or all, not '{o}'"),
+                format!("status is open, closed, resolved or all, not '{o}'"),
             )
             .field("status"));
         }
     };
     let list: Vec<Value> = s.0.ledger.read(|b| {
-        b.cases(open_only)
+        b.cases(false)
+            .filter(|c| wanted(c))
             .map(|c| views::case(c, b.get_transfer(&c.tx_id).map(|t| t.currency)))
             .collect()
     });

@@ -202,6 +202,7 @@ impl From<LedgerError> for ApiError {
             | LedgerError::CaseClosed(_)
             | LedgerError::AlreadyDisputed { .. } => StatusCode::CONFLICT,
             LedgerError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
+            LedgerError::ReservedId { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let field = match &e {
@@ -212,6 +213,7 @@ impl From<LedgerError> for ApiError {
                 Some("currency")
             }
             LedgerError::AlreadyDisputed { .. } => Some("tx_id"),
+            LedgerError::ReservedId { field, .. } => Some(*field),
             _ => None,
         };
         ApiError {
@@ -637,7 +639,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "post",
             "/v1/transfers/{tx_id}/cancel",
             PAY,
-            "Cancel a pending transfer: its hold is released, and its review case closed. Cancelling again answers the transfer as it stands.",
+            "Cancel a pending transfer: its hold is released, and its review case closed. Cancelling again answers the transfer as it stands; a hold that lapsed first is 409 invalid_state (voided, not pending: released all the same).",
             None,
             (200, "Transfer"),
             post(h::cancel),
@@ -663,7 +665,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route {
             query: &[(
                 "status",
-                "open (default: waiting for an analyst) or all (also resolved, and reviews closed when their hold ended)",
+                "open (default: waiting for an analyst), closed (reviews whose hold ended first, without a verdict yet), resolved, or all",
             )],
             ..r(
                 "get",
@@ -688,7 +690,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "post",
             "/v1/cases/{id}/resolve",
             ANALYST,
-            "Resolve a case: fraud (void the hold, or recover and refund) or legit (post the hold, or unfreeze). The same verdict again answers the case as it stands; another is 409 case_closed.",
+            "Resolve a case: fraud (void the hold, or recover and refund) or legit (post the hold, or unfreeze); on a closed review (its hold ended) the verdict is only a label. The same analyst's same verdict and note again answers the case as it stands; anything else on a resolved case is 409 case_closed.",
             Some("Resolution"),
             (200, "Case"),
             post(h::resolve_case),

@@ -61,7 +61,8 @@ fn schemas() -> Value {
             "geo": {"$ref": "#/components/schemas/Geo"},
             "memo": s(""),
             "is_fraud": {"type": "boolean", "description": "a label (generated and replayed traffic); not read by the rules"},
-            "fraud_scenario": s("a label, as is_fraud")}},
+            "fraud_scenario": s("a label, as is_fraud"),
+            "event_id": s("read on account events; ignored here"), "locale": s("read on account_opened; ignored here")}},
         "Geo": {"type": ["object", "null"], "required": ["lat", "lon"], "additionalProperties": false, "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}, "country": s("ISO 3166 alpha-2")}},
         "Authorization": {"type": "object", "properties": {
             "decision": {"type": "object", "description": "action, score, reasons (rule, values), rules_version; on a retry (replayed: true) what the ledger kept of the first decision: tx_id, action, score, reasons (rule only) and stored: true"},
@@ -73,7 +74,12 @@ fn schemas() -> Value {
             "schema": {"type": "integer", "enum": [1]}, "event_id": s(""), "ts": s("RFC 3339; default now"),
             "kind": {"type": "string", "enum": ["account_opened", "login", "new_device", "password_reset", "email_changed", "phone_changed", "payee_added"]},
             "account_id": s(""), "device_id": s(""), "ip": s(""), "counterparty_id": s("the payee, for payee_added"),
-            "geo": {"$ref": "#/components/schemas/Geo"}, "locale": s("account_opened only")}},
+            "geo": {"$ref": "#/components/schemas/Geo"}, "locale": s("account_opened only"),
+            "currency": s("account_opened only: ISO 4217; opens the ledger account in it"),
+            "tx_id": s("taken as the event_id when that is absent"),
+            "amount": s("read on transactions; ignored here"), "channel": s("read on transactions; ignored here"),
+            "memo": s("read on transactions; ignored here"),
+            "is_fraud": {"type": "boolean", "description": "a label, as on transactions"}, "fraud_scenario": s("a label")}},
         "TransferResult": {"$ref": "#/components/schemas/Authorization"},
         "OpenAccount": {"type": "object", "required": ["id", "currency"], "additionalProperties": false, "properties": {
             "id": s("account id"), "currency": s("ISO 4217"), "locale": s("notification language, e.g. en, zh-CN")}},

@@ -49,6 +49,23 @@ pub async fn send_authorized(
     authorization: Option<&str>,
     body: Option<impl Into<Vec<u8>>>,
 ) -> (StatusCode, String, String) {
+    let (status, headers, text) = send_full(app, method, uri, authorization, body).await;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, content_type, text)
+}
+
+/// [`send_authorized`], answering every header.
+pub async fn send_full(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    authorization: Option<&str>,
+    body: Option<impl Into<Vec<u8>>>,
+) -> (StatusCode, axum::http::HeaderMap, String) {
     let body = body.map(Into::into);
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(a) = authorization {
@@ -59,17 +76,11 @@ pub async fn send_authorized(
         .body(body.map_or_else(Body::empty, Body::from))
         .expect("request");
     let res = app.clone().oneshot(req).await.expect("infallible");
-    let status = res.status();
-    let content_type = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let (status, headers) = (res.status(), res.headers().clone());
     let bytes = to_bytes(res.into_body(), 1 << 24).await.expect("body");
     (
         status,
-        content_type,
+        headers,
         String::from_utf8_lossy(&bytes).into_owned(),
     )
 }

@@ -610,6 +610,14 @@ pub enum LedgerError {
     /// The case is closed.
     #[error("case {0} is already resolved")]
     CaseClosed(String),
+    /// An id of a form kept for the ledger's own records.
+    #[error("{message}")]
+    ReservedId {
+        /// The request field.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
     /// A transfer is disputed once.
     #[error("transfer {tx_id} is already disputed in case {case_id}")]
     AlreadyDisputed {
@@ -645,6 +653,7 @@ impl LedgerError {
             LedgerError::Conflict(_) => "idempotency_conflict",
             LedgerError::CaseClosed(_) => "case_closed",
             LedgerError::AlreadyDisputed { .. } => "already_disputed",
+            LedgerError::ReservedId { .. } => "invalid_field",
             LedgerError::Unsupported(_) => "unsupported",
             LedgerError::Journal(_) => "journal_unavailable",
         }
@@ -810,8 +819,10 @@ impl Book {
     ///
     /// A confirmation, cancellation or verdict has no key of its own: it is a repeat when what
     /// it would do is done, in the same way (a transfer posted by confirmation, voided for the
-    /// same reason, a case resolved with the same verdict). Its answer is the transfer or case
-    /// as it stands, with the last sequence applied (a retry waits for at least as much).
+    /// same reason, a case resolved with the same verdict by the same analyst with the same
+    /// note). Its answer is the transfer or case as it stands, with the last sequence applied (a
+    /// retry waits for at least as much). A repeated dispute also answers its case as it
+    /// stands.
     pub fn replayed(&self, cmd: &Command) -> Result<Option<(Outcome, u64)>, LedgerError> {
         let now = match cmd {
             Command::Post { tx_id, by } => self
@@ -824,12 +835,21 @@ impl Book {
                 .get(tx_id)
                 .filter(|t| t.status == Status::Voided && t.void_reason == Some(*why))
                 .map(|t| Outcome::Transfer(t.t.clone())),
+            // The same analyst's same verdict: another analyst's (or another note) is not a
+            // retry, and is refused as the case is closed.
             Command::Resolve {
-                case_id, verdict, ..
+                case_id,
+                verdict,
+                by,
+                note,
             } => self
                 .cases
                 .get(case_id)
-                .filter(|c| c.verdict == Some(*verdict))
+                .filter(|c| {
+                    c.verdict == Some(*verdict)
+                        && c.resolved_by.as_deref() == Some(by.as_str())
+                        && c.note.as_deref() == Some(note.as_str())
+                })
                 .map(|c| Outcome::Case(c.clone())),
             _ => None,
         };
@@ -853,6 +873,10 @@ impl Book {
                     .accounts
                     .get(account)
                     .map_or_else(|| (*done.outcome).clone(), |a| Outcome::Account(a.view())),
+                (Outcome::Case(_), Command::Dispute { case_id, .. }) => self
+                    .cases
+                    .get(case_id)
+                    .map_or_else(|| (*done.outcome).clone(), |c| Outcome::Case(c.clone())),
                 (o, _) => o.clone(),
             };
             (done.fingerprint, outcome, done.seq)
@@ -883,9 +907,12 @@ impl Book {
         }
         if let Command::Dispute { case_id, tx_id, .. } = cmd {
             if case_id.starts_with(REVIEW_CASE_PREFIX) {
-                return Err(LedgerError::Unsupported(format!(
-                    "dispute ids starting with '{REVIEW_CASE_PREFIX}' are kept for review cases"
-                )));
+                return Err(LedgerError::ReservedId {
+                    field: "dispute_id",
+                    message: format!(
+                        "ids starting with '{REVIEW_CASE_PREFIX}' are kept for review cases"
+                    ),
+                });
             }
             if let Some(case_id) = self.disputes.get(tx_id) {
                 return Err(LedgerError::AlreadyDisputed {

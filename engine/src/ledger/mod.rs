@@ -483,7 +483,10 @@ impl Ledger {
                 tx_id,
                 why: VoidReason::Expired,
             };
-            if let Ok(a) = self.execute_at(cmd, now_ms) {
+            // A hold voided meanwhile (replayed) is not reported again.
+            if let Ok(a) = self.execute_at(cmd, now_ms)
+                && !a.replayed
+            {
                 ticket = a.ticket;
                 if let Outcome::Transfer(t) = a.outcome {
                     out.push(t);

@@ -523,9 +523,12 @@ fn a_transfer_is_disputed_once_and_review_ids_are_kept() {
     .expect("resolve");
     let err = l.execute(dispute("d-3", "z1")).expect_err("resolved");
     assert_eq!(err.code(), "already_disputed");
+    // Its retry answers the case as it stands now: resolved.
+    let again = l.execute(dispute("d-1", "z1")).expect("retry");
+    assert!(matches!(&again.outcome, Outcome::Case(c) if c.verdict == Some(Verdict::Fraud)));
     // A dispute named like a review case would be overwritten by z3's review.
     let err = l.execute(dispute("review-z3", "z2")).expect_err("reserved");
-    assert_eq!(err.code(), "unsupported");
+    assert_eq!(err.code(), "invalid_field");
     assert_eq!(l.read(|b| b.cases(false).count()), 1);
     // A full refund with nothing left says so, not "0.00 is more than the 0.00 left".
     let err = l
@@ -609,6 +612,84 @@ fn journal_rebuilds_the_same_state() {
         .expect("retry");
     assert!(again.replayed);
     assert_eq!(l2.last_ticket(), 5);
+}
+
+#[test]
+fn journals_written_before_the_admission_rules_still_replay_and_keep_their_state() {
+    let path = temp_path("admit");
+    let (l, _) = Ledger::open(&path, BookConfig::default()).expect("open");
+    open(&l, "alice", "EUR");
+    open(&l, "bob", "EUR");
+    deposit(&l, "dep", "alice", 100_00).expect("deposit");
+    l.execute(transfer("k1", "alice", "bob", 10_00, Risk::Allow))
+        .expect("k1");
+    l.execute(transfer("k2", "alice", "bob", 5_00, Risk::StepUp))
+        .expect("k2");
+    l.execute(transfer("k3", "alice", "bob", 5_00, Risk::Review))
+        .expect("k3");
+    l.execute(Command::Post {
+        tx_id: "k2".into(),
+        by: PostBy::Confirmed,
+    })
+    .expect("confirm");
+    let a = l
+        .execute(Command::Void {
+            tx_id: "k3".into(),
+            why: VoidReason::Cancelled,
+        })
+        .expect("cancel");
+    l.wait(a.ticket).expect("durable");
+    let last = l.last_ticket();
+    l.close();
+    // Records an older build admitted: two disputes of k1, one named like a review case, and
+    // a withdrawal under a deposit's op_id.
+    let dispute = |case: &str| Command::Dispute {
+        case_id: case.into(),
+        tx_id: "k1".into(),
+        reason: "not me".into(),
+    };
+    let old = [
+        dispute("d-1"),
+        dispute("review-k9"),
+        Command::Withdraw {
+            op_id: "dep".into(),
+            account: "bob".into(),
+            amount: 1_00,
+        },
+    ];
+    let mut bytes = std::fs::read(&path).expect("read");
+    for (i, cmd) in old.into_iter().enumerate() {
+        let rec = Record {
+            seq: last + 1 + i as u64,
+            ts_ms: 1_000,
+            cmd,
+        };
+        bytes.extend(encode(&rec).expect("encode"));
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    let (l2, rec) = Ledger::open(&path, BookConfig::default()).expect("an old journal loads");
+    assert_eq!(rec.records, last + 3);
+    assert_eq!(balances(&l2, "bob"), (14_00, 0));
+    // The state the new rules read was rebuilt: the later dispute is k1's, the review closed,
+    // and the repeats of what was done are answered.
+    let err = l2.execute(dispute("d-3")).expect_err("disputed");
+    assert_eq!(
+        err.to_string(),
+        "transfer k1 is already disputed in case review-k9"
+    );
+    assert_eq!(
+        l2.read(|b| b.get_case("review-k3").and_then(|c| c.closed)),
+        Some(VoidReason::Cancelled)
+    );
+    let again = l2
+        .execute(Command::Post {
+            tx_id: "k2".into(),
+            by: PostBy::Confirmed,
+        })
+        .expect("confirm again");
+    assert!(again.replayed);
+    assert!(again.ticket >= last + 3, "waits for what was read back");
+    assert!(l2.read(Book::check).is_empty());
 }
 
 #[test]
