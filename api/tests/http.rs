@@ -79,6 +79,13 @@ fn assert_error(a: &Answer, status: StatusCode, code: &str) -> Value {
     v
 }
 
+/// An error answer naming the request field at fault.
+fn assert_field_error(a: &Answer, status: StatusCode, code: &str, field: &str) -> Value {
+    let v = assert_error(a, status, code);
+    assert_eq!(v["field"], field, "{v}");
+    v
+}
+
 #[tokio::test]
 async fn tokens_and_roles_are_checked() {
     let (app, _) = app();
@@ -140,8 +147,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
         json!({"id": "a", "currency": "EUR", "colour": 1}),
     )
     .await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-    assert_eq!(v["field"], "colour");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "colour");
     let a = post(
         &app,
         "/v1/accounts",
@@ -149,8 +155,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
         json!({"id": "a", "currency": "XYZ"}),
     )
     .await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-    assert_eq!(v["field"], "currency", "{v}");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "currency");
     // As on the event routes, with a hint for a code in lower case.
     for (uri, body) in [
         ("/v1/accounts", json!({"id": "a", "currency": "eur"})),
@@ -160,8 +165,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
         ),
     ] {
         let a = post(&app, uri, PAY, body).await;
-        let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-        assert_eq!(v["field"], "currency", "{v}");
+        let v = assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "currency");
         assert_eq!(
             v["message"], "unknown currency 'eur' (codes are upper case: 'EUR')",
             "{v}"
@@ -185,8 +189,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
         json!({"op_id": "d1", "amount": "1.001"}),
     )
     .await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-    assert_eq!(v["field"], "amount");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "amount");
     let a = post(
         &app,
         "/v1/accounts/a/withdrawals",
@@ -196,8 +199,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
     .await;
     assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds");
     let a = post(&app, "/v1/authorize", PAY, json!({"tx_id": "t", "account_id": "a", "amount": "-1", "currency": "EUR", "kind": "payment"})).await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-    assert_eq!(v["field"], "amount");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "amount");
     let a = get(&app, "/v1/transfers/nope", PAY).await;
     assert_error(&a, StatusCode::NOT_FOUND, "unknown_transfer");
     let a = get(&app, "/v1/nothing", PAY).await;
@@ -228,8 +230,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
         json!({"id": "loc", "currency": "EUR", "locale": "x".repeat(17)}),
     )
     .await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-    assert_eq!(v["field"], "locale", "{v}");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "locale");
     let a = get(&app, "/v1/accounts/loc", PAY).await;
     assert_error(&a, StatusCode::NOT_FOUND, "unknown_account");
     let deposits = format!("/v1/accounts/{long}/deposits");
@@ -240,8 +241,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
         json!({"op_id": "o".repeat(118), "amount": "5.00"}),
     )
     .await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-    assert_eq!(v["field"], "op_id", "{v}");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "op_id");
     let a = post(
         &app,
         &deposits,
@@ -282,13 +282,11 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
     }
     // A missing field is named, as a bad one is, here and inside an object.
     let a = post(&app, "/v1/accounts", PAY, json!({"currency": "EUR"})).await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-    assert_eq!(v["field"], "id", "{v}");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "id");
     let mut t = tx("t-geo", "a", "b", "5.00", "d-1");
     t["geo"] = json!({"lat": 48.85});
     let a = post(&app, "/v1/authorize", PAY, t).await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-    assert_eq!(v["field"], "geo.lon", "{v}");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "geo.lon");
     // A field no event has is refused with its name (a misspelt device_id would turn the
     // device rules off), on every event route, and nothing is decided or recorded.
     let mut t = tx("t-typo", "a", "b", "5.00", "d-1");
@@ -297,8 +295,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
     t["kind"] = json!("transfer");
     for uri in ["/v1/authorize", "/v1/transfers"] {
         let a = post(&app, uri, PAY, t.clone()).await;
-        let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-        assert_eq!(v["field"], "device", "{v}");
+        let v = assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "device");
         assert!(
             v["message"]
                 .as_str()
@@ -311,21 +308,18 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
         let mut t = tx(id, "a", "b", "5.00", "d-1");
         t["kind"] = json!("transfer");
         let a = post(&app, "/v1/authorize", PAY, t).await;
-        let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-        assert_eq!(v["field"], "tx_id", "{v}");
+        assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "tx_id");
     }
     let a = get(&app, "/v1/transfers/t-typo", PAY).await;
     assert_error(&a, StatusCode::NOT_FOUND, "unknown_transfer");
     let mut t = tx("t-alt", "a", "b", "5.00", "d-1");
     t["geo"]["alt"] = json!(30);
     let a = post(&app, "/v1/transfers", PAY, t).await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-    assert_eq!(v["field"], "geo.alt", "{v}");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "geo.alt");
     let e =
         json!({"event_id": "e-x", "kind": "password_reset", "account_id": "a", "devise_id": "d"});
     let a = post(&app, "/v1/events", PAY, e).await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-    assert_eq!(v["field"], "devise_id", "{v}");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "devise_id");
     // Bytes that are not JSON are invalid_json on every route, the event routes too.
     for uri in [
         "/v1/accounts",
@@ -581,8 +575,7 @@ async fn the_wallet_story() {
         json!({"dispute_id": "dsp-2", "tx_id": "t-2", "reason": "still not me"}),
     )
     .await;
-    let v = assert_error(&a, StatusCode::CONFLICT, "already_disputed");
-    assert_eq!(v["field"], "tx_id", "{v}");
+    assert_field_error(&a, StatusCode::CONFLICT, "already_disputed", "tx_id");
     let a = post(
         &app,
         "/v1/disputes",
@@ -590,8 +583,7 @@ async fn the_wallet_story() {
         json!({"dispute_id": "review-t-9", "tx_id": "t-2"}),
     )
     .await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
-    assert_eq!(v["field"], "dispute_id", "{v}");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "dispute_id");
     let a = get(&app, "/v1/labels", ANA).await;
     assert_eq!(a.text.lines().count(), 1, "{}", a.text);
     // The analyst unfreezes her after the password is reset again.
@@ -922,8 +914,7 @@ async fn holds_step_up_review_and_refunds() {
     let a = resolve("holder cancelled a takeover", ADMIN).await;
     assert_error(&a, StatusCode::CONFLICT, "case_closed");
     let a = get(&app, "/v1/cases?status=later", ANA).await;
-    let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
-    assert_eq!(v["field"], "status", "{v}");
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_query", "status");
     assert!(ledger.read(Book::check).is_empty());
 }
 
