@@ -9,6 +9,8 @@
 //! accounts arrive, as `vigil serve`'s do without `[state] accounts`). `--sweeper` sweeps idle
 //! state on a thread of its own during the timed pass, every 50 ms, as `vigil serve` does every
 //! 10 s (the decisions then never sweep inline): what a sweep makes the decisions wait.
+//! `--probe [N]` times random lookups in a table of N entries; `--page-probe` what address
+//! translation adds to reads spread over gigabytes.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,6 +31,64 @@ fn rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+/// What address translation adds to a read from memory: independent reads of lines that are
+/// not in cache, spread over a few MB (the pages' translations stay cached) and wider, up to
+/// 4 GB (as the state is). Caches are emptied before each pass by reading a larger buffer.
+fn page_probe() {
+    const LINES: usize = 65_536;
+    const BIG: usize = 4 << 30;
+    let buf = vec![1u8; BIG];
+    let evict = vec![1u8; 256 << 20];
+    // Whether the kernel gave huge pages (in the guest; how a host backs them is not visible).
+    let huge = std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("AnonHugePages:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    println!("page probe          {huge} kB of anonymous memory in huge pages");
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as usize
+    };
+    let spans = [
+        ("4 MB", LINES * 64),
+        ("64 MB", 64 << 20),
+        ("512 MB", 512 << 20),
+        ("2 GB", 2 << 30),
+        ("4 GB", BIG),
+    ];
+    for (name, span) in spans {
+        let mut best = f64::MAX;
+        let mut sum = 0u64;
+        for _ in 0..3 {
+            let mut lines: Vec<usize> = if span == LINES * 64 {
+                // Every line of the span once, in random order.
+                let mut l: Vec<usize> = (0..LINES).map(|i| i * 64).collect();
+                for i in (1..l.len()).rev() {
+                    l.swap(i, next() % (i + 1));
+                }
+                l
+            } else {
+                (0..LINES).map(|_| next() % (span / 64) * 64).collect()
+            };
+            lines.shrink_to_fit();
+            sum += evict.iter().step_by(64).map(|b| u64::from(*b)).sum::<u64>();
+            let t = Instant::now();
+            sum += lines.iter().map(|&i| u64::from(buf[i])).sum::<u64>();
+            best = best.min(t.elapsed().as_secs_f64() * 1e9 / LINES as f64);
+        }
+        println!(
+            "page probe          {LINES} lines out of cache over {name}: {best:.1} ns per read (best of 3; checksum {sum})"
+        );
+    }
 }
 
 /// The memory floor: random reads of one field from a DashMap of `n` entries as large as an
@@ -93,6 +153,10 @@ fn main() {
         }
         None => None,
     };
+    if args.get(1).map(String::as_str) == Some("--page-probe") {
+        page_probe();
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("--probe") {
         probe(
             args.get(2)
