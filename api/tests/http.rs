@@ -280,6 +280,51 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
         let v = assert_error(&a, StatusCode::BAD_REQUEST, "invalid_field");
         assert_eq!(v["field"], field, "{body}: {v}");
     }
+    // Free text is bounded and a freeze says why; freezing a frozen account changes nothing
+    // and is audited once.
+    for (body, why) in [
+        (json!({"reason": ""}), "required"),
+        (json!({"reason": "x".repeat(1001)}), "1001 bytes"),
+        (json!({"reason": "a\u{0}b"}), "control character"),
+    ] {
+        let a = post(&app, "/v1/accounts/a/freeze", ADMIN, body).await;
+        let v = assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "reason");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains(why)),
+            "{v}"
+        );
+    }
+    for _ in 0..2 {
+        let a = post(
+            &app,
+            "/v1/accounts/a/freeze",
+            ADMIN,
+            json!({"reason": "card testing\nfrom one device"}),
+        )
+        .await;
+        assert_eq!(a.json()["frozen"], true, "{}", a.text);
+    }
+    let audit = get(&app, "/v1/audit", ADMIN).await.json();
+    let freezes = audit["entries"]
+        .as_array()
+        .map(|e| e.iter().filter(|e| e["kind"] == "freeze").count());
+    assert_eq!(freezes, Some(1), "{audit}");
+    let a = post(
+        &app,
+        "/v1/accounts/a/unfreeze",
+        ADMIN,
+        json!({"reason": "cleared"}),
+    )
+    .await;
+    assert_eq!(a.json()["frozen"], false, "{}", a.text);
+    let a = post(
+        &app,
+        "/v1/disputes",
+        PAY,
+        json!({"dispute_id": "d-long", "tx_id": "t", "reason": "y".repeat(1001)}),
+    )
+    .await;
+    assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "reason");
     // A missing field is named, as a bad one is, here and inside an object.
     let a = post(&app, "/v1/accounts", PAY, json!({"currency": "EUR"})).await;
     assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "id");

@@ -308,6 +308,7 @@ pub async fn create_snooze(
             "say why the rule is wrong for this account".into(),
         ));
     }
+    check_text("reason", &b.reason, true)?;
     let active = s.0.engine.active();
     let rules = &active.pack.program.rules;
     if !rules.iter().any(|r| r.meta.id == b.rule) {
@@ -850,6 +851,30 @@ fn check_id_up_to(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Longest free text (a reason, a note) kept in the journal, the audit log and the answers.
+const TEXT_BYTES_MAX: usize = 1_000;
+
+/// Free text of at most [`TEXT_BYTES_MAX`] bytes, without control characters other than line
+/// breaks and tabs; `required`: not blank.
+fn check_text(field: &str, v: &str, required: bool) -> Result<(), ApiError> {
+    let bad = |message: String| Err(ApiError::bad("invalid_field", message).field(field));
+    if required && v.trim().is_empty() {
+        return bad("is required: say why".into());
+    }
+    if v.len() > TEXT_BYTES_MAX {
+        return bad(format!(
+            "is {} bytes, more than the limit of {TEXT_BYTES_MAX}",
+            v.len()
+        ));
+    }
+    if v.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return bad("holds a control character".into());
+    }
+    Ok(())
+}
+
 /// The prefix of the engine's id for a deposit's or a withdrawal's event (`withdrawal:OP_ID`),
 /// the longer of the two: an `op_id` leaves room for it within the engine's id limit.
 const MOVEMENT_PREFIX_MAX: &str = MOVEMENT_PREFIXES[1];
@@ -1183,6 +1208,7 @@ pub async fn freeze(
     PathId(id): PathId,
     Body(b): Body<Reason>,
 ) -> Result<Response, ApiError> {
+    check_text("reason", &b.reason, true)?;
     let a = run(
         &s.0,
         Command::Freeze {
@@ -1209,6 +1235,7 @@ pub async fn unfreeze(
     PathId(id): PathId,
     Body(b): Body<Reason>,
 ) -> Result<Response, ApiError> {
+    check_text("reason", &b.reason, true)?;
     let a = run(
         &s.0,
         Command::Unfreeze {
@@ -1219,11 +1246,14 @@ pub async fn unfreeze(
     )
     .await?;
     lifted(&s.0, &id);
-    s.0.audit.record(
-        &caller.name,
-        "unfreeze",
-        json!({"account_id": id, "reason": b.reason}),
-    );
+    // Unfreezing an account that is not frozen changes nothing and is not audited.
+    if !a.replayed {
+        s.0.audit.record(
+            &caller.name,
+            "unfreeze",
+            json!({"account_id": id, "reason": b.reason}),
+        );
+    }
     Ok(json(StatusCode::OK, &outcome_json(&a.outcome, &s.0)))
 }
 
@@ -1275,6 +1305,7 @@ pub async fn refund(
     Body(b): Body<RefundRequest>,
 ) -> Result<Response, ApiError> {
     check_id("refund_id", &b.refund_id)?;
+    check_text("reason", &b.reason, false)?;
     let c =
         s.0.ledger
             .read(|l| l.get_transfer(&tx_id).map(|t| t.currency))
@@ -1343,6 +1374,7 @@ pub async fn dispute(
     Body(b): Body<DisputeRequest>,
 ) -> Result<Response, ApiError> {
     check_id("dispute_id", &b.dispute_id)?;
+    check_text("reason", &b.reason, false)?;
     let a = run(
         &s.0,
         Command::Dispute {
@@ -1453,6 +1485,7 @@ pub async fn resolve_case(
     PathId(id): PathId,
     Body(b): Body<Resolution>,
 ) -> Result<Response, ApiError> {
+    check_text("note", &b.note, false)?;
     let a = run(
         &s.0,
         Command::Resolve {

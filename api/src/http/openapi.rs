@@ -94,7 +94,7 @@ fn schemas() -> Value {
                 "seq": {"type": "integer"}, "at": s(""), "kind": s(""), "ref": s("transfer or operation id"),
                 "counterparty": s(""), "amount": signed_money("change to available"), "held_change": signed_money(""),
                 "available_after": money(""), "held_after": money(""), "currency": s("")}}}}},
-        "Reason": {"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {"reason": s("")}},
+        "Reason": {"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 1000, "description": "why; at most 1,000 bytes"}}},
         "Freezes": {"type": "object", "properties": {"freezes": {"type": "array", "items": {"type": "object", "properties": {
             "account_id": s(""), "reason": s(""), "by": s(""), "tx_id": s(""), "since": s("")}}}}},
         "Transfer": {"type": "object", "properties": {

@@ -817,8 +817,8 @@ impl Book {
     /// an open, the transfer or account as it stands now (a retried transfer learns that it
     /// was refunded since); for other commands, the result stored when they ran.
     ///
-    /// A confirmation, cancellation or verdict has no key of its own: it is a repeat when what
-    /// it would do is done, in the same way (a transfer posted by confirmation, voided for the
+    /// A confirmation, cancellation, verdict, freeze or unfreeze has no key of its own: it is a
+    /// repeat when what it would do is done, in the same way (a transfer posted by confirmation, voided for the
     /// same reason, a case resolved with the same verdict by the same analyst with the same
     /// note). Its answer is the transfer or case as it stands, with the last sequence applied (a
     /// retry waits for at least as much). A repeated dispute also answers its case as it
@@ -835,6 +835,15 @@ impl Book {
                 .get(tx_id)
                 .filter(|t| t.status == Status::Voided && t.void_reason == Some(*why))
                 .map(|t| Outcome::Transfer(t.t.clone())),
+            // Freezing a frozen account (or unfreezing one that is not) changes nothing: it is
+            // answered with the account and not journaled again.
+            Command::Freeze { account, .. } | Command::Unfreeze { account, .. } => {
+                let freeze = matches!(cmd, Command::Freeze { .. });
+                self.accounts
+                    .get(account)
+                    .filter(|a| a.frozen == freeze)
+                    .map(|a| Outcome::Account(a.view()))
+            }
             // The same analyst's same verdict: another analyst's (or another note) is not a
             // retry, and is refused as the case is closed.
             Command::Resolve {
