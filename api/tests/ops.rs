@@ -341,6 +341,19 @@ async fn a_snoozed_rule_stays_quiet_for_one_account_until_it_ends() {
     assert_eq!(created["rule"], rule);
     assert_eq!(created["created_by"], "ana");
     let id = created["id"].as_str().expect("id").to_string();
+    // A retry (or a second analyst) replaces it rather than adding another for the pair.
+    let (status, text) = call(
+        &app,
+        "POST",
+        "/v1/snoozes",
+        ANA,
+        json!({"account_id": "acc-1", "rule": rule, "for": "7d",
+               "reason": "lives in Havana; verified with the holder"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(parse(&text)["id"], id.as_str(), "{text}");
+    assert_eq!(state.0.snoozes.len(), 1);
 
     // Muted for acc-1 only, and said so in the decision.
     let d = action(&app, sanctioned("t-2", "acc-1")).await;
@@ -438,13 +451,14 @@ async fn a_snoozed_rule_stays_quiet_for_one_account_until_it_ends() {
         .collect();
     assert_eq!(
         actions,
-        ["removed", "created", "expired", "created"],
+        ["removed", "created", "expired", "replaced", "created"],
         "{text}"
     );
     assert_eq!(entries[2]["who"], "vigil");
-    assert_eq!(entries[3]["who"], "ana");
+    assert_eq!(entries[4]["who"], "ana");
+    assert_eq!(entries[4]["snooze_id"], id.as_str());
+    assert_eq!(entries[4]["account_id"], "acc-1");
     assert_eq!(entries[3]["snooze_id"], id.as_str());
-    assert_eq!(entries[3]["account_id"], "acc-1");
 }
 
 #[tokio::test]

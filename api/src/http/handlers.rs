@@ -356,7 +356,7 @@ pub async fn create_snooze(
             "a snooze lasts at most 90d; a rule wrong for longer is a rule to change".into(),
         ));
     }
-    let created =
+    let (snoozed, replaced) =
         s.0.snoozes
             .create(
                 &s.0.engine,
@@ -378,10 +378,15 @@ pub async fn create_snooze(
                 ),
             })?;
     s.0.metrics.set_snoozes(s.0.snoozes.len());
-    let view = created.view();
+    let view = snoozed.view();
+    let (action, status) = if replaced {
+        ("replaced", StatusCode::OK)
+    } else {
+        ("created", StatusCode::CREATED)
+    };
     s.0.audit
-        .record(&caller.name, "snooze", snooze_entry("created", &view));
-    Ok(json(StatusCode::CREATED, &view))
+        .record(&caller.name, "snooze", snooze_entry(action, &view));
+    Ok(json(status, &view))
 }
 
 /// An audit entry's detail for a snooze: what happened, and the snooze.

@@ -699,7 +699,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "post",
             "/v1/snoozes",
             ANALYST,
-            "Snooze one rule for one account (a known false positive) until a time (`until`, RFC 3339) or for a period (`for`, e.g. 7d; at most 90d). The rule neither acts nor scores for that account's transactions before then; decisions list it under `snoozed`. Audited; ends by itself.",
+            "Snooze one rule for one account (a known false positive) until a time (`until`, RFC 3339) or for a period (`for`, e.g. 7d; at most 90d). The rule neither acts nor scores for that account's transactions before then; decisions list it under `snoozed`. Audited; ends by itself. One per account and rule: another request for the pair (a retry too) replaces it, same id, 200.",
             Some("SnoozeRequest"),
             (201, "Snooze"),
             post(h::create_snooze),

@@ -133,7 +133,9 @@ impl Snoozes {
         Ok(inner.by_id.len())
     }
 
-    /// Mutes `rule` for `account` until `until_ms`, saved before it takes effect.
+    /// Mutes `rule` for `account` until `until_ms`, saved before it takes effect. One snooze
+    /// per account and rule: when there is one already, it is replaced (same id, the new end,
+    /// reason and author) and the second value is `true` — a retried request makes no second.
     #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
@@ -144,14 +146,25 @@ impl Snoozes {
         reason: &str,
         by: &str,
         now_ms: i64,
-    ) -> Result<Snooze, SnoozeError> {
+    ) -> Result<(Snooze, bool), SnoozeError> {
         let mut inner = lock(&self.0);
-        if inner.by_id.len() >= SNOOZES_MAX {
+        let existing = inner
+            .by_id
+            .values()
+            .find(|s| s.account_id == account && s.rule == rule)
+            .cloned();
+        if existing.is_none() && inner.by_id.len() >= SNOOZES_MAX {
             return Err(SnoozeError::Full);
         }
-        inner.next += 1;
+        let id = match &existing {
+            Some(old) => old.id.clone(),
+            None => {
+                inner.next += 1;
+                format!("snz-{}", inner.next)
+            }
+        };
         let s = Snooze {
-            id: format!("snz-{}", inner.next),
+            id,
             account_id: account.to_string(),
             rule: rule.to_string(),
             until_ms,
@@ -161,11 +174,14 @@ impl Snoozes {
         };
         inner.by_id.insert(s.id.clone(), s.clone());
         if let Err(e) = inner.save() {
-            inner.by_id.remove(&s.id);
+            match &existing {
+                Some(old) => inner.by_id.insert(old.id.clone(), old.clone()),
+                None => inner.by_id.remove(&s.id),
+            };
             return Err(e.into());
         }
         inner.push(engine);
-        Ok(s)
+        Ok((s, existing.is_some()))
     }
 
     /// Ends snooze `id` now. `Ok(None)` when there is none such.
