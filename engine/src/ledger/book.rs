@@ -818,11 +818,11 @@ impl Book {
     /// was refunded since); for other commands, the result stored when they ran.
     ///
     /// A confirmation, cancellation, verdict, freeze or unfreeze has no key of its own: it is a
-    /// repeat when what it would do is done, in the same way (a transfer posted by confirmation, voided for the
-    /// same reason, a case resolved with the same verdict by the same analyst with the same
-    /// note). Its answer is the transfer or case as it stands, with the last sequence applied (a
-    /// retry waits for at least as much). A repeated dispute also answers its case as it
-    /// stands.
+    /// repeat when what it would do is done, in the same way (a transfer posted by
+    /// confirmation, voided for the same reason, a case resolved with the same verdict by the
+    /// same analyst with the same note, an account already frozen or not). Its answer is the
+    /// transfer, case or account as it stands, with the last sequence applied (a retry waits
+    /// for at least as much). A repeated dispute also answers its case as it stands.
     pub fn replayed(&self, cmd: &Command) -> Result<Option<(Outcome, u64)>, LedgerError> {
         let now = match cmd {
             Command::Post { tx_id, by } => self
