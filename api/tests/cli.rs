@@ -705,6 +705,52 @@ fn actions(path: &Path) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
+/// The README's backtest example, run as written: every line it shows (but the run's time and
+/// the elided `...`) is in what the command prints, the new pack's hash included.
+#[test]
+fn the_readme_backtest_example_prints_what_the_readme_shows() {
+    let tmp = Scratch::new("readme-backtest");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root");
+    let readme = fs::read_to_string(root.join("README.md")).expect("README");
+    let edit = "sed -i 's/15 \\* usual_amount/8 * usual_amount/' /tmp/new/amount.toml";
+    assert!(readme.contains(edit), "the README's example edit changed");
+    let shown: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("backtest    old pack"))
+        .take_while(|l| !l.starts_with("```"))
+        .filter(|l| l.trim() != "..." && !l.contains("whole run"))
+        .collect();
+    assert!(shown.len() > 10, "the README's example output is gone");
+    let new = tmp.path("new");
+    copy_dir(&root.join("rules/packs/default"), &new);
+    let text = fs::read_to_string(new.join("amount.toml")).expect("read");
+    assert!(text.contains("15 * usual_amount"), "amount.toml changed");
+    fs::write(
+        new.join("amount.toml"),
+        text.replace("15 * usual_amount", "8 * usual_amount"),
+    )
+    .expect("write");
+    let o = vigil(&[
+        "replay",
+        "replay-data/sample.jsonl.gz",
+        "--rules",
+        s(&new),
+        "--compare",
+        "rules/packs/default",
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let printed = stdout(&o);
+    for line in shown {
+        assert!(
+            printed.lines().any(|p| p == line),
+            "README shows a line the command does not print:\n{line}\n---\n{printed}"
+        );
+    }
+}
+
 #[test]
 fn backtest_reports_exactly_the_decisions_that_differ() {
     let tmp = Scratch::new("backtest");
@@ -784,6 +830,14 @@ fn backtest_reports_exactly_the_decisions_that_differ() {
         "{report}"
     );
     assert!(report.contains("labels      1 from "), "{report}");
+    // The file's labels are the only ones scored: the sample's own are set aside.
+    let fraud = u8::from(!sample_label);
+    assert!(
+        report.contains(&format!(
+            "labels      1 labeled transactions, {fraud} fraud"
+        )),
+        "{report}"
+    );
     assert!(
         report.contains("review-or-block  old precision"),
         "{report}"

@@ -36,7 +36,7 @@ pub struct RuleDelta {
     pub changed_old_only: u64,
 }
 
-/// How labelled transactions moved between flagged (review, step-up or block) and allowed.
+/// How labeled transactions moved between flagged (review, step-up or block) and allowed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LabelMoves {
     /// Fraud the new pack flags and the old one let through.
@@ -312,7 +312,7 @@ impl fmt::Display for Comparison {
         if new.labeled > 0 {
             writeln!(
                 f,
-                "labels      {} labelled transactions, {} fraud",
+                "labels      {} labeled transactions, {} fraud",
                 new.labeled,
                 new.flagged.tp + new.flagged.fn_
             )?;

@@ -139,16 +139,15 @@ pub fn read_labels(r: impl BufRead) -> Result<HashMap<String, Label>, String> {
     Ok(labels)
 }
 
-/// Puts `labels` on the transactions they name, replacing the label an event carries (an
-/// analyst's verdict is newer than the recording's label). Returns how many matched.
+/// Makes `labels` the only labels of the traffic: the transactions they name carry them, and
+/// every other transaction none (what the recording carried is not mixed with analysts'
+/// verdicts, which a score against them would otherwise count). Returns how many matched.
 pub fn apply_labels(input: &mut Input, labels: &HashMap<String, Label>) -> u64 {
     let mut matched = 0;
     for (_, e) in &mut input.events {
-        if let Event::Tx(t) = e
-            && let Some(l) = labels.get(t.tx_id.as_str())
-        {
-            t.label = Some(l.clone());
-            matched += 1;
+        if let Event::Tx(t) = e {
+            t.label = labels.get(t.tx_id.as_str()).cloned();
+            matched += u64::from(t.label.is_some());
         }
     }
     matched
@@ -433,7 +432,7 @@ impl Tally {
             if l.is_fraud {
                 let s = self
                     .scenarios
-                    .entry(l.scenario.clone().unwrap_or_else(|| "unlabeled".into()))
+                    .entry(l.scenario.clone().unwrap_or_else(|| "(no scenario)".into()))
                     .or_default();
                 s.total += 1;
                 s.flagged += u64::from(is_flagged);
