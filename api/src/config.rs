@@ -34,6 +34,9 @@ pub struct FileConfig {
     /// How far past this machine's clock an event may be dated and still be counted in
     /// windows, e.g. "5m" ("0s": no check).
     pub clock_ahead: Option<String>,
+    /// Longest window a rule may use, e.g. "30d" (the default, as `vigil rules check`'s
+    /// `--window-max`; at most 31d): packs loaded, reloaded and dry-run are held to it.
+    pub window_max: Option<String>,
     #[serde(default)]
     pub topics: TopicNames,
     /// librdkafka properties, e.g. `"security.protocol" = "SASL_SSL"`.
@@ -120,6 +123,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Latest events kept for dry runs.
     pub recent_events: usize,
+    /// Longest window a rule may use, ms.
+    pub window_ms_max: i64,
     /// Events dated further past the clock are decided but not counted (`None`: no check).
     pub clock_ahead: Option<Duration>,
     /// Accounts the state is sized for at the start (`[state] accounts`).
@@ -194,6 +199,7 @@ pub fn resolve(
             "STATE_DIR" => file.state_dir = Some(v.into()),
             "SNAPSHOT_EVERY" => file.snapshot_every = Some(v),
             "CLOCK_AHEAD" => file.clock_ahead = Some(v),
+            "WINDOW_MAX" => file.window_max = Some(v),
             "RECENT_EVENTS" => {
                 let n = v.trim().parse().with_context(|| {
                     format!("VIGIL_RECENT_EVENTS: '{v}' is not a number of events")
@@ -354,6 +360,19 @@ pub fn resolve(
     if recent_events > RECENT_EVENTS_MAX {
         bail!("recent_events: at most {RECENT_EVENTS_MAX}, not {recent_events}");
     }
+    let window_ms_max = match &file.window_max {
+        None => vigil_rules::pack::WINDOW_MS_MAX_DEFAULT,
+        Some(w) => {
+            let most = vigil_engine::state::window::DAY_TIER_MS_MAX;
+            let ms = vigil_rules::num::parse_duration(w)
+                .filter(|ms| *ms > 0)
+                .with_context(|| format!("window_max: '{w}' is not a window such as 30d"))?;
+            if ms > most {
+                bail!("window_max: state keeps at most 31d of history; {w} is longer");
+            }
+            ms
+        }
+    };
     let clock_ahead = match &file.clock_ahead {
         Some(s) => Some(duration(s, "clock_ahead")?).filter(|d| !d.is_zero()),
         None => Some(CLOCK_AHEAD_DEFAULT),
@@ -373,6 +392,7 @@ pub fn resolve(
         rules: file.rules.unwrap_or_else(|| default_rules.into()),
         partitions,
         recent_events,
+        window_ms_max,
         clock_ahead,
         accounts_capacity,
         state_limits,
@@ -508,6 +528,31 @@ mod tests {
             format!("{e:#}").contains("VIGIL_PAUSE_AT: 'lots' is not a number"),
             "{e:#}"
         );
+        // The window limit is `rules check`'s (30d) unless set, and never past 31d.
+        let s = resolve(None, vec![], Overrides::default(), "r")?;
+        assert_eq!(s.window_ms_max, 30 * 86_400_000);
+        let s = resolve(
+            None,
+            env(&[("VIGIL_WINDOW_MAX", "7d")]),
+            Overrides::default(),
+            "r",
+        )?;
+        assert_eq!(s.window_ms_max, 7 * 86_400_000);
+        for (w, says) in [
+            ("32d", "at most 31d"),
+            ("soon", "not a window"),
+            ("0s", "not a window"),
+        ] {
+            let e = resolve(
+                None,
+                env(&[("VIGIL_WINDOW_MAX", w)]),
+                Overrides::default(),
+                "r",
+            )
+            .map(|_| ())
+            .unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{w}: {e:#}");
+        }
         let s = resolve(None, vec![], Overrides::default(), "r")?;
         assert!(!s.external, "no brokers: embedded");
         assert_eq!(s.stream.pause_at, vigil_engine::stream::align::PAUSE_AT);

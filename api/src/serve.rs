@@ -177,7 +177,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     if a.demo && s.external {
         bail!("--demo runs on the embedded broker; remove the brokers setting (VIGIL_BROKERS?)");
     }
-    let pack = match load_pack(&s.rules, vigil_engine::state::window::DAY_TIER_MS_MAX) {
+    let pack = match load_pack(&s.rules, s.window_ms_max) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -274,7 +274,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     let reloader = Arc::new(Reloader::new(
         &s.rules,
         PackOptions {
-            window_ms_max: vigil_engine::state::window::DAY_TIER_MS_MAX,
+            window_ms_max: s.window_ms_max,
         },
     ));
     engine.keep_recent(s.recent_events);
