@@ -25,8 +25,8 @@ const DEMO_FILE: &str = "replay-data/sample.jsonl.gz";
 
 #[derive(Args, Debug)]
 pub struct ConnArgs {
-    /// Kafka brokers (host:port,…). Without them `serve` starts an embedded in-memory broker.
-    /// Env: VIGIL_BROKERS.
+    /// Kafka brokers (host:port,…). `serve` without them starts an embedded in-memory broker;
+    /// `produce` needs them (the address `vigil serve` prints). Env: VIGIL_BROKERS.
     #[arg(long)]
     brokers: Option<String>,
     /// A TOML config file (brokers, group_id, rules, state_dir, [topics], [kafka] client

@@ -548,6 +548,26 @@ async fn a_dry_run_says_what_a_candidate_pack_would_change_on_recent_traffic() {
             .as_str()
             .is_some_and(|m| m.contains("not a rule or list file name"))
     );
+    // A file to leave out that the pack does not have (a typo), or one also given.
+    for (body, says) in [
+        (
+            json!({"remove": ["gep.toml"]}),
+            "gep.toml: not a file of the running pack",
+        ),
+        (
+            json!({"files": {"geo.toml": geo.clone()}, "remove": ["geo.toml"]}),
+            "geo.toml: both given in files and named in remove",
+        ),
+    ] {
+        let (status, text) = call(&app, "POST", "/v1/rules/dry-run", ANA, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+        assert!(
+            parse(&text)["errors"][0]
+                .as_str()
+                .is_some_and(|m| m.starts_with(says)),
+            "{text}"
+        );
+    }
     let (status, text) = call(&app, "POST", "/v1/rules/dry-run", ANA, json!({})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
     assert_eq!(parse(&text)["code"], "invalid_body");

@@ -535,6 +535,22 @@ pub fn compile_candidate(
         Some(dir) => read_sources(dir).map_err(|e| vec![e.to_string()])?,
         None => Sources::default(),
     };
+    // A file to leave out must be there, and not given too: a misspelt name would otherwise
+    // read as "removing it changes nothing".
+    for rel in remove {
+        let present = sources.files.iter().any(|s| &s.rel == rel)
+            || sources.not_text.iter().any(|(r, ..)| r == rel);
+        if files.contains_key(rel) {
+            errors.push(format!("{rel}: both given in files and named in remove"));
+        } else if !present {
+            errors.push(format!(
+                "{rel}: not a file of the running pack: nothing to remove"
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     let kept = &mut sources.files;
     for s in kept.iter_mut() {
         s.path.clone_from(&s.rel);

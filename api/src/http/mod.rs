@@ -765,7 +765,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "post",
             "/v1/rules/dry-run",
             ANALYST,
-            "Run a candidate pack — the rules directory with `files` (name → text) put over it and `remove` left out — over the recent traffic (the latest events decided or observed, `--recent-events`), next to the running pack, each on empty state; nothing is swapped and the pack's tests are not run (a reload runs them). Says which decisions would change (by action, count, amount), per rule, and lists the first 100 changed decisions. 422 rules_invalid with file:line:col errors for a candidate that does not compile.",
+            "Run a candidate pack — the rules directory with `files` (name → text) put over it and `remove` left out — over the recent traffic (the latest events decided or observed: `recent_events` in the config, VIGIL_RECENT_EVENTS), next to the running pack, each on empty state; nothing is swapped and the pack's tests are not run (a reload runs them). Says which decisions would change (by action, count, amount), per rule, and lists the first 100 changed decisions. 422 rules_invalid with file:line:col errors for a candidate that does not compile.",
             Some("DryRunRequest"),
             (200, "DryRun"),
             post(h::dry_run),
