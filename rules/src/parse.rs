@@ -640,9 +640,19 @@ impl Parser {
     fn call(&mut self, name: String, name_span: Span) -> Result<Expr, ParseError> {
         self.expect_sym("(")?;
         // The aggregate form: `count(tx by account over 10m)`.
-        if AGG_FUNCS.contains(&name.as_str())
-            && matches!(self.toks.get(self.pos + 1), Some((Tok::Name(n), _)) if n == "by")
-        {
+        let agg_form = matches!(self.toks.get(self.pos + 1), Some((Tok::Name(n), _)) if n == "by");
+        if agg_form && !AGG_FUNCS.contains(&name.as_str()) {
+            // `conut(tx by …)`: name the function, not the `by` after its first word.
+            return Err(ParseError {
+                offset: name_span.start,
+                message: format!(
+                    "unknown aggregate '{name}'{}: one of {}",
+                    crate::diag::suggest(&name, AGG_FUNCS),
+                    AGG_FUNCS.join(", ")
+                ),
+            });
+        }
+        if agg_form {
             let measure = match self.bump() {
                 (Tok::Name(m), sp) => (m, sp),
                 (t, sp) => {
@@ -793,6 +803,13 @@ mod tests {
             "unknown duration unit 'min' (use ms, s, m, h, d or w)"
         );
         assert_eq!(err("count(tx by account 10m)").offset, 20);
+        // A misspelt aggregate is named at its name, not at the `by` it cannot take.
+        let e = err("x > 1 and conut(tx by account over 10m) > 5");
+        assert_eq!(e.offset, 10);
+        assert_eq!(
+            e.message,
+            "unknown aggregate 'conut' (did you mean 'count'?): one of count, sum, avg, max, min, distinct"
+        );
         assert!(err("amount > ").message.contains("expected a value"));
         assert!(err("(amount > 5").message.contains("expected ')'"));
         assert!(err("\"abc").message.contains("unterminated"));

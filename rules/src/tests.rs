@@ -58,6 +58,10 @@ fn each_error_names_file_line_column_and_fix() {
             "p/pack.toml:8:21: unknown key 'acount': windows are kept by account, device, ip or counterparty (did you mean 'account'?)",
         ),
         (
+            "conut(tx by account over 10m) > 5",
+            "p/pack.toml:8:9: unknown aggregate 'conut' (did you mean 'count'?): one of count, sum, avg, max, min, distinct",
+        ),
+        (
             "sum(tx by account over 1h) > 1",
             "p/pack.toml:8:13: sum works on amount: write 'sum(amount by account over ...)'",
         ),
