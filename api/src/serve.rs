@@ -139,14 +139,24 @@ fn shutdown_left(budget: Duration) -> Duration {
     })
 }
 
-/// SIGINT/SIGTERM stop gracefully; a second one stops at once.
+/// SIGHUP asks for the rules to be read again (as a daemon's configuration is); the rules
+/// watcher does it on its next tick.
+static RELOAD_ASKED: AtomicBool = AtomicBool::new(false);
+
+/// SIGINT/SIGTERM stop gracefully; a second one stops at once. SIGHUP reloads the rules (it
+/// ended the process before: its default action).
 fn on_signals(stop: Arc<AtomicBool>) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    tracing::info!("SIGHUP: reloading the rules");
+                    RELOAD_ASKED.store(true, Ordering::SeqCst);
+                    continue;
+                }
                 let _ = STOPPING_SINCE.set(std::time::Instant::now());
                 if stop.swap(true, Ordering::SeqCst) {
                     esay("second signal: stopping now, without a final snapshot or commit");
@@ -442,7 +452,7 @@ fn maintain_state(engine: &Engine, stop: &AtomicBool) {
 
 /// Every second: reloads the rules when a file of the directory changed (a bad pack is
 /// refused — logged, counted, audited — and the running pack stays), and ends the snoozes
-/// whose time is up.
+/// whose time is up; on SIGHUP, reloads at once.
 fn watch_rules(state: &AppState, stop: &AtomicBool) {
     let reloader = state.0.reloader.get();
     if let Some(r) = reloader {
@@ -451,6 +461,10 @@ fn watch_rules(state: &AppState, stop: &AtomicBool) {
     let mut since = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if RELOAD_ASKED.swap(false, Ordering::SeqCst) {
+            // Errors are logged, counted and audited by reload_rules.
+            let _ = reload_rules(&state.0, "signal");
+        }
         if since.elapsed() < Duration::from_secs(1) {
             continue;
         }

@@ -169,5 +169,23 @@ fn prometheus_scrapes_vigil_and_a_refused_reload_sets_off_its_alert() {
         metrics.contains("vigil_rules_reloads_total{result=\"failed\"} 1"),
         "{metrics}"
     );
+    // SIGHUP asks for a reload (here refused again, the file still broken) and does not end
+    // the process, as the signal's default action would.
+    let pid = cleanup.children[0].id().to_string();
+    let sent = Command::new("kill").args(["-HUP", &pid]).status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -HUP {pid}");
+    wait_for(
+        "a second refused reload, after SIGHUP",
+        Duration::from_secs(30),
+        || {
+            get(&vigil_addr, "/metrics")
+                .is_some_and(|m| m.contains("vigil_rules_reloads_total{result=\"failed\"} 2"))
+        },
+        &vigil_log,
+    );
+    assert!(
+        cleanup.children[0].try_wait().is_ok_and(|s| s.is_none()),
+        "vigil serve ended on SIGHUP"
+    );
     drop(cleanup);
 }
