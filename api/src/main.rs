@@ -389,6 +389,21 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
     tmp_name.push(&name);
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = a.out.with_file_name(tmp_name);
+    // Ctrl-C (or SIGTERM) removes the half-written file and ends the run at once (taken
+    // before the file exists, so no signal finds it unwatched). Should the rename have
+    // happened first, the complete file stays.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    let doomed = tmp.clone();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            let _ = std::fs::remove_file(&doomed);
+            esay("interrupted: nothing written");
+            std::process::exit(130);
+        }
+    });
     let file = std::fs::File::create(&tmp).with_context(|| {
         format!(
             "cannot create {} (to write {})",

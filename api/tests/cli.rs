@@ -592,6 +592,52 @@ fn a_gen_that_fails_leaves_the_file_it_would_replace_as_it_was() {
     assert!(fs::read_to_string(&out).expect("read").starts_with('{'));
     let mode = fs::metadata(&out).expect("stat").permissions().mode();
     assert_eq!(mode & 0o777, 0o640, "{mode:o}");
+
+    // Ctrl-C midway: the file it would replace stays as it was, and nothing is left beside.
+    fs::write(&out, "precious\n").expect("write");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["gen", "--accounts", "300000", "--days", "30", "-q", "--out"])
+        .arg(&out)
+        .current_dir(root)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start gen");
+    // Once its file beside the target exists.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let writing = || {
+        fs::read_dir(&tmp.0)
+            .expect("dir")
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+    };
+    while !writing() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gen made no file in 60 s"
+        );
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "gen ended before the signal"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let o = child.wait_with_output().expect("gen ends");
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+    assert_eq!(fs::read_to_string(&out).expect("kept"), "precious\n");
+    let left: Vec<_> = fs::read_dir(&tmp.0)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["keep.jsonl"], "a temporary file was left behind");
 }
 
 // ---------------------------------------------------------------------------------------------
