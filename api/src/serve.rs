@@ -231,6 +231,8 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     } else {
         let e = Embedded::start(1, &cfg.topics, s.partitions)?;
         cfg.brokers = e.bootstrap().to_string();
+        // Its topics start empty: a snapshot's offsets point into a log that is gone.
+        cfg.fresh_broker = true;
         // The mock broker holds partitions of a vanished consumer until its session ends.
         cfg.session_timeout = Duration::from_secs(6);
         tracing::warn!(

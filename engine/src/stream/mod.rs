@@ -139,6 +139,10 @@ pub struct StreamConfig {
     /// Static group membership (`group.instance.id`), one stable name per process: a restart
     /// gets its partitions (and its snapshot's state) back at once, without a rebalance.
     pub instance_id: Option<String>,
+    /// The broker started empty with this process (the embedded one): a snapshot's offsets
+    /// name messages of a log that is gone, so only its state is restored and every partition
+    /// is read from its start.
+    pub fresh_broker: bool,
 }
 
 impl Default for StreamConfig {
@@ -159,6 +163,7 @@ impl Default for StreamConfig {
             max_messages: None,
             idle_exit: None,
             instance_id: None,
+            fresh_broker: false,
         }
     }
 }

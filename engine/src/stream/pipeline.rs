@@ -657,6 +657,21 @@ impl ConsumerContext for Rebalancer {
                         ),
                     }
                 }
+                // An offset past the log's end names a log that is gone (the topic was made
+                // again, the broker lost its data): seeking there would skip that many of
+                // the new log's messages once they arrive. Start where the group is instead.
+                seek.retain(|(t, topic, part, off)| {
+                    match consumer.fetch_watermarks(topic, *part, Duration::from_secs(10)) {
+                        Ok((_, high)) if *off > high => {
+                            tracing::warn!(
+                                "{topic}/{part}: this snapshot's offset {off} is past the log's end ({high}): the topic was recreated or the broker lost data; starting at the group's offset (or the beginning), with this state"
+                            );
+                            lock(&s.resume).remove(&(*t, *part));
+                            false
+                        }
+                        _ => true,
+                    }
+                });
                 for (_, topic, part, off) in seek {
                     if let Err(e) = tpl.set_partition_offset(&topic, part, Offset::Offset(off)) {
                         tracing::error!("{topic}/{part}: cannot resume at {off}: {e}");
@@ -1132,13 +1147,26 @@ impl Pipeline {
                     }
                 }
                 restored = true;
-                tracing::info!(
-                    "restored {} accounts from {} (rules then: {}); resuming {} partition(s) where it left off",
-                    r.accounts,
-                    path.display(),
-                    r.rules_version,
-                    resume.len()
-                );
+                if cfg.fresh_broker {
+                    // Offsets into a log that no longer exists would skip that many of the
+                    // new log's messages.
+                    resume.clear();
+                    bases.clear();
+                    tracing::warn!(
+                        "restored {} accounts from {} (rules then: {}); the broker is new, so the snapshot's offsets do not apply: reading every partition from its start",
+                        r.accounts,
+                        path.display(),
+                        r.rules_version
+                    );
+                } else {
+                    tracing::info!(
+                        "restored {} accounts from {} (rules then: {}); resuming {} partition(s) where it left off",
+                        r.accounts,
+                        path.display(),
+                        r.rules_version,
+                        resume.len()
+                    );
+                }
             } else {
                 tracing::info!(
                     "no snapshot in {}: starting with empty state from the group's committed offsets",
