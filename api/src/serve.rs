@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use vigil_api::http::{AppState, Role, Token, expire_snoozes, reload_rules, router};
+use vigil_api::http::{AppState, Role, Token, expire_snoozes, reload_rules, router, set_ready};
 use vigil_engine::ledger::{BookConfig, Ledger};
 use vigil_engine::packs::Reloader;
 use vigil_engine::stream::embedded::Embedded;
@@ -334,6 +334,31 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
             .name("vigil-state".into())
             .spawn(move || maintain_state(&engine, &stop))?
     };
+    // SIGINT/SIGTERM set `stop`: the pipeline stops consuming, finishes what is in flight,
+    // flushes, snapshots and commits.
+    let pipeline = Pipeline::new(engine.clone(), cfg)
+        .with_ledger(ledger.clone())
+        .with_stop(stop.clone());
+    let stats = pipeline.stats();
+    state.0.metrics.watch_stream(stats.clone());
+    // Not ready (`/readyz` 503, the routes that decide or move money `not_ready`) until the
+    // pipeline has restored the state: what the engine decided before would be overwritten.
+    set_ready(&state, false);
+    let readiness = {
+        let (state, stats, stop) = (state.clone(), stats.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("vigil-ready".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if stats.state_loaded.load(Ordering::SeqCst) {
+                        set_ready(&state, true);
+                        tracing::info!("ready: state in place");
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })?
+    };
     let api = match &s.listen {
         Some(addr) => Some(start_api(
             addr,
@@ -343,13 +368,6 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
         )?),
         None => None,
     };
-    // SIGINT/SIGTERM set `stop`: the pipeline stops consuming, finishes what is in flight,
-    // flushes, snapshots and commits.
-    let pipeline = Pipeline::new(engine.clone(), cfg)
-        .with_ledger(ledger.clone())
-        .with_stop(stop.clone());
-    let stats = pipeline.stats();
-    state.0.metrics.watch_stream(stats.clone());
     let result = pipeline.run();
     stop.store(true, Ordering::SeqCst);
     if let Some(api) = api {
@@ -371,6 +389,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
         let _ = w.join();
     }
     let _ = rules_watch.join();
+    let _ = readiness.join();
     let _ = maintainer.join();
     let summary = result?;
     report(&stats, summary.consumed, summary.seconds);

@@ -129,6 +129,49 @@ async fn tokens_and_roles_are_checked() {
 }
 
 #[tokio::test]
+async fn until_the_state_is_in_place_the_routes_that_decide_or_move_money_say_not_ready() {
+    let pack = packs::load(&root().join("rules/packs/default"), &PackOptions::default())
+        .expect("default pack");
+    let engine = Arc::new(Engine::new(pack, EngineConfig::default()));
+    let ledger = Ledger::in_memory(BookConfig::default());
+    let state = AppState::new(engine, ledger, tokens(), Limits::default());
+    vigil_api::http::set_ready(&state, false);
+    let app = router(state.clone());
+    let a = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text);
+    assert_eq!(a.json()["pipeline"], "starting", "{}", a.text);
+    let a = call(&app, "GET", "/healthz", None, None).await;
+    assert_eq!(a.status, StatusCode::OK, "live all the same");
+    for (uri, body) in [
+        ("/v1/authorize", json!({})),
+        ("/v1/transfers", json!({})),
+        ("/v1/events", json!({})),
+        ("/v1/accounts", json!({"id": "a", "currency": "EUR"})),
+        (
+            "/v1/accounts/a/deposits",
+            json!({"op_id": "d", "amount": "1"}),
+        ),
+    ] {
+        let a = post(&app, uri, PAY, body).await;
+        assert_error(&a, StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+    }
+    // Reads are answered.
+    let a = get(&app, "/v1/freezes", ANA).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    vigil_api::http::set_ready(&state, true);
+    let a = post(
+        &app,
+        "/v1/accounts",
+        PAY,
+        json!({"id": "a", "currency": "EUR"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let a = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+}
+
+#[tokio::test]
 async fn bad_requests_get_json_errors_with_stable_codes() {
     let (app, _) = app();
     let a = call(

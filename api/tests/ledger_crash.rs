@@ -80,9 +80,17 @@ fn request(
 
 fn wait_ready(port: u16, child: &mut Child, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
+    // Live at once; ready (and taking transfers) once the pipeline has its state in place.
     loop {
-        if let Ok((200, _)) = request(port, "GET", "/healthz", None) {
+        if let Ok((200, _)) = request(port, "GET", "/readyz", None) {
             return;
+        }
+        if let Ok((200, _)) = request(port, "GET", "/healthz", None)
+            && let Ok((status, v)) = request(port, "POST", "/v1/transfers", Some(&json!({})))
+            && status == 503
+        {
+            // Before it is ready, a route that moves money says so.
+            assert_eq!(v["code"], "not_ready", "{v}");
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!(

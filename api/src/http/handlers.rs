@@ -457,6 +457,19 @@ pub fn expire_snoozes(s: &Shared, now_ms: i64) -> usize {
     gone.len()
 }
 
+/// The routes that decide or move money wait for the state: `vigil serve` restores it from
+/// its snapshot after the API is up, and would overwrite what the engine learnt before.
+fn ensure_ready(s: &Shared) -> Result<(), ApiError> {
+    if s.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        "starting: the state is being restored; retry shortly (GET /readyz says when)",
+    ))
+}
+
 pub async fn healthz() -> Response {
     json(StatusCode::OK, &json!({"status": "ok"}))
 }
@@ -754,6 +767,7 @@ pub async fn authorize(
     Params(q): Params<AuthorizeQuery>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    ensure_ready(&s.0)?;
     let bytes = body_bytes(req, &()).await?;
     let tx = transaction(&bytes, None)?;
     let d = decide(&s.0, &tx, q.settle).await?;
@@ -764,6 +778,7 @@ pub async fn create_transfer(
     State(s): State<AppState>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    ensure_ready(&s.0)?;
     let bytes = body_bytes(req, &()).await?;
     let tx = transaction(&bytes, Some("transfer"))?;
     let d = decide(&s.0, &tx, true).await?;
@@ -782,6 +797,7 @@ fn engine_event(json: &Value) -> Result<Event, ApiError> {
 }
 
 pub async fn account_event(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    ensure_ready(&s.0)?;
     let bytes = body_bytes(req, &()).await?;
     let ev = event(&bytes, None)?;
     let Event::Account(a) = &ev else {
@@ -888,6 +904,7 @@ pub async fn open_account(
     State(s): State<AppState>,
     Body(b): Body<OpenAccount>,
 ) -> Result<Response, ApiError> {
+    ensure_ready(&s.0)?;
     check_id("id", &b.id)?;
     // The engine learns the opening (account age, a balance it can follow, the locale). Its
     // event id is only a label: cut to fit the id limit.
@@ -964,6 +981,7 @@ fn movement_event(s: &Shared, b: &Movement, account: &str, kind: &str) -> Result
 
 /// A deposit (`inward`) or a withdrawal: booked, then shown to the engine.
 async fn movement(s: &Shared, id: String, b: Movement, inward: bool) -> Result<Response, ApiError> {
+    ensure_ready(s)?;
     check_id_up_to("op_id", &b.op_id, ID_BYTES_MAX - MOVEMENT_PREFIX_MAX.len())?;
     let amount = minor(s, &id, &b.amount)?;
     let ev = movement_event(s, &b, &id, if inward { "top_up" } else { "withdrawal" })?;

@@ -483,7 +483,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "get",
             "/readyz",
             PUBLIC,
-            "Readiness: the ledger takes writes and the pipeline has its partitions.",
+            "Readiness: the ledger takes writes and the state is in place (restored from the snapshot by the pipeline, at start). Until then it is 503, and the routes that decide or move money (authorize, transfers, events, accounts, deposits, withdrawals) answer 503 not_ready.",
             None,
             (200, "Health"),
             get(h::readyz),

@@ -198,6 +198,9 @@ pub struct Stats {
     pub repeats_skipped: AtomicU64,
     /// Input partitions assigned to this consumer now.
     pub assigned: AtomicU64,
+    /// The state is in place: the snapshot restored (or none to restore). Until then the
+    /// engine holds none of it, and what it decided would be overwritten by the restore.
+    pub state_loaded: std::sync::atomic::AtomicBool,
     /// Outputs acknowledged by the broker.
     pub acked: AtomicU64,
     /// Offsets committed (commit calls that succeeded).

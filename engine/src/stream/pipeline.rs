@@ -1175,6 +1175,8 @@ impl Pipeline {
             }
         }
 
+        self.stats.state_loaded.store(true, Ordering::SeqCst);
+
         // 2. Effects already produced since then, so they are not produced again.
         let effects = if cfg.state_dir.is_some() {
             let (effects, ends) = read_effects(cfg, &bases, Duration::from_secs(60), &self.stop)?;
