@@ -85,6 +85,20 @@ async fn metrics_count_http_decisions_and_name_no_account() {
     }
     let (st, _) = call(&app, "POST", "/v1/authorize", PAY, json!({"tx_id": 1})).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
+    // Refusals are answers too: a wrong token, a role that may not, a wrong method.
+    let (st, _) = call(
+        &app,
+        "POST",
+        "/v1/authorize",
+        "not-a-token",
+        tx("t-x", "1.00"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = call(&app, "POST", "/v1/authorize", ANA, tx("t-y", "1.00")).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = call(&app, "GET", "/v1/authorize", PAY, Value::Null).await;
+    assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED);
     let (st, m) = call(&app, "GET", "/metrics", "", Value::Null).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(
@@ -108,7 +122,8 @@ async fn metrics_count_http_decisions_and_name_no_account() {
             &m,
             r#"vigil_http_requests_total{class="4xx",route="/v1/authorize"}"#
         ),
-        Some(1.0)
+        Some(4.0),
+        "{m}"
     );
     assert_eq!(sample(&m, "vigil_rules_active_rules"), Some(16.0), "{m}");
     assert!(m.contains("vigil_rules_pack_info{hash=\""), "{m}");

@@ -791,15 +791,18 @@ pub(crate) fn routes() -> Vec<Route> {
 /// The API router over `state`.
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
+    // Each path's methods together, so that its answers — a wrong method's 405 included —
+    // are counted in one place.
+    let mut paths: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for route in routes() {
-        let counted = route.handler.route_layer(middleware::from_fn_with_state(
-            HttpRoute::new(&state.0.metrics, route.path),
-            count_request,
-        ));
-        let handler = if route.roles.is_empty() {
-            counted
+        // Inside out: the time limit, then the token and role check.
+        let limited = route
+            .handler
+            .route_layer(middleware::from_fn_with_state(state.clone(), time_limit));
+        let guarded = if route.roles.is_empty() {
+            limited
         } else {
-            counted.route_layer(middleware::from_fn_with_state(
+            limited.route_layer(middleware::from_fn_with_state(
                 Guard {
                     state: state.clone(),
                     roles: route.roles,
@@ -807,13 +810,25 @@ pub fn router(state: AppState) -> Router {
                 guard,
             ))
         };
-        router = router.route(route.path, handler);
+        match paths.iter_mut().find(|(p, _)| *p == route.path) {
+            Some((_, methods)) => *methods = std::mem::take(methods).merge(guarded),
+            None => paths.push((route.path, guarded)),
+        }
+    }
+    for (path, methods) in paths {
+        // Outermost: the count of every answer (refusals and timeouts included).
+        let handler =
+            methods
+                .fallback(handlers::method_not_allowed)
+                .layer(middleware::from_fn_with_state(
+                    HttpRoute::new(&state.0.metrics, path),
+                    count_request,
+                ));
+        router = router.route(path, handler);
     }
     let limits = state.0.limits;
     router
         .fallback(handlers::not_found)
-        .method_not_allowed_fallback(handlers::method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(DefaultBodyLimit::max(limits.body_bytes))
         .with_state(state)
 }
