@@ -175,7 +175,8 @@ pub(crate) fn user_wins<'a>(c: &'a mut ClientConfig, cfg: &StreamConfig) -> &'a 
 }
 
 /// Creates the topics through the admin API (real brokers), retrying with backoff while the
-/// brokers cannot be reached; topics that exist are left as they are.
+/// brokers cannot be reached (a warning every few seconds); topics that exist are left as
+/// they are. Returns `Ok` at once when `stop` is set meanwhile.
 pub fn admin_create_topics(
     cfg: &StreamConfig,
     partitions: i32,
@@ -187,18 +188,24 @@ pub fn admin_create_topics(
     let topics = cfg.topics.all();
     // Topics that exist are left alone, and a broker without the admin API (such as another
     // Vigil's embedded one) is fine when they all do.
-    if let Ok(missing) = missing_topics(cfg, &topics)
-        && missing.is_empty()
-    {
-        tracing::info!("topics exist: {}", topics.join(", "));
-        return Ok(());
+    match missing_topics(cfg, &topics) {
+        Ok(missing) if missing.is_empty() => {
+            tracing::info!("topics exist: {}", topics.join(", "));
+            return Ok(());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("waiting for brokers at {}: {e}", cfg.brokers),
     }
     let admin: AdminClient<DefaultClientContext> = client_config(cfg).create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // Each attempt gives up after a few seconds (librdkafka's default waits a minute), so an
+    // unreachable broker is said every few seconds and a stop is heard soon.
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(5)));
     let start = Instant::now();
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -219,14 +226,22 @@ pub fn admin_create_topics(
                 }
                 return Ok(());
             }
-            Err(e) if start.elapsed() < give_up_after && !stop.load(Ordering::Relaxed) => {
+            Err(_) if stop.load(Ordering::Relaxed) => {
+                tracing::info!("stopped while waiting for brokers at {}", cfg.brokers);
+                return Ok(());
+            }
+            Err(e) if start.elapsed() < give_up_after => {
                 tracing::warn!(
                     "waiting for brokers at {}: {e}; retrying in {:.1}s",
                     cfg.brokers,
                     backoff.as_secs_f64()
                 );
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                // Asleep in steps, to hear a stop.
+                let wake = Instant::now() + backoff;
+                while Instant::now() < wake && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
                 return Err(StreamError::Other(format!(
