@@ -307,7 +307,7 @@ pub fn resolve(
         ..StreamConfig::default()
     };
     if let Some(s) = file.snapshot_every {
-        stream.snapshot_every = duration(&s, "snapshot_every")?;
+        stream.snapshot_every = duration(&s, "snapshot_every (VIGIL_SNAPSHOT_EVERY)")?;
     }
     match file.pause_at {
         Some(0) => stream.pause_at = usize::MAX,
@@ -366,15 +366,19 @@ pub fn resolve(
             let most = vigil_engine::state::window::DAY_TIER_MS_MAX;
             let ms = vigil_rules::num::parse_duration(w)
                 .filter(|ms| *ms > 0)
-                .with_context(|| format!("window_max: '{w}' is not a window such as 30d"))?;
+                .with_context(|| {
+                    format!("window_max (VIGIL_WINDOW_MAX): '{w}' is not a window such as 30d")
+                })?;
             if ms > most {
-                bail!("window_max: state keeps at most 31d of history; {w} is longer");
+                bail!(
+                    "window_max (VIGIL_WINDOW_MAX): state keeps at most 31d of history; {w} is longer"
+                );
             }
             ms
         }
     };
     let clock_ahead = match &file.clock_ahead {
-        Some(s) => Some(duration(s, "clock_ahead")?).filter(|d| !d.is_zero()),
+        Some(s) => Some(duration(s, "clock_ahead (VIGIL_CLOCK_AHEAD)")?).filter(|d| !d.is_zero()),
         None => Some(CLOCK_AHEAD_DEFAULT),
     };
     let (accounts_capacity, state_limits) = state_settings(&file.state)?;

@@ -186,7 +186,7 @@ fn load_pack(dir: &Path, window_ms_max: i64) -> Result<vigil_rules::CompiledPack
             Err(ExitCode::from(1))
         }
         Err(e) => {
-            esay(format!("error: {e}"));
+            esay(format!("error: cannot read the rule pack: {e}"));
             Err(ExitCode::from(2))
         }
     }

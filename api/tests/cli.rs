@@ -658,7 +658,10 @@ fn rules_check_of_a_missing_dir_exits_2() {
     let o = vigil(&["rules", "check", "/nonexistent"]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    assert!(err.starts_with("error: /nonexistent: "), "{err}");
+    assert!(
+        err.starts_with("error: cannot read the rule pack: /nonexistent: "),
+        "{err}"
+    );
 }
 
 #[test]

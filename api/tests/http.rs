@@ -347,6 +347,14 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
         .await;
         assert_eq!(a.json()["frozen"], true, "{}", a.text);
     }
+    let a = get(&app, "/v1/audit?kind=freezes", ADMIN).await;
+    let v = assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_query", "kind");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did you mean 'freeze'")),
+        "{v}"
+    );
     let audit = get(&app, "/v1/audit", ADMIN).await.json();
     let freezes = audit["entries"]
         .as_array()

@@ -269,10 +269,28 @@ pub struct AuditQuery {
     limit: Option<usize>,
 }
 
-pub async fn audit(State(s): State<AppState>, Params(q): Params<AuditQuery>) -> Response {
+/// The kinds of audit entries (what `kind=` may ask for).
+const AUDIT_KINDS: [&str; 5] = ["reload", "freeze", "unfreeze", "verdict", "snooze"];
+
+pub async fn audit(
+    State(s): State<AppState>,
+    Params(q): Params<AuditQuery>,
+) -> Result<Response, ApiError> {
+    // A misspelt kind would read as an empty log.
+    if let Some(k) = q.kind.as_deref().filter(|k| !AUDIT_KINDS.contains(k)) {
+        let hint = vigil_rules::diag::suggest(k, AUDIT_KINDS);
+        return Err(ApiError::bad(
+            "invalid_query",
+            format!(
+                "unknown kind '{k}'{hint}: one of {}",
+                AUDIT_KINDS.join(", ")
+            ),
+        )
+        .field("kind"));
+    }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = s.0.audit.recent(q.kind.as_deref(), limit);
-    json(StatusCode::OK, &json!({ "entries": entries }))
+    Ok(json(StatusCode::OK, &json!({ "entries": entries })))
 }
 
 // ---------- snoozes ----------
