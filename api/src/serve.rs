@@ -717,6 +717,15 @@ pub fn produce_cmd(a: &ProduceArgs) -> Result<std::process::ExitCode> {
         bar.set_position(n)
     })?;
     bar.finish_and_clear();
+    if !p.too_large.is_empty() {
+        let shown: Vec<String> = p.too_large.iter().take(10).map(u64::to_string).collect();
+        esay(format!(
+            "{} line(s) too large for a message, not sent: line {}{}",
+            p.too_large.len(),
+            shown.join(", "),
+            if p.too_large.len() > 10 { ", …" } else { "" }
+        ));
+    }
     say(format!(
         "produced {} transactions and {} account events to {}; {} acknowledged{}{}",
         p.transactions,
@@ -737,7 +746,7 @@ pub fn produce_cmd(a: &ProduceArgs) -> Result<std::process::ExitCode> {
             String::new()
         }
     ));
-    Ok(if p.failed > 0 {
+    Ok(if p.failed > 0 || !p.too_large.is_empty() {
         std::process::ExitCode::from(1)
     } else {
         std::process::ExitCode::SUCCESS

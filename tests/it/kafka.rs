@@ -667,6 +667,30 @@ fn a_stop_during_the_start_up_read_back_writes_no_snapshot() {
 }
 
 #[test]
+fn a_line_too_large_for_a_message_is_named_and_the_rest_is_sent() {
+    let b = broker(1);
+    let input = sample();
+    let all = lines(&input);
+    let huge = format!(
+        "{{\"tx_id\":\"big\",\"memo\":\"{}\"}}",
+        "x".repeat(2_000_000)
+    );
+    let text = [all[0], huge.as_bytes(), all[1], all[2]].join(&b'\n');
+    let p = vigil_engine::stream::produce::produce(
+        &b.cfg,
+        &text[..],
+        None,
+        &AtomicBool::new(false),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(p.too_large, vec![2]);
+    assert_eq!(p.transactions + p.account_events, 3);
+    assert_eq!(p.acked, 3);
+    assert_eq!(p.failed, 0);
+}
+
+#[test]
 fn a_snapshot_restored_on_a_new_broker_reads_the_new_log_from_its_start() {
     // `vigil serve` on its embedded broker: the broker is new at every start, with the same
     // topic names. The snapshot's offsets point into the old log; seeking there would skip as

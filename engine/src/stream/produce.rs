@@ -15,7 +15,7 @@ use super::pipeline::{client_config, log_kafka, log_kafka_error, user_wins};
 use super::{StreamConfig, StreamError};
 
 /// What was produced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Produced {
     /// Lines sent to the transactions topic.
     pub transactions: u64,
@@ -28,6 +28,9 @@ pub struct Produced {
     pub acked: u64,
     /// Messages the broker did not take.
     pub failed: u64,
+    /// Lines larger than the producer's `message.max.bytes`: not sent (each is logged with
+    /// its line number), neither counted as transactions nor as account events.
+    pub too_large: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +99,7 @@ pub fn produce(
     let mut line = Vec::new();
     let started = Instant::now();
     let mut sent = 0u64;
+    let mut number = 0u64;
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -104,6 +108,7 @@ pub fn produce(
         if input.read_until(b'\n', &mut line)? == 0 {
             break;
         }
+        number += 1;
         while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             line.pop();
         }
@@ -117,17 +122,13 @@ pub fn produce(
             .and_then(|r| r.kind.as_deref())
             .is_some_and(|k| ACCOUNT_EVENT_KINDS.contains(&k));
         let topic = if account_event {
-            out.account_events += 1;
             &cfg.topics.account_events
         } else {
-            out.transactions += 1;
             &cfg.topics.transactions
         };
         let mut rec = BaseRecord::to(topic).payload(&line[..]);
         if let Some(k) = key {
             rec = rec.key(k);
-        } else {
-            out.unkeyed += 1;
         }
         loop {
             match producer.send(rec) {
@@ -136,8 +137,30 @@ pub fn produce(
                     rec = r;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((e, _)) => return Err(e.into()),
+                // One line the broker cannot take does not stop the rest.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                    tracing::warn!(
+                        "line {number}: {} bytes, more than a message may hold (message.max.bytes): not sent",
+                        line.len()
+                    );
+                    out.too_large.push(number);
+                    break;
+                }
+                Err((e, _)) => {
+                    return Err(StreamError::Other(format!("line {number}: {e}")));
+                }
             }
+        }
+        if out.too_large.last() == Some(&number) {
+            continue;
+        }
+        if account_event {
+            out.account_events += 1;
+        } else {
+            out.transactions += 1;
+        }
+        if key.is_none() {
+            out.unkeyed += 1;
         }
         sent += 1;
         if sent.is_multiple_of(1000) {
