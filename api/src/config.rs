@@ -81,6 +81,9 @@ pub struct ApiConfig {
     pub body_limit_bytes: Option<usize>,
     /// e.g. "10s".
     pub request_timeout: Option<String>,
+    /// How long a connection may send nothing while a request is awaited (headers included)
+    /// or between requests, e.g. "30s".
+    pub idle_timeout: Option<String>,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
 }
@@ -355,6 +358,12 @@ pub fn resolve(
     }
     if let Some(t) = &file.api.request_timeout {
         limits.timeout = duration(t, "api.request_timeout")?;
+    }
+    if let Some(t) = &file.api.idle_timeout {
+        limits.idle = duration(t, "api.idle_timeout")?;
+        if limits.idle.is_zero() {
+            bail!("api.idle_timeout: more than 0s");
+        }
     }
     let recent_events = file.recent_events.unwrap_or(RECENT_EVENTS_DEFAULT);
     if recent_events > RECENT_EVENTS_MAX {

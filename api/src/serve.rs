@@ -366,6 +366,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     let api = match &s.listen {
         Some(addr) => Some(start_api(
             addr,
+            s.limits.idle,
             state.clone(),
             ledger.clone(),
             stop.clone(),
@@ -528,7 +529,49 @@ fn api_tokens(s: &Settings) -> Result<Vec<Token>> {
     Ok(tokens)
 }
 
-fn start_api(addr: &str, state: AppState, ledger: Ledger, stop: Arc<AtomicBool>) -> Result<Api> {
+/// The API's listener: a connection that sends nothing for `idle` while a request is awaited
+/// (its headers not all in, or idle between requests) is closed. hyper under `axum::serve`
+/// has no header timeout of its own: a client that stopped mid-headers held its connection
+/// (and a file descriptor) for ever.
+struct IdleLimited {
+    listener: tokio::net::TcpListener,
+    idle: Duration,
+}
+
+impl axum::serve::Listener for IdleLimited {
+    type Io = std::pin::Pin<Box<tokio_io_timeout::TimeoutStream<tokio::net::TcpStream>>>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let mut io = tokio_io_timeout::TimeoutStream::new(stream);
+                    io.set_read_timeout(Some(self.idle));
+                    return (Box::pin(io), addr);
+                }
+                // Out of file descriptors, say: wait a little rather than spin.
+                Err(e) => {
+                    tracing::warn!("API: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+fn start_api(
+    addr: &str,
+    idle: Duration,
+    state: AppState,
+    ledger: Ledger,
+    stop: Arc<AtomicBool>,
+) -> Result<Api> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("vigil-http")
@@ -538,6 +581,7 @@ fn start_api(addr: &str, state: AppState, ledger: Ledger, stop: Arc<AtomicBool>)
         .block_on(tokio::net::TcpListener::bind(addr))
         .with_context(|| format!("cannot listen on {addr} for the API"))?;
     let local = listener.local_addr()?;
+    let listener = IdleLimited { listener, idle };
     let app = router(state);
     say(format!(
         "API: http://{local}  (OpenAPI: http://{local}/openapi.json)"

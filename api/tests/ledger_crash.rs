@@ -246,3 +246,46 @@ fn acknowledged_transfers_survive_sigkill() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+#[test]
+fn a_connection_that_stops_mid_headers_is_closed_after_the_idle_limit() {
+    let dir = TempDir::new("idle-limit");
+    let log = dir.join("serve.log");
+    let config = dir.join("vigil.toml");
+    std::fs::write(&config, "[api]\nidle_timeout = \"1s\"\n").unwrap();
+    let port = free_port();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["serve", "--http", &format!("127.0.0.1:{port}"), "--config"])
+            .arg(&config)
+            .env(
+                "VIGIL_API_TOKENS",
+                format!("loadgen:payment_service:{TOKEN}"),
+            )
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(port, &mut child, &log);
+    // Headers begun, never ended: the server closes the connection once it has been quiet
+    // for the limit (it held it for ever before).
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let waited = started.elapsed();
+    assert_eq!(
+        n,
+        0,
+        "answered instead: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(waited < Duration::from_secs(15), "closed after {waited:?}");
+    // A complete request is answered as before.
+    assert_eq!(request(port, "GET", "/healthz", None).unwrap().0, 200);
+}

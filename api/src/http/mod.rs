@@ -77,6 +77,9 @@ pub struct Limits {
     pub body_bytes: usize,
     /// Longest a request may take.
     pub timeout: Duration,
+    /// Longest a connection may send nothing while a request is awaited: before its headers
+    /// are in (a client that stops mid-headers) or idle between requests.
+    pub idle: Duration,
 }
 
 impl Default for Limits {
@@ -84,6 +87,7 @@ impl Default for Limits {
         Limits {
             body_bytes: 64 * 1024,
             timeout: Duration::from_secs(10),
+            idle: Duration::from_secs(30),
         }
     }
 }
