@@ -361,9 +361,15 @@ pub fn resolve(
     }
     if let Some(t) = &file.api.idle_timeout {
         limits.idle = duration(t, "api.idle_timeout")?;
-        if limits.idle.is_zero() {
-            bail!("api.idle_timeout: more than 0s");
-        }
+    }
+    // The quiet time is counted while a request is handled and answered too (the connection
+    // is read to notice a client hanging up): it must outlast the longest request.
+    if limits.idle <= limits.timeout {
+        bail!(
+            "api.idle_timeout ({:?}) must be longer than api.request_timeout ({:?})",
+            limits.idle,
+            limits.timeout
+        );
     }
     let recent_events = file.recent_events.unwrap_or(RECENT_EVENTS_DEFAULT);
     if recent_events > RECENT_EVENTS_MAX {

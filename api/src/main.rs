@@ -399,8 +399,12 @@ fn gen_cmd(a: &GenArgs) -> Result<ExitCode> {
     let doomed = tmp.clone();
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
-            let _ = std::fs::remove_file(&doomed);
-            esay("interrupted: nothing written");
+            match std::fs::remove_file(&doomed) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    esay("interrupted after the file was complete: it is in place");
+                }
+                _ => esay("interrupted: nothing written"),
+            }
             std::process::exit(130);
         }
     });

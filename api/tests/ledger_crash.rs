@@ -252,7 +252,11 @@ fn a_connection_that_stops_mid_headers_is_closed_after_the_idle_limit() {
     let dir = TempDir::new("idle-limit");
     let log = dir.join("serve.log");
     let config = dir.join("vigil.toml");
-    std::fs::write(&config, "[api]\nidle_timeout = \"1s\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[api]\nrequest_timeout = \"500ms\"\nidle_timeout = \"1s\"\n",
+    )
+    .unwrap();
     let port = free_port();
     let mut child = Running(
         Command::new(env!("CARGO_BIN_EXE_vigil"))

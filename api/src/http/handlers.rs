@@ -1276,6 +1276,7 @@ pub async fn unfreeze(
     PathId(id): PathId,
     Body(b): Body<Reason>,
 ) -> Result<Response, ApiError> {
+    ensure_ready(&s.0)?;
     check_text("reason", &b.reason, true)?;
     let a = run(
         &s.0,
@@ -1526,6 +1527,7 @@ pub async fn resolve_case(
     PathId(id): PathId,
     Body(b): Body<Resolution>,
 ) -> Result<Response, ApiError> {
+    ensure_ready(&s.0)?;
     check_text("note", &b.note, false)?;
     let a = run(
         &s.0,

@@ -87,7 +87,7 @@ impl Default for Limits {
         Limits {
             body_bytes: 64 * 1024,
             timeout: Duration::from_secs(10),
-            idle: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
         }
     }
 }
@@ -487,7 +487,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "get",
             "/readyz",
             PUBLIC,
-            "Readiness: the ledger takes writes and the state is in place (restored from the snapshot by the pipeline, at start). Until then it is 503, and the routes that decide or move money (authorize, transfers, events, accounts, deposits, withdrawals) answer 503 not_ready.",
+            "Readiness: the ledger takes writes and the state is in place (restored from the snapshot by the pipeline, at start). Until then it is 503, and the routes that change what the engine holds (authorize, transfers, events, accounts, deposits, withdrawals, unfreeze, case verdicts) answer 503 not_ready.",
             None,
             (200, "Health"),
             get(h::readyz),

@@ -204,7 +204,7 @@ pub fn admin_create_topics(
     // Each attempt gives up after a few seconds (librdkafka's default waits a minute), so an
     // unreachable broker is said every few seconds and a stop is heard soon.
     let opts = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(10)))
+        .operation_timeout(Some(Duration::from_secs(5)))
         .request_timeout(Some(Duration::from_secs(5)));
     let start = Instant::now();
     let mut backoff = Duration::from_millis(250);
@@ -648,6 +648,9 @@ impl ConsumerContext for Rebalancer {
                 // by another member while this one was away: start where the group is (this
                 // state has not seen those messages) rather than decide them again and commit
                 // behind the group.
+                // The group's offsets, kept: one at or past the snapshot's shows the log did
+                // reach it (below).
+                let mut group_at: HashMap<(String, i32), i64> = HashMap::new();
                 if !seek.is_empty() {
                     let mut asked = TopicPartitionList::new();
                     for (_, topic, part, _) in &seek {
@@ -655,10 +658,12 @@ impl ConsumerContext for Rebalancer {
                     }
                     match consumer.committed_offsets(asked, Duration::from_secs(10)) {
                         Ok(group) => seek.retain(|(t, topic, part, off)| {
-                            let ahead = group
-                                .find_partition(topic, *part)
-                                .and_then(|e| offset_of(&e))
-                                .filter(|c| c > off);
+                            let committed =
+                                group.find_partition(topic, *part).and_then(|e| offset_of(&e));
+                            if let Some(c) = committed {
+                                group_at.insert((topic.clone(), *part), c);
+                            }
+                            let ahead = committed.filter(|c| c > off);
                             let Some(c) = ahead else { return true };
                             tracing::warn!(
                                 "{topic}/{part}: the group's offset {c} is past this snapshot's {off}: another member decided {} messages meanwhile; starting at {c} (this state has not seen them)",
@@ -675,9 +680,23 @@ impl ConsumerContext for Rebalancer {
                 // An offset past the log's end names a log that is gone (the topic was made
                 // again, the broker lost its data): seeking there would skip that many of
                 // the new log's messages once they arrive. Start where the group is instead.
+                // A group offset at or past the snapshot's shows the log reached it; a broker
+                // may report its end short of the last batch (tansu), so the end is asked
+                // twice before the snapshot's offset is given up.
+                let still_past_end = |topic: &str, part: i32, off: i64| {
+                    std::thread::sleep(Duration::from_millis(200));
+                    consumer
+                        .fetch_watermarks(topic, part, Duration::from_secs(10))
+                        .is_ok_and(|(_, high)| off > high)
+                };
                 seek.retain(|(t, topic, part, off)| {
+                    let reached = group_at
+                        .get(&(topic.clone(), *part))
+                        .is_some_and(|c| c >= off);
                     match consumer.fetch_watermarks(topic, *part, Duration::from_secs(10)) {
-                        Ok((_, high)) if *off > high => {
+                        Ok((_, high))
+                            if *off > high && !reached && still_past_end(topic, *part, *off) =>
+                        {
                             tracing::warn!(
                                 "{topic}/{part}: this snapshot's offset {off} is past the log's end ({high}): the topic was recreated or the broker lost data; starting at the group's offset (or the beginning), with this state"
                             );
