@@ -560,6 +560,16 @@ fn gen_is_deterministic_per_seed_and_gzips_dot_gz() {
     assert!(line.contains(" 0 rejected,"), "{line}");
 }
 
+/// `out` holds what it held before a gen that did not complete, and nothing is beside it.
+fn kept_alone(tmp: &Scratch, out: &Path) {
+    assert_eq!(fs::read_to_string(out).expect("kept"), "precious\n");
+    let left: Vec<_> = fs::read_dir(&tmp.0)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["keep.jsonl"], "a temporary file was left behind");
+}
+
 #[test]
 fn a_gen_that_fails_leaves_the_file_it_would_replace_as_it_was() {
     let tmp = Scratch::new("gen-fails");
@@ -578,12 +588,7 @@ fn a_gen_that_fails_leaves_the_file_it_would_replace_as_it_was() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("fraud_rate must be within [0, 1], got 2"));
-    assert_eq!(fs::read_to_string(&out).expect("kept"), "precious\n");
-    let left: Vec<_> = fs::read_dir(&tmp.0)
-        .expect("dir")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    assert_eq!(left, ["keep.jsonl"], "a temporary file was left behind");
+    kept_alone(&tmp, &out);
 
     // A gen that succeeds replaces the file and keeps its permissions.
     use std::os::unix::fs::PermissionsExt;
@@ -632,12 +637,7 @@ fn a_gen_that_fails_leaves_the_file_it_would_replace_as_it_was() {
     let o = child.wait_with_output().expect("gen ends");
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
-    assert_eq!(fs::read_to_string(&out).expect("kept"), "precious\n");
-    let left: Vec<_> = fs::read_dir(&tmp.0)
-        .expect("dir")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    assert_eq!(left, ["keep.jsonl"], "a temporary file was left behind");
+    kept_alone(&tmp, &out);
 }
 
 // ---------------------------------------------------------------------------------------------

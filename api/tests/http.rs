@@ -79,6 +79,14 @@ fn assert_error(a: &Answer, status: StatusCode, code: &str) -> Value {
     v
 }
 
+/// How many entries of `kind` the audit log holds.
+async fn audited(app: &axum::Router, kind: &str) -> usize {
+    let audit = get(app, &format!("/v1/audit?kind={kind}"), ADMIN)
+        .await
+        .json();
+    audit["entries"].as_array().map_or(0, Vec::len)
+}
+
 /// An error answer naming the request field at fault.
 fn assert_field_error(a: &Answer, status: StatusCode, code: &str, field: &str) -> Value {
     let v = assert_error(a, status, code);
@@ -355,11 +363,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
             .is_some_and(|m| m.contains("did you mean 'freeze'")),
         "{v}"
     );
-    let audit = get(&app, "/v1/audit", ADMIN).await.json();
-    let freezes = audit["entries"]
-        .as_array()
-        .map(|e| e.iter().filter(|e| e["kind"] == "freeze").count());
-    assert_eq!(freezes, Some(1), "{audit}");
+    assert_eq!(audited(&app, "freeze").await, 1);
     let a = post(
         &app,
         "/v1/accounts/a/unfreeze",
@@ -651,11 +655,7 @@ async fn the_wallet_story() {
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json()["recovered"], "60.00", "{}", a.text);
-    let audit = get(&app, "/v1/audit", ADMIN).await.json();
-    let verdicts = audit["entries"]
-        .as_array()
-        .map(|e| e.iter().filter(|e| e["kind"] == "verdict").count());
-    assert_eq!(verdicts, Some(1), "{audit}");
+    assert_eq!(audited(&app, "verdict").await, 1);
     let a = post(
         &app,
         "/v1/cases/dsp-1/resolve",

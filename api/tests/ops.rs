@@ -342,30 +342,16 @@ async fn a_snoozed_rule_stays_quiet_for_one_account_until_it_ends() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(state.0.snoozes.is_empty());
 
-    let (status, text) = call(
-        &app,
-        "POST",
-        "/v1/snoozes",
-        ANA,
-        json!({"account_id": "acc-1", "rule": rule, "for": "7d",
-               "reason": "lives in Havana; verified with the holder"}),
-    )
-    .await;
+    let snooze = json!({"account_id": "acc-1", "rule": rule, "for": "7d",
+                        "reason": "lives in Havana; verified with the holder"});
+    let (status, text) = call(&app, "POST", "/v1/snoozes", ANA, snooze.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{text}");
     let created = parse(&text);
     assert_eq!(created["rule"], rule);
     assert_eq!(created["created_by"], "ana");
     let id = created["id"].as_str().expect("id").to_string();
     // A retry (or a second analyst) replaces it rather than adding another for the pair.
-    let (status, text) = call(
-        &app,
-        "POST",
-        "/v1/snoozes",
-        ANA,
-        json!({"account_id": "acc-1", "rule": rule, "for": "7d",
-               "reason": "lives in Havana; verified with the holder"}),
-    )
-    .await;
+    let (status, text) = call(&app, "POST", "/v1/snoozes", ANA, snooze).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     assert_eq!(parse(&text)["id"], id.as_str(), "{text}");
     assert_eq!(state.0.snoozes.len(), 1);
