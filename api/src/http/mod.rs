@@ -783,7 +783,7 @@ pub(crate) fn routes() -> Vec<Route> {
                 "get",
                 "/v1/audit",
                 ANALYST,
-                "The audit log, newest first: who reloaded rules, froze, unfroze, resolved cases.",
+                "The audit log, newest first: who reloaded rules, froze, unfroze, resolved cases, snoozed rules.",
                 None,
                 (200, "Audit"),
                 get(h::audit),

@@ -206,6 +206,23 @@ pub fn document() -> Value {
             responses.insert("400".into(), error("invalid JSON or field"));
             responses.insert("413".into(), error("body too large"));
         }
+        if !r.query.is_empty() {
+            responses
+                .entry("400")
+                .or_insert_with(|| error("invalid_query: a parameter named in field"));
+        }
+        if r.path == "/v1/snoozes" && r.method == "post" {
+            responses.insert(
+                "200".into(),
+                json!({"description": "an earlier snooze of the account and rule replaced (same id)", "content": {media: {"schema": {"$ref": "#/components/schemas/Snooze"}}}}),
+            );
+        }
+        if r.path == "/readyz" {
+            responses.insert(
+                "503".into(),
+                error("not ready: the journal takes no writes, or the state is not in place yet"),
+            );
+        }
         if r.path.contains('{') {
             responses.insert("404".into(), error("not found"));
         }
@@ -215,7 +232,10 @@ pub fn document() -> Value {
                 "422".into(),
                 error("refused by the ledger (funds, frozen, currency, limit)"),
             );
-            responses.insert("503".into(), error("journal unavailable or timed out"));
+            responses.insert(
+                "503".into(),
+                error("journal unavailable, timed out, or not_ready (the state not in place yet, at start)"),
+            );
         }
         op.insert("responses".into(), Value::Object(responses));
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
