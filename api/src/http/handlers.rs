@@ -9,13 +9,13 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use vigil_engine::Decision;
 use vigil_engine::event::{Currency, Event, ID_BYTES_MAX, Transaction, format_ts, parse_ts};
 use vigil_engine::ledger::{
     Applied, Command, Decline, LedgerError, Outcome, PostBy, Risk, Verdict, VoidReason,
 };
 use vigil_engine::packs::Reloaded;
 use vigil_engine::stream::notify;
-use vigil_engine::{Decision, decode};
 
 use super::{
     ApiError, AppState, Body, Caller, Shared, body_bytes, json, json_bytes, snooze, views,
@@ -514,12 +514,11 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
 // ---------- transactions: authorize and transfers ----------
 
 /// Decodes an event; `schema` and `ts` may be left out (1, now), and `kind` too when
-/// `default_kind` is given. The common case, everything given, is decoded in one pass, and
-/// read once more for its keys: a field no event has is refused (the Kafka path skips it),
-/// after the other checks.
+/// `default_kind` is given. The common case, everything given, is decoded in one pass. A
+/// field no event has is refused (the Kafka path skips it), after the other checks.
 fn event(bytes: &[u8], default_kind: Option<&str>) -> Result<Event, ApiError> {
-    let ev = match decode(bytes) {
-        Ok(e) => e,
+    let ev = match vigil_engine::event::decode_strict(bytes) {
+        Ok(e) => return Ok(e),
         Err(e)
             if e.field
                 .as_deref()

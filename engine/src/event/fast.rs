@@ -22,6 +22,8 @@ const POW10: [f64; 16] = [
 struct Cursor<'a> {
     s: &'a str,
     i: usize,
+    /// A key no event has was skipped (at the top or in `geo`).
+    unknown: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -187,7 +189,10 @@ impl<'a> Cursor<'a> {
                 "lon" if lon.is_none() => lon = Some(self.float()?),
                 "country" if country.is_none() => country = self.cow()?,
                 "lat" | "lon" | "country" => return None,
-                _ => self.skip_scalar()?,
+                _ => {
+                    self.unknown = true;
+                    self.skip_scalar()?;
+                }
             }
             if !self.next_member()? {
                 break;
@@ -203,8 +208,17 @@ impl<'a> Cursor<'a> {
 
 /// The event's fields if `bytes` is in the fast shape, else `None` (then ask serde_json).
 pub(super) fn raw(bytes: &[u8]) -> Option<RawEvent<'_>> {
+    raw_noting_unknown(bytes).map(|(r, _)| r)
+}
+
+/// [`raw`], and whether a key no event has was skipped.
+pub(super) fn raw_noting_unknown(bytes: &[u8]) -> Option<(RawEvent<'_>, bool)> {
     let s = std::str::from_utf8(bytes).ok()?;
-    let mut c = Cursor { s, i: 0 };
+    let mut c = Cursor {
+        s,
+        i: 0,
+        unknown: false,
+    };
     let mut r = RawEvent::default();
     c.ws();
     c.eat(b'{')?;
@@ -230,7 +244,10 @@ pub(super) fn raw(bytes: &[u8]) -> Option<RawEvent<'_>> {
                 "locale" => (14, r.locale = c.cow()?).0,
                 "is_fraud" => (15, r.is_fraud = Some(c.boolean()?)).0,
                 "fraud_scenario" => (16, r.fraud_scenario = c.cow()?).0,
-                _ => (32, c.skip_scalar()?).0,
+                _ => {
+                    c.unknown = true;
+                    (32, c.skip_scalar()?).0
+                }
             };
             if bit < 32 {
                 // serde_json rejects a repeated field: let it say so.
@@ -245,7 +262,7 @@ pub(super) fn raw(bytes: &[u8]) -> Option<RawEvent<'_>> {
         }
     }
     c.ws();
-    (c.i == s.len()).then_some(r)
+    (c.i == s.len()).then_some((r, c.unknown))
 }
 
 /// Unix milliseconds of `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z` in the accepted years, else `None`
