@@ -79,6 +79,18 @@ fn assert_error(a: &Answer, status: StatusCode, code: &str) -> Value {
     v
 }
 
+/// Opens a EUR account, and checks it was made.
+async fn open(app: &axum::Router, id: &str) {
+    let a = post(
+        app,
+        "/v1/accounts",
+        PAY,
+        json!({"id": id, "currency": "EUR"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+}
+
 /// How many entries of `kind` the audit log holds.
 async fn audited(app: &axum::Router, kind: &str) -> usize {
     let audit = get(app, &format!("/v1/audit?kind={kind}"), ADMIN)
@@ -167,14 +179,7 @@ async fn until_the_state_is_in_place_the_routes_that_decide_or_move_money_say_no
     let a = get(&app, "/v1/freezes", ANA).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     vigil_api::http::set_ready(&state, true);
-    let a = post(
-        &app,
-        "/v1/accounts",
-        PAY,
-        json!({"id": "a", "currency": "EUR"}),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    open(&app, "a").await;
     let a = call(&app, "GET", "/readyz", None, None).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
 }
@@ -225,14 +230,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
     let big = json!({"id": "a", "currency": "EUR", "locale": "x".repeat(5000)});
     let a = post(&app, "/v1/accounts", PAY, big).await;
     assert_error(&a, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
-    let a = post(
-        &app,
-        "/v1/accounts",
-        PAY,
-        json!({"id": "a", "currency": "EUR"}),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    open(&app, "a").await;
     let a = post(
         &app,
         "/v1/accounts/a/deposits",
@@ -266,14 +264,7 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
     assert_error(&a, StatusCode::BAD_REQUEST, "invalid_query");
     // A write the engine would refuse is refused before any money moves, not after.
     let long = "a".repeat(128);
-    let a = post(
-        &app,
-        "/v1/accounts",
-        PAY,
-        json!({"id": long, "currency": "EUR"}),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    open(&app, &long).await;
     let a = post(
         &app,
         "/v1/accounts",
@@ -801,14 +792,7 @@ async fn the_wallet_story() {
 async fn the_csv_export_keeps_client_ids_from_running_as_spreadsheet_formulas() {
     let (app, _ledger) = app();
     for id in ["carol", "@mule"] {
-        let a = post(
-            &app,
-            "/v1/accounts",
-            PAY,
-            json!({"id": id, "currency": "EUR"}),
-        )
-        .await;
-        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+        open(&app, id).await;
     }
     let a = post(
         &app,
@@ -855,13 +839,7 @@ async fn the_csv_export_keeps_client_ids_from_running_as_spreadsheet_formulas() 
 async fn holds_step_up_review_and_refunds() {
     let (app, ledger) = app();
     for id in ["a", "b"] {
-        post(
-            &app,
-            "/v1/accounts",
-            PAY,
-            json!({"id": id, "currency": "EUR"}),
-        )
-        .await;
+        open(&app, id).await;
     }
     post(
         &app,

@@ -564,14 +564,11 @@ pub fn unknown_field(bytes: &[u8]) -> Option<EventError> {
         None => (&FIELDS, &path),
     };
     let hint = vigil_rules::diag::suggest(name, known.iter().copied());
-    Some(EventError {
-        message: format!(
-            "unknown field '{name}'{hint}: an event has {}",
-            known.join(", ")
-        ),
-        field: Some(path),
-        not_json: false,
-    })
+    let message = format!(
+        "unknown field '{name}'{hint}: an event has {}",
+        known.join(", ")
+    );
+    Some(bad(&path, message))
 }
 
 fn id(field: &str, v: Option<Cow<'_, str>>, required: bool) -> Result<Option<Id>, EventError> {
