@@ -479,11 +479,27 @@ impl Engine {
         let slot = &mut p.last_event_ms[usize::from(ev.kind.0)];
         *slot = (*slot).max(ev.ts_ms);
         if ev.kind.name() == "account_opened" {
-            p.opened_ms = Some(ev.ts_ms);
-            // The balance is exact only if nothing moved before the opening was seen.
-            p.balance_known = p.history_count == 0;
-            p.home_country = ev.geo.and_then(|g| g.country);
-            p.locale = ev.locale.as_deref().map(Box::from);
+            match p.opened_ms {
+                None => {
+                    p.opened_ms = Some(ev.ts_ms);
+                    // The balance is exact only if nothing moved before the opening was seen.
+                    p.balance_known = p.history_count == 0;
+                    p.home_country = ev.geo.and_then(|g| g.country);
+                    p.locale = ev.locale.as_deref().map(Box::from);
+                }
+                // Seen before: a redelivery, a producer's retry, a feed run again. The first
+                // opening stands (an earlier time wins); read again it would call a balance
+                // followed since the opening unknown and blind the rules that read it.
+                Some(o) => {
+                    p.opened_ms = Some(o.min(ev.ts_ms));
+                    if p.home_country.is_none() {
+                        p.home_country = ev.geo.and_then(|g| g.country);
+                    }
+                    if p.locale.is_none() {
+                        p.locale = ev.locale.as_deref().map(Box::from);
+                    }
+                }
+            }
         }
     }
 

@@ -222,6 +222,39 @@ fn account_events_feed_since_and_account_age() {
 }
 
 #[test]
+fn a_redelivered_account_opened_keeps_the_balance_and_the_first_opening() {
+    let rules = "[[rule]]\nid = \"drain\"\naction = \"review\"\nwhen = \"kind == 'transfer' and amount >= 0.5 * balance\"\n";
+    let e = engine(rules, EngineConfig::default());
+    let ev = |json: &str| decode(json.as_bytes()).unwrap();
+    let opened = r#"{"schema":1,"event_id":"e-1","ts":"2026-11-01T00:00:00Z","kind":"account_opened","account_id":"a","locale":"zh"}"#;
+    let money = |id: &str, kind: &str, minute: u32, amount: &str| {
+        ev(&format!(
+            r#"{{"schema":1,"tx_id":"{id}","ts":"2026-11-02T10:{minute:02}:00Z","kind":"{kind}","account_id":"a","counterparty_id":"p-1","amount":"{amount}","currency":"EUR"}}"#
+        ))
+    };
+    e.apply(&ev(opened));
+    e.apply(&money("t-1", "top_up", 0, "1000.00"));
+    // The same opening again (a redelivery), and one with another id, time and locale.
+    e.apply(&ev(opened));
+    e.apply(&ev(r#"{"schema":1,"event_id":"e-2","ts":"2026-11-02T10:01:00Z","kind":"account_opened","account_id":"a","locale":"en"}"#));
+    let d = e.apply(&money("t-2", "transfer", 2, "600.00")).unwrap();
+    assert_eq!(
+        d.action,
+        Action::Review,
+        "the balance is still known: {d:?}"
+    );
+    assert_eq!(
+        d.reasons[0].values,
+        [
+            ("kind".to_string(), "transfer".to_string()),
+            ("amount".to_string(), "600".to_string()),
+            ("balance".to_string(), "1000".to_string())
+        ]
+    );
+    assert_eq!(e.account_locale("a").as_deref(), Some("zh"));
+}
+
+#[test]
 fn a_snooze_mutes_one_rule_for_one_account_until_its_time() {
     let rules = "[[rule]]\nid = \"big\"\naction = \"block\"\nwhen = \"amount > 100\"\n\
                  [[rule]]\nid = \"bigger\"\nscore = 5\nwhen = \"amount > 200\"\n";
