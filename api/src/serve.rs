@@ -225,12 +225,9 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     on_signals(stop.clone())?;
 
+    // Real brokers are waited for once the HTTP API is up: `/healthz` and `/metrics` answer
+    // (and `/readyz` says not ready) while they are unreachable.
     let _embedded = if s.external {
-        admin_create_topics(&cfg, s.partitions, Duration::from_secs(300), &stop)?;
-        if stop.load(Ordering::SeqCst) {
-            say("stopped before the brokers answered: nothing consumed, nothing written");
-            return Ok(std::process::ExitCode::SUCCESS);
-        }
         None
     } else {
         let e = Embedded::start(1, &cfg.topics, s.partitions)?;
@@ -340,7 +337,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     };
     // SIGINT/SIGTERM set `stop`: the pipeline stops consuming, finishes what is in flight,
     // flushes, snapshots and commits.
-    let pipeline = Pipeline::new(engine.clone(), cfg)
+    let pipeline = Pipeline::new(engine.clone(), cfg.clone())
         .with_ledger(ledger.clone())
         .with_stop(stop.clone());
     let stats = pipeline.stats();
@@ -373,7 +370,11 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
         )?),
         None => None,
     };
-    let result = pipeline.run();
+    let result = match s.external {
+        true => admin_create_topics(&cfg, s.partitions, Duration::from_secs(300), &stop),
+        false => Ok(()),
+    }
+    .map(|()| (!stop.load(Ordering::SeqCst)).then(|| pipeline.run()));
     stop.store(true, Ordering::SeqCst);
     if let Some(api) = api {
         api.stop();
@@ -396,7 +397,11 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     let _ = rules_watch.join();
     let _ = readiness.join();
     let _ = maintainer.join();
-    let summary = result?;
+    let Some(summary) = result? else {
+        say("stopped before the brokers answered: nothing consumed, nothing written");
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
+    let summary = summary?;
     report(&stats, summary.consumed, summary.seconds);
     let g = Stats::get;
     say(format!(

@@ -974,3 +974,92 @@ fn backtest_refuses_a_bad_label_file_and_a_broken_old_pack() {
     let o = vigil(&["replay", "replay-data/sample.jsonl.gz", "--changed", "x"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+// ---------------------------------------------------------------------------------------------
+// serve against brokers that do not answer
+
+/// The status code of `GET path` on `addr`, if it answers.
+fn status_of(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn serve_waiting_for_unreachable_brokers_is_alive_not_ready_and_stops_on_sigterm() {
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    };
+    // Bound, then let go: nothing listens there.
+    let brokers = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let tmp = Scratch::new("serve-unreachable");
+    let log = tmp.0.join("serve.log");
+    let out = tmp.0.join("serve.out");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("root");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "serve",
+            "--brokers",
+            &brokers,
+            "--http",
+            &http,
+            "--state-dir",
+        ])
+        .arg(tmp.0.join("state"))
+        .current_dir(root)
+        .stdout(fs::File::create(&out).expect("out"))
+        .stderr(fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while status_of(&http, "/healthz") != Some(200) {
+        if std::time::Instant::now() > deadline || child.try_wait().expect("poll").is_some() {
+            let _ = child.kill();
+            panic!(
+                "no /healthz while the brokers are unreachable:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Alive, not ready, and scraped meanwhile.
+    assert_eq!(status_of(&http, "/readyz"), Some(503));
+    assert_eq!(status_of(&http, "/metrics"), Some(200));
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("poll") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "no exit 30 s after SIGTERM:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{status}:\n{text}");
+    let said = fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        said.contains("stopped before the brokers answered"),
+        "{said}\n{text}"
+    );
+}
