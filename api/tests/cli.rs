@@ -980,14 +980,24 @@ fn backtest_refuses_a_bad_label_file_and_a_broken_old_pack() {
 
 /// The status code of `GET path` on `addr`, if it answers.
 fn status_of(addr: &str, path: &str) -> Option<u16> {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+    )
+    .map(|(s, _)| s)
+}
+
+/// Sends `raw` (a whole HTTP/1.0 request) to `addr`: the answer's status code and body.
+fn request(addr: &str, raw: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    s.write_all(raw.as_bytes()).ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
-    buf.split(' ').nth(1)?.parse().ok()
+    let status = buf.split(' ').nth(1)?.parse().ok()?;
+    Some((status, buf.split_once("\r\n\r\n")?.1.to_string()))
 }
 
 #[test]
@@ -1017,6 +1027,7 @@ fn serve_waiting_for_unreachable_brokers_is_alive_not_ready_and_stops_on_sigterm
             "--state-dir",
         ])
         .arg(tmp.0.join("state"))
+        .env("VIGIL_API_TOKENS", "pay:payment_service:secret-pay")
         .current_dir(root)
         .stdout(fs::File::create(&out).expect("out"))
         .stderr(fs::File::create(&log).expect("log"))
@@ -1036,6 +1047,19 @@ fn serve_waiting_for_unreachable_brokers_is_alive_not_ready_and_stops_on_sigterm
     // Alive, not ready, and scraped meanwhile.
     assert_eq!(status_of(&http, "/readyz"), Some(503));
     assert_eq!(status_of(&http, "/metrics"), Some(200));
+    // A payment asked about now would be decided on state the restore would overwrite.
+    let body = r#"{"schema":1,"tx_id":"t-1","ts":"2026-11-02T10:00:00Z","kind":"payment","account_id":"a","counterparty_id":"m","amount":"5.00","currency":"EUR"}"#;
+    let (status, answer) = request(
+        &http,
+        &format!(
+            "POST /v1/authorize HTTP/1.0\r\nHost: {http}\r\nAuthorization: Bearer secret-pay\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .expect("an answer");
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.contains(r#""code":"not_ready""#), "{answer}");
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
