@@ -1,6 +1,6 @@
 //! `vigil serve` and `vigil produce`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -412,6 +412,13 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
         g(&stats.settlements[2]),
         g(&stats.settlements[3])
     ));
+    if a.demo && g(&stats.decided) == 0 && g(&stats.duplicates) > 0 {
+        let dir = s.stream.state_dir.as_deref().unwrap_or(Path::new("?"));
+        say(format!(
+            "  demo: the state in {} had decided every one of these transactions already, so none was decided again; start without --state-dir, or with a new one, to watch them decided",
+            dir.display()
+        ));
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
 
