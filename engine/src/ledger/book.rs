@@ -1657,6 +1657,24 @@ impl Book {
     }
 
     /// Pending transfers whose hold lapsed by `now_ms`.
+    /// The hold `cmd` would release into a settlement (a step-up confirmed, a review approved)
+    /// if its time ran out by `ts_ms` and nothing voided it yet: the ticker that releases lapsed
+    /// holds runs once a second, and a confirmation between must not move the money.
+    pub fn lapsed_hold(&self, cmd: &Command, ts_ms: i64) -> Option<String> {
+        let tx_id = match cmd {
+            Command::Post { tx_id, .. } => tx_id,
+            Command::Resolve {
+                case_id,
+                verdict: Verdict::Legit,
+                ..
+            } => &self.cases.get(case_id)?.tx_id,
+            _ => return None,
+        };
+        let t = self.transfers.get(tx_id)?;
+        (t.status == Status::Pending && t.expires_ms.is_some_and(|e| e <= ts_ms))
+            .then(|| tx_id.clone())
+    }
+
     pub fn expired(&self, now_ms: i64) -> Vec<String> {
         self.expiries
             .iter()

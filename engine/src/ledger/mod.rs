@@ -368,32 +368,54 @@ impl Ledger {
                 replayed: true,
             });
         }
-        inner.book.admit(&cmd)?;
+        // A hold whose time ran out is released first, as the ticker would have: confirmed or
+        // approved now, it would have moved the money after all.
+        let mut appended = false;
+        if let Some(tx_id) = inner.book.lapsed_hold(&cmd, ts_ms) {
+            let void = Command::Void {
+                tx_id,
+                why: VoidReason::Expired,
+            };
+            appended = self.append(&mut inner, void, ts_ms).is_ok();
+        }
+        let result = inner
+            .book
+            .admit(&cmd)
+            .and_then(|()| self.append(&mut inner, cmd, ts_ms));
+        appended |= result.is_ok();
+        let wake = appended && std::mem::take(&mut inner.flusher_idle);
+        drop(inner);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        let (outcome, seq) = result?;
+        Ok(Applied {
+            outcome,
+            ticket: seq,
+            replayed: false,
+        })
+    }
+
+    /// Applies a new command as the next record and, unless the ledger is in memory, queues
+    /// the record for the journal; the flusher is not woken here.
+    fn append(
+        &self,
+        inner: &mut Inner,
+        cmd: Command,
+        ts_ms: i64,
+    ) -> Result<(Outcome, u64), LedgerError> {
         let seq = inner.next_seq;
         if self.shared.memory {
             let outcome = inner.book.apply(&cmd, ts_ms, seq)?;
             inner.next_seq += 1;
-            return Ok(Applied {
-                outcome,
-                ticket: seq,
-                replayed: false,
-            });
+            return Ok((outcome, seq));
         }
         let rec = Record { seq, ts_ms, cmd };
         let frame = encode(&rec)?;
         let outcome = inner.book.apply(&rec.cmd, ts_ms, seq)?;
         inner.buf.extend_from_slice(&frame);
         inner.next_seq += 1;
-        let wake = std::mem::take(&mut inner.flusher_idle);
-        drop(inner);
-        if wake {
-            self.shared.wake.notify_one();
-        }
-        Ok(Applied {
-            outcome,
-            ticket: seq,
-            replayed: false,
-        })
+        Ok((outcome, seq))
     }
 
     /// Blocks until `ticket` is durable.

@@ -278,6 +278,66 @@ fn holds_expire() {
 }
 
 #[test]
+fn a_hold_past_its_time_is_released_not_posted_even_before_the_ticker_runs() {
+    let l = two_accounts();
+    let (step_up, review) = (
+        BookConfig::default().step_up_hold_ms,
+        BookConfig::default().review_hold_ms,
+    );
+    l.execute_at(transfer("x1", "alice", "bob", 10_00, Risk::StepUp), 1_000)
+        .expect("x1");
+    l.execute_at(transfer("x2", "alice", "bob", 20_00, Risk::Review), 1_000)
+        .expect("x2");
+    l.execute_at(transfer("x3", "alice", "bob", 30_00, Risk::StepUp), 1_000)
+        .expect("x3");
+    // Just in time: confirmed.
+    l.execute_at(
+        Command::Post {
+            tx_id: "x3".into(),
+            by: PostBy::Confirmed,
+        },
+        1_000 + step_up - 1,
+    )
+    .expect("in time");
+    // At the hold's end, no expiry run yet: refused, and the hold released.
+    let err = l
+        .execute_at(
+            Command::Post {
+                tx_id: "x1".into(),
+                by: PostBy::Confirmed,
+            },
+            1_000 + step_up,
+        )
+        .expect_err("lapsed");
+    assert_eq!(err.code(), "invalid_state", "{err}");
+    let x1 = l.read(|b| b.get_transfer("x1").cloned()).expect("x1");
+    assert_eq!(
+        (x1.status, x1.void_reason),
+        (Status::Voided, Some(VoidReason::Expired))
+    );
+    // An approval after the review hold's end labels the case and moves nothing.
+    l.execute_at(
+        Command::Resolve {
+            case_id: "review-x2".into(),
+            verdict: Verdict::Legit,
+            by: "ana".into(),
+            note: String::new(),
+        },
+        1_000 + review,
+    )
+    .expect("a label");
+    let x2 = l.read(|b| b.get_transfer("x2").cloned()).expect("x2");
+    assert_eq!(
+        (x2.status, x2.label),
+        (Status::Voided, Some(Verdict::Legit))
+    );
+    assert_eq!(balances(&l, "alice"), (70_00, 0));
+    assert_eq!(balances(&l, "bob"), (30_00, 0));
+    assert!(l.read(Book::check).is_empty());
+    assert!(l.expire_due(1_000 + review).0.is_empty());
+}
+
+#[test]
 fn money_arrives_from_outside_and_never_from_another_account() {
     let accounts = |id: &str| ["alice", "bob", "shop"].contains(&id);
     let acc = |id: &str| Party::Account(id.into());
