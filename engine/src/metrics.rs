@@ -110,6 +110,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     events: IntCounterVec,
     dead_letters: IntCounter,
+    checkpoints_postponed: IntCounter,
     freezes: [IntCounter; 2],
     notifications: [IntCounter; 2],
     settlements: [[IntCounter; 4]; 2],
@@ -285,6 +286,11 @@ impl Metrics {
                 &r,
                 "vigil_dead_letters_total",
                 "Input messages sent to the dead-letter topic.",
+            ),
+            checkpoints_postponed: counter(
+                &r,
+                "vigil_kafka_checkpoints_postponed_total",
+                "Periodic checkpoints (snapshot and commit) put off because outputs were not all acknowledged in time: a broker slow or away.",
             ),
             freezes: [Entry::Kafka, Entry::Http].map(|e| freezes_v.with_label_values(&[e.name()])),
             notifications: [Entry::Kafka, Entry::Http]
@@ -515,6 +521,10 @@ impl Metrics {
             sync(&self.freezes[k], Stats::get(&s.freezes));
             sync(&self.notifications[k], Stats::get(&s.notifications));
             sync(&self.dead_letters, Stats::get(&s.dead_lettered));
+            sync(
+                &self.checkpoints_postponed,
+                Stats::get(&s.checkpoints_postponed),
+            );
             sync(
                 &self.events.with_label_values(&["transaction"]),
                 Stats::get(&s.decided),

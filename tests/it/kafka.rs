@@ -702,6 +702,58 @@ fn a_commit_the_broker_refuses_is_sent_again() {
 }
 
 #[test]
+fn a_broker_slow_past_the_checkpoint_budget_puts_the_checkpoint_off_and_the_pipeline_goes_on() {
+    let b = broker(1);
+    let Some(cluster) = b.embedded() else {
+        eprintln!("skipped: needs the embedded cluster's fault injection");
+        return;
+    };
+    let mut cfg = b.cfg.clone();
+    let dir = vigil_tests::TempDir::new("slow-broker");
+    cfg.state_dir = Some(dir.to_path_buf());
+    cfg.snapshot_every = Duration::from_millis(100);
+    cfg.shutdown_timeout = Duration::from_millis(500);
+    let input = sample();
+    let all = lines(&input);
+    let (first, second) = (&all[..2_000], &all[2_000..3_000]);
+    let n1 = feed(&cfg, &first.join(&b'\n'));
+    let mut run_cfg = cfg.clone();
+    run_cfg.max_messages = Some(n1 + second.len() as u64);
+    run_cfg.idle_exit = Some(Duration::from_secs(60));
+    let pipeline = Pipeline::new(engine(), run_cfg);
+    let stats = pipeline.stats();
+    let thread = std::thread::spawn(move || pipeline.run());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Stats::get(&stats.consumed) < n1 {
+        assert!(Instant::now() < deadline, "first part not consumed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every answer 1.5 s late, three times the checkpoint's budget, while the second part's
+    // outputs are produced.
+    cluster
+        .round_trip_time(Duration::from_millis(1_500))
+        .unwrap();
+    let n2 = feed(&cfg, &second.join(&b'\n'));
+    assert_eq!(n2, second.len() as u64);
+    while Stats::get(&stats.checkpoints_postponed) == 0 {
+        assert!(
+            Instant::now() < deadline && !thread.is_finished(),
+            "no checkpoint put off"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.round_trip_time(Duration::ZERO).unwrap();
+    let summary = thread.join().unwrap().expect("the pipeline goes on");
+    assert_eq!(summary.consumed, n1 + n2);
+    let txs = all[..3_000]
+        .iter()
+        .filter(|l| l.windows(7).any(|w| w == b"\"tx_id\""))
+        .count();
+    assert_eq!(Stats::get(&stats.decided), txs as u64);
+    assert_eq!(read_all(&cfg, &cfg.topics.decisions).len(), txs);
+}
+
+#[test]
 fn a_stop_during_the_start_up_read_back_writes_no_snapshot() {
     // A SIGTERM while the output topics are read back at start: the read-back has not reached
     // the ends a snapshot would record, so the pipeline must stop without writing one (nor

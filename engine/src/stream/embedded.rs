@@ -17,6 +17,7 @@ use super::{StreamError, Topics};
 pub struct Embedded {
     cluster: MockCluster<'static, DefaultProducerContext>,
     bootstrap: String,
+    brokers: i32,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -35,7 +36,11 @@ impl Embedded {
             cluster.create_topic(t, partitions, 1)?;
         }
         let bootstrap = cluster.bootstrap_servers();
-        Ok(Embedded { cluster, bootstrap })
+        Ok(Embedded {
+            cluster,
+            bootstrap,
+            brokers,
+        })
     }
 
     /// Creates one more topic.
@@ -51,6 +56,15 @@ impl Embedded {
         errors: &[rdkafka::types::RDKafkaRespErr],
     ) {
         self.cluster.request_errors(api, errors);
+    }
+
+    /// Makes every broker answer each request `delay` late (fault injection: a broker slow
+    /// or away for a while); `Duration::ZERO` ends it.
+    pub fn round_trip_time(&self, delay: std::time::Duration) -> Result<(), StreamError> {
+        for id in 1..=self.brokers {
+            self.cluster.broker_round_trip_time(id, delay)?;
+        }
+        Ok(())
     }
 
     /// The `host:port,…` list clients connect to.

@@ -207,6 +207,9 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Snapshots written.
     pub snapshots: AtomicU64,
+    /// Periodic checkpoints put off because the outputs were not all acknowledged in time (a
+    /// broker slow or away).
+    pub checkpoints_postponed: AtomicU64,
     /// Transactions decided before their account events could be confirmed applied (waited
     /// too long, or too many waiting).
     pub unaligned: AtomicU64,
@@ -248,6 +251,10 @@ pub enum StreamError {
     /// An output could not be delivered; offsets were not committed past it.
     #[error("{0}")]
     Delivery(String),
+    /// Outputs still waiting for the brokers when a checkpoint's time ran out (a broker slow
+    /// or away): nothing failed and nothing was committed.
+    #[error("{0}")]
+    Unacknowledged(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),

@@ -885,7 +885,7 @@ impl Shared {
         let left = || deadline.saturating_duration_since(Instant::now());
         let waited = Instant::now();
         if let Err(e) = flush(&self.producer, left()) {
-            return Err(StreamError::Delivery(format!(
+            return Err(StreamError::Unacknowledged(format!(
                 "outputs not acknowledged within {:.1}s ({e}); nothing committed",
                 waited.elapsed().as_secs_f64()
             )));
@@ -893,7 +893,7 @@ impl Shared {
         // The reports of what the flush saw acknowledged may still be on their way to the
         // callback: a moment for them even when the budget is spent.
         if !self.tracker.settle(left().max(Duration::from_millis(500))) {
-            return Err(StreamError::Delivery(
+            return Err(StreamError::Unacknowledged(
                 "delivery reports not handled in time; nothing committed".into(),
             ));
         }
@@ -1388,12 +1388,18 @@ impl Pipeline {
                     && handled != handled_at_snapshot
                 {
                     last_snapshot = now;
-                    handled_at_snapshot = handled;
                     let deadline = now + cfg.shutdown_timeout;
-                    if let Err(e) =
-                        shared.checkpoint(&consumer, CommitMode::Async, "periodic", deadline)
-                    {
-                        break Err(e);
+                    match shared.checkpoint(&consumer, CommitMode::Async, "periodic", deadline) {
+                        Ok(()) => handled_at_snapshot = handled,
+                        // A broker slow or away: the outputs stay queued (they never time
+                        // out) and go when it takes them; the checkpoint is tried again.
+                        Err(StreamError::Unacknowledged(e)) => {
+                            Stats::bump(&shared.stats.checkpoints_postponed);
+                            tracing::warn!(
+                                "checkpoint postponed: {e}; outputs stay queued until the brokers take them, then it is tried again"
+                            );
+                        }
+                        Err(e) => break Err(e),
                     }
                 }
             } else if now.duration_since(last_commit) >= cfg.commit_every {
