@@ -834,6 +834,9 @@ fn validate(r: RawEvent<'_>) -> Result<Event, EventError> {
                     format!("is longer than {CHANNEL_BYTES_MAX} bytes"),
                 ));
             }
+            Some(c) if has_control(&c) => {
+                return Err(bad("channel", "contains control characters"));
+            }
             Some(c) => Id::from(&*c),
         };
         let memo = match r.memo {
@@ -853,6 +856,10 @@ fn validate(r: RawEvent<'_>) -> Result<Event, EventError> {
         }
         if counterparty_id.as_deref() == Some(account_id.as_str()) {
             return Err(bad("counterparty_id", "is the same as account_id"));
+        }
+        // Printed as it is in replay's report, on a terminal.
+        if r.fraud_scenario.as_deref().is_some_and(has_control) {
+            return Err(bad("fraud_scenario", "contains control characters"));
         }
         let label = r.is_fraud.map(|is_fraud| Label {
             is_fraud,
@@ -878,6 +885,7 @@ fn validate(r: RawEvent<'_>) -> Result<Event, EventError> {
         let event_id = id("event_id", r.event_id.or(r.tx_id), true)?.unwrap_or_default();
         let locale = match r.locale {
             Some(l) if l.len() > 16 => return Err(bad("locale", "is longer than 16 bytes")),
+            Some(l) if has_control(&l) => return Err(bad("locale", "contains control characters")),
             l => l.map(Cow::into_owned),
         };
         let currency = match r.currency.as_deref() {
@@ -962,6 +970,35 @@ mod tests {
         let no_geo = GOOD.replace(r#"{"lat":31.23,"lon":121.47,"country":"CN"}"#, "null");
         assert!(decode(no_geo.as_bytes()).is_ok());
         assert!(unknown_field(no_geo.as_bytes()).is_none());
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_text_field_but_the_memo() {
+        let opened = r#"{"schema":1,"event_id":"e-1","ts":"2026-11-23T09:00:00Z","kind":"account_opened","account_id":"a-1","locale":"zh"}"#;
+        let labelled = format!(
+            r#"{},"is_fraud":true,"fraud_scenario":"ato"}}"#,
+            GOOD.strip_suffix('}').expect("an object")
+        );
+        for (json, field, value) in [
+            (GOOD, "channel", "\"app\""),
+            (opened, "locale", "\"zh\""),
+            (labelled.as_str(), "fraud_scenario", "\"ato\""),
+            (GOOD, "device_id", "\"d-5f2\""),
+        ] {
+            assert!(decode(json.as_bytes()).is_ok(), "{field}");
+            for bad in [
+                "\"a\\u0000b\"",
+                "\"\\u001b[2J\"",
+                "\"a\\u0085\"",
+                "\"a\u{85}\"",
+            ] {
+                let e = decode(json.replacen(value, bad, 1).as_bytes()).expect_err(field);
+                assert_eq!(e.field.as_deref(), Some(field), "{bad}");
+                assert_eq!(e.message, "contains control characters");
+            }
+        }
+        let memo = GOOD.replace("\"rent\"", "\"rent\\nfor May\"");
+        assert!(decode(memo.as_bytes()).is_ok());
     }
 
     #[test]
