@@ -450,6 +450,51 @@ async fn balance(app: &axum::Router, id: &str) -> (String, String, bool) {
 }
 
 #[tokio::test]
+async fn a_retry_stays_the_same_request_after_its_merchant_opens_a_ledger_account() {
+    let (app, _) = app();
+    for id in ["ya", "bob", "carol"] {
+        open(&app, id).await;
+    }
+    let a = post(
+        &app,
+        "/v1/accounts/ya/deposits",
+        PAY,
+        json!({"op_id": "dep-ya", "amount": "100.00"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let mut pay = tx("yp1", "ya", "shop-zz", "5.00", "d-1");
+    pay["kind"] = json!("payment");
+    let first = post(&app, "/v1/transfers", PAY, pay.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    // The merchant opens an account in the wallet; the payment service retries.
+    open(&app, "shop-zz").await;
+    let again = post(&app, "/v1/transfers", PAY, pay).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.json()["replayed"], true);
+    assert_eq!(again.json()["transfer"], first.json()["transfer"]);
+    assert_eq!(balance(&app, "ya").await.0, "95.00");
+    assert_eq!(balance(&app, "shop-zz").await.0, "0.00");
+    // A transfer to one account retried to another is another request.
+    let to_bob = post(
+        &app,
+        "/v1/transfers",
+        PAY,
+        tx("yt1", "ya", "bob", "5.00", "d-1"),
+    )
+    .await;
+    assert_eq!(to_bob.status, StatusCode::CREATED, "{}", to_bob.text);
+    let to_carol = post(
+        &app,
+        "/v1/transfers",
+        PAY,
+        tx("yt1", "ya", "carol", "5.00", "d-1"),
+    )
+    .await;
+    assert_error(&to_carol, StatusCode::CONFLICT, "idempotency_conflict");
+}
+
+#[tokio::test]
 async fn the_wallet_story() {
     let (app, ledger) = app();
     for (id, locale) in [("alice", "zh-CN"), ("bob", "en"), ("mallory", "en")] {

@@ -145,7 +145,8 @@ pub enum Party {
 }
 
 impl Party {
-    fn account(&self) -> Option<&str> {
+    /// The ledger account, if this party is one.
+    pub fn account(&self) -> Option<&str> {
         match self {
             Party::Account(a) => Some(a),
             Party::World => None,

@@ -521,11 +521,17 @@ impl Ledger {
     /// The transfer command for `tx` as decided by `d` (or not decided yet: `None`).
     pub fn transfer_cmd(&self, tx: &Transaction, d: Option<&Decision>) -> TransferCmd {
         let (from, to) = self.read(|b| {
+            // A retry is resolved as the transfer it repeats was: a merchant that has opened
+            // a ledger account since was paid outside then, and the retry is the same request.
+            let before = b.get_transfer(&tx.tx_id);
             TransferCmd::parties(
                 tx.kind,
                 &tx.account_id,
                 tx.counterparty_id.as_deref(),
-                |id| b.has_account(id),
+                |id| match before {
+                    Some(t) => t.to.account() == Some(id),
+                    None => b.has_account(id),
+                },
             )
         });
         TransferCmd {
