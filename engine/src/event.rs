@@ -23,8 +23,9 @@ pub const ID_BYTES_MAX: usize = 128;
 pub const MEMO_BYTES_MAX: usize = 512;
 /// Longest channel name, bytes.
 pub const CHANNEL_BYTES_MAX: usize = 32;
-/// Largest amount, in major units: keeps every amount and window sum exact in the rules'
-/// fixed-point numbers.
+/// Largest amount, in major units: keeps every amount exact in the rules' fixed-point numbers
+/// (whose largest value is about 9.2 × 10¹²; a window sum past it saturates, as the rule
+/// language reference says).
 pub const AMOUNT_MAJOR_MAX: i64 = 1_000_000_000_000;
 /// Earliest year an event may carry.
 pub const TS_YEAR_MIN: i32 = 2000;
