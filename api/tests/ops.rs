@@ -514,6 +514,19 @@ async fn a_dry_run_says_what_a_candidate_pack_would_change_on_recent_traffic() {
     assert_eq!(changed[0]["old"]["action"], "block");
     assert_eq!(changed[0]["new"]["action"], "allow");
     assert!(v["from"].as_str().is_some() && v["to"].as_str().is_some());
+    assert_eq!(v["running"].get("rule_errors"), None, "{v}");
+    // A candidate rule that errors on every transaction says so.
+    let (status, text) = call(
+        &app,
+        "POST",
+        "/v1/rules/dry-run",
+        ANA,
+        json!({"files": {"broken.toml": "[[rule]]\nid = \"x.div\"\naction = \"review\"\nwhen = \"amount / (amount - amount) > 1\"\n"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let v = parse(&text);
+    assert_eq!(v["candidate"]["rule_errors"], json!({"x.div": 10}), "{v}");
     // Nothing was swapped.
     assert_eq!(state.0.engine.active().pack.hash, running);
 

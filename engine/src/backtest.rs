@@ -429,6 +429,19 @@ impl Comparison {
                 .map(|(a, (n, _))| (a.name().to_string(), (*n).into()))
                 .collect();
             let mut v = serde_json::json!({"hash": r.rules_version, "decisions": actions});
+            // A rule whose condition cannot be computed (a division by zero) never fires: it
+            // would read as a rule that changes nothing.
+            let errors: serde_json::Map<String, serde_json::Value> = r
+                .rules
+                .iter()
+                .filter(|(_, s)| s.errors > 0)
+                .map(|(id, s)| (id.clone(), s.errors.into()))
+                .collect();
+            if !errors.is_empty()
+                && let Some(o) = v.as_object_mut()
+            {
+                o.insert("rule_errors".into(), errors.into());
+            }
             if r.labeled > 0
                 && let Some(o) = v.as_object_mut()
             {

@@ -132,7 +132,8 @@ fn schemas() -> Value {
         "DryRun": {"type": "object", "properties": {
             "transactions": {"type": "integer"}, "events": {"type": "integer"}, "changed": {"type": "integer"},
             "from": s("RFC 3339"), "to": s("RFC 3339"),
-            "running": {"type": "object"}, "candidate": {"type": "object"},
+            "running": {"type": "object", "description": "hash, decisions per action, precision and recall when labelled, rule_errors (rule id → times its condition could not be computed) when any"},
+            "candidate": {"type": "object", "description": "as running, for the candidate pack"},
             "transitions": {"type": "array", "items": {"type": "object"}},
             "rules": {"type": "array", "items": {"type": "object"}},
             "changed_decisions": {"type": "array", "items": {"type": "object"}}}},
