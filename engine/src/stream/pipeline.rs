@@ -376,6 +376,10 @@ pub fn read_effects(
 /// The consumer's `fetch.queue.backoff.ms` (see where it is set).
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
+/// How long the pipeline may hold no input partition before it says so (then every ten times
+/// as long while it lasts).
+const UNASSIGNED_WARN: Duration = Duration::from_secs(60);
+
 /// Longest an event waits for the other input topic.
 const ALIGN_WAIT_MAX: Duration = Duration::from_secs(2);
 
@@ -624,11 +628,15 @@ impl ConsumerContext for Rebalancer {
         tpl: &mut TopicPartitionList,
     ) {
         let s = &self.0;
-        let names: Vec<String> = tpl
+        let mut names: Vec<String> = tpl
             .elements()
             .iter()
             .map(|e| format!("{}/{}", e.topic(), e.partition()))
             .collect();
+        if names.is_empty() {
+            // A member of a group with more members than partitions.
+            names.push("no partitions".into());
+        }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // Where the restored state left off (kept until the partition's first message
@@ -1298,6 +1306,8 @@ impl Pipeline {
         let mut handled = 0u64;
         let mut handled_at_snapshot = 0u64;
         let mut backoff = Duration::from_millis(100);
+        let mut unassigned_since: Option<Instant> = None;
+        let mut unassigned_said = Instant::now();
         // Messages handled in this turn of the loop: while they keep coming without a wait,
         // up to BATCH, the transactions among them are decided together at the turn's end.
         let mut burst = 0usize;
@@ -1322,6 +1332,7 @@ impl Pipeline {
                 Some(Ok(m)) => {
                     backoff = Duration::from_millis(100);
                     last_message = now;
+                    unassigned_since = None;
                     if let Err(e) = self.handle(&shared, &effects, &m, &mut work, now) {
                         break Err(e);
                     }
@@ -1355,6 +1366,27 @@ impl Pipeline {
                     // timeout when a member vanished.
                     if self.stats.assigned.load(Ordering::Relaxed) == 0 {
                         last_message = now;
+                        // Holding nothing is normal for a moment (a join, a rebalance, more
+                        // members than partitions), but said when it lasts: a coordinator
+                        // that never assigns would otherwise look like a quiet topic.
+                        let since = *unassigned_since.get_or_insert(now);
+                        let said_ago = now.duration_since(unassigned_said);
+                        if now.duration_since(since) >= UNASSIGNED_WARN
+                            && (said_ago >= 10 * UNASSIGNED_WARN || unassigned_said < since)
+                        {
+                            unassigned_said = now;
+                            tracing::warn!(
+                                "no input partitions assigned for {:.0}s (group '{}'{}): the group gave them all to other members, or the coordinator has assigned none",
+                                now.duration_since(since).as_secs_f64(),
+                                cfg.group_id,
+                                cfg.instance_id
+                                    .as_deref()
+                                    .map(|i| format!(", instance '{i}'"))
+                                    .unwrap_or_default()
+                            );
+                        }
+                    } else {
+                        unassigned_since = None;
                     }
                     if cfg
                         .idle_exit
