@@ -511,65 +511,6 @@ fn decided_transactions_settle_in_the_ledger_with_one_settlements_record_each() 
 }
 
 #[test]
-fn a_transaction_authorized_over_http_before_the_stream_brings_it_settles_once() {
-    use vigil_engine::event::decode;
-    use vigil_engine::ledger::{BookConfig, Command, Ledger, Status};
-    use vigil_rules::Action;
-
-    let b = broker(1);
-    let ledger = Ledger::in_memory(BookConfig::default());
-    for a in ["qa", "qb"] {
-        ledger
-            .execute(Command::Open {
-                account: a.into(),
-                currency: "EUR".into(),
-                locale: None,
-            })
-            .unwrap();
-    }
-    ledger
-        .execute(Command::Deposit {
-            op_id: "fund-qa".into(),
-            account: "qa".into(),
-            amount: 10_000,
-        })
-        .unwrap();
-    let tx = |id: &str, amount: &str| {
-        format!(
-            r#"{{"schema":1,"tx_id":"{id}","ts":"2026-11-02T10:00:00Z","kind":"transfer","account_id":"qa","counterparty_id":"qb","amount":"{amount}","currency":"EUR"}}"#
-        )
-    };
-    let engine = engine();
-    // The payment service asked first (`POST /v1/authorize`: a decision, no money moved).
-    let asked = engine.apply(&decode(tx("q1", "20.00").as_bytes()).unwrap());
-    assert!(asked.is_some_and(|d| d.action == Action::Allow));
-    let input = format!(
-        "{}\n{}\n{}\n",
-        tx("q1", "20.00"),
-        tx("q2", "7.00"),
-        tx("q1", "20.00")
-    );
-    let n = feed(&b.cfg, input.as_bytes());
-    let mut cfg = b.cfg.clone();
-    cfg.max_messages = Some(n);
-    cfg.idle_exit = Some(Duration::from_secs(30));
-    let p = Pipeline::new(engine, cfg).with_ledger(ledger.clone());
-    let stats = p.stats();
-    assert_eq!(p.run().unwrap().consumed, n);
-    let status = |id: &str| ledger.read(|bk| bk.get_transfer(id).map(|t| t.status));
-    assert_eq!(status("q1"), Some(Status::Settled));
-    assert_eq!(status("q2"), Some(Status::Settled));
-    let balance = ledger.read(|bk| bk.get_account("qa").map(|a| a.available));
-    assert_eq!(balance, Some(7_300), "q1 and q2, each once");
-    let settlements = read_all(&b.cfg, &b.cfg.topics.settlements);
-    let mut keys: Vec<&str> = settlements.iter().map(|r| r.key.as_str()).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["q1", "q2"]);
-    assert_eq!(Stats::get(&stats.duplicates), 2);
-    assert!(ledger.read(|bk| bk.check()).is_empty());
-}
-
-#[test]
 fn account_opened_events_with_a_currency_open_the_ledger_accounts() {
     use vigil_engine::ledger::{BookConfig, Ledger};
 

@@ -1906,14 +1906,6 @@ impl Pipeline {
             // (on state that has moved on since) could contradict the first.
             Stats::bump(&self.stats.duplicates);
             tracing::debug!("{}: decided already; nothing sent again", tx.tx_id);
-            // Decided is not settled: `POST /v1/authorize` decides and moves nothing, and the
-            // stream may bring the same transaction to settle. The ledger knows what it
-            // settled, by tx_id; the decision is the one the HTTP path would settle with.
-            if let Some(ledger) = &s.ledger
-                && ledger.read(|b| b.get_transfer(&tx.tx_id).is_none())
-            {
-                self.settle(s, ledger, effects, tx, d, slot, offset)?;
-            }
             return Ok(());
         }
         Stats::bump(&self.stats.decided);
