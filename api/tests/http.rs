@@ -475,23 +475,20 @@ async fn a_retry_stays_the_same_request_after_its_merchant_opens_a_ledger_accoun
     assert_eq!(again.json()["transfer"], first.json()["transfer"]);
     assert_eq!(balance(&app, "ya").await.0, "95.00");
     assert_eq!(balance(&app, "shop-zz").await.0, "0.00");
-    // A transfer to one account retried to another is another request.
-    let to_bob = post(
-        &app,
-        "/v1/transfers",
-        PAY,
-        tx("yt1", "ya", "bob", "5.00", "d-1"),
-    )
-    .await;
-    assert_eq!(to_bob.status, StatusCode::CREATED, "{}", to_bob.text);
-    let to_carol = post(
-        &app,
-        "/v1/transfers",
-        PAY,
-        tx("yt1", "ya", "carol", "5.00", "d-1"),
-    )
-    .await;
-    assert_error(&to_carol, StatusCode::CONFLICT, "idempotency_conflict");
+    // The same id for a payment to an account that was open then is another request, as is
+    // a payment to one account sent again to another.
+    let payment = |id: &str, to: &str| {
+        let mut v = tx(id, "ya", to, "5.00", "d-1");
+        v["kind"] = json!("payment");
+        v
+    };
+    let a = post(&app, "/v1/transfers", PAY, payment("yp1", "bob")).await;
+    assert_error(&a, StatusCode::CONFLICT, "idempotency_conflict");
+    let first = post(&app, "/v1/transfers", PAY, payment("yp2", "bob")).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let a = post(&app, "/v1/transfers", PAY, payment("yp2", "carol")).await;
+    assert_error(&a, StatusCode::CONFLICT, "idempotency_conflict");
+    assert_eq!(balance(&app, "ya").await.0, "90.00");
 }
 
 #[tokio::test]

@@ -1699,6 +1699,11 @@ impl Book {
         self.accounts.contains_key(id)
     }
 
+    /// When an account was opened, if the ledger has it.
+    pub fn opened_ms(&self, id: &str) -> Option<i64> {
+        self.accounts.get(id).map(|a| a.opened_ms)
+    }
+
     /// A transfer.
     pub fn get_transfer(&self, tx_id: &str) -> Option<&Transfer> {
         self.transfers.get(tx_id).map(|k| &k.t)

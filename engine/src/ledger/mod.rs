@@ -523,13 +523,18 @@ impl Ledger {
         let (from, to) = self.read(|b| {
             // A retry is resolved as the transfer it repeats was: a merchant that has opened
             // a ledger account since was paid outside then, and the retry is the same request.
+            // An account that was open then resolves as one, so naming it where the first
+            // request paid outside is another request (409).
             let before = b.get_transfer(&tx.tx_id);
             TransferCmd::parties(
                 tx.kind,
                 &tx.account_id,
                 tx.counterparty_id.as_deref(),
                 |id| match before {
-                    Some(t) => t.to.account() == Some(id),
+                    Some(t) => {
+                        t.to.account() == Some(id)
+                            || b.opened_ms(id).is_some_and(|o| o <= t.created_ms)
+                    }
                     None => b.has_account(id),
                 },
             )
