@@ -398,7 +398,7 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
     let _ = readiness.join();
     let _ = maintainer.join();
     let Some(summary) = result? else {
-        say("stopped before the brokers answered: nothing consumed, nothing written");
+        say("stopped before the brokers answered: nothing consumed");
         return Ok(std::process::ExitCode::SUCCESS);
     };
     let summary = summary?;

@@ -463,6 +463,8 @@ async fn a_retry_stays_the_same_request_after_its_merchant_opens_a_ledger_accoun
     )
     .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    // The ledger's clock is in milliseconds: the accounts above are older than the payments.
+    std::thread::sleep(std::time::Duration::from_millis(3));
     let mut pay = tx("yp1", "ya", "shop-zz", "5.00", "d-1");
     pay["kind"] = json!("payment");
     let first = post(&app, "/v1/transfers", PAY, pay.clone()).await;

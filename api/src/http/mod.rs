@@ -652,7 +652,7 @@ pub(crate) fn routes() -> Vec<Route> {
             "post",
             "/v1/transfers/{tx_id}/confirm",
             PAY,
-            "The holder passed step-up: post the pending transfer. Confirming again answers the transfer as it stands.",
+            "The holder passed step-up: post the pending transfer. Confirming again answers the transfer as it stands; at or after hold_expires_at the hold is released instead and the answer is 409 invalid_state (voided, void_reason expired).",
             None,
             (200, "Transfer"),
             post(h::confirm),

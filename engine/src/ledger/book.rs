@@ -1658,17 +1658,15 @@ impl Book {
     }
 
     /// Pending transfers whose hold lapsed by `now_ms`.
-    /// The hold `cmd` would release into a settlement (a step-up confirmed, a review approved)
-    /// if its time ran out by `ts_ms` and nothing voided it yet: the ticker that releases lapsed
-    /// holds runs once a second, and a confirmation between must not move the money.
+    /// The hold `cmd` would end (a step-up confirmed or cancelled, a review decided) if its
+    /// time ran out by `ts_ms` and nothing released it yet: the ticker that releases lapsed
+    /// holds runs once a second, and in between a confirmation must not move the money, nor a
+    /// cancellation or a rejection record a lapsed hold as theirs.
     pub fn lapsed_hold(&self, cmd: &Command, ts_ms: i64) -> Option<String> {
         let tx_id = match cmd {
             Command::Post { tx_id, .. } => tx_id,
-            Command::Resolve {
-                case_id,
-                verdict: Verdict::Legit,
-                ..
-            } => &self.cases.get(case_id)?.tx_id,
+            Command::Void { tx_id, why } if *why != VoidReason::Expired => tx_id,
+            Command::Resolve { case_id, .. } => &self.cases.get(case_id)?.tx_id,
             _ => return None,
         };
         let t = self.transfers.get(tx_id)?;
@@ -1676,6 +1674,7 @@ impl Book {
             .then(|| tx_id.clone())
     }
 
+    /// The holds whose time ran out by `now_ms`, soonest first.
     pub fn expired(&self, now_ms: i64) -> Vec<String> {
         self.expiries
             .iter()

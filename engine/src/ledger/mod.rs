@@ -371,16 +371,17 @@ impl Ledger {
         // A hold whose time ran out is released first, as the ticker would have: confirmed or
         // approved now, it would have moved the money after all.
         let mut appended = false;
+        let mut result = Ok(());
         if let Some(tx_id) = inner.book.lapsed_hold(&cmd, ts_ms) {
             let void = Command::Void {
                 tx_id,
                 why: VoidReason::Expired,
             };
-            appended = self.append(&mut inner, void, ts_ms).is_ok();
+            result = self.append(&mut inner, void, ts_ms).map(|_| ());
+            appended = result.is_ok();
         }
-        let result = inner
-            .book
-            .admit(&cmd)
+        let result = result
+            .and_then(|()| inner.book.admit(&cmd))
             .and_then(|()| self.append(&mut inner, cmd, ts_ms));
         appended |= result.is_ok();
         let wake = appended && std::mem::take(&mut inner.flusher_idle);
@@ -523,8 +524,9 @@ impl Ledger {
         let (from, to) = self.read(|b| {
             // A retry is resolved as the transfer it repeats was: a merchant that has opened
             // a ledger account since was paid outside then, and the retry is the same request.
-            // An account that was open then resolves as one, so naming it where the first
-            // request paid outside is another request (409).
+            // An account that was open before it resolves as one, so naming it where the first
+            // request paid outside is another request (409). (Opened in the same millisecond
+            // it would have been paid as an account, had the first request named it.)
             let before = b.get_transfer(&tx.tx_id);
             TransferCmd::parties(
                 tx.kind,
@@ -533,7 +535,7 @@ impl Ledger {
                 |id| match before {
                     Some(t) => {
                         t.to.account() == Some(id)
-                            || b.opened_ms(id).is_some_and(|o| o <= t.created_ms)
+                            || b.opened_ms(id).is_some_and(|o| o < t.created_ms)
                     }
                     None => b.has_account(id),
                 },

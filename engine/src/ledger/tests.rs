@@ -331,10 +331,43 @@ fn a_hold_past_its_time_is_released_not_posted_even_before_the_ticker_runs() {
         (x2.status, x2.label),
         (Status::Voided, Some(Verdict::Legit))
     );
+    // A cancellation or a rejection after the end finds the hold lapsed, as after the ticker.
+    l.execute_at(transfer("x4", "alice", "bob", 1_00, Risk::StepUp), 2_000)
+        .expect("x4");
+    l.execute_at(transfer("x5", "alice", "bob", 2_00, Risk::Review), 2_000)
+        .expect("x5");
+    let err = l
+        .execute_at(
+            Command::Void {
+                tx_id: "x4".into(),
+                why: VoidReason::Cancelled,
+            },
+            2_000 + step_up,
+        )
+        .expect_err("lapsed");
+    assert_eq!(err.code(), "invalid_state", "{err}");
+    l.execute_at(
+        Command::Resolve {
+            case_id: "review-x5".into(),
+            verdict: Verdict::Fraud,
+            by: "ana".into(),
+            note: String::new(),
+        },
+        2_000 + review,
+    )
+    .expect("a label");
+    for (id, label) in [("x4", None), ("x5", Some(Verdict::Fraud))] {
+        let t = l.read(|b| b.get_transfer(id).cloned()).expect(id);
+        assert_eq!(
+            (t.status, t.void_reason, t.label),
+            (Status::Voided, Some(VoidReason::Expired), label),
+            "{id}"
+        );
+    }
     assert_eq!(balances(&l, "alice"), (70_00, 0));
     assert_eq!(balances(&l, "bob"), (30_00, 0));
     assert!(l.read(Book::check).is_empty());
-    assert!(l.expire_due(1_000 + review).0.is_empty());
+    assert!(l.expire_due(2_000 + review).0.is_empty());
 }
 
 #[test]
@@ -672,6 +705,28 @@ fn journal_rebuilds_the_same_state() {
         .expect("retry");
     assert!(again.replayed);
     assert_eq!(l2.last_ticket(), 5);
+    // A confirmation after the hold's end journals the release it made, and a restart
+    // rebuilds it.
+    let err = l2
+        .execute_at(
+            Command::Post {
+                tx_id: "j2".into(),
+                by: PostBy::Confirmed,
+            },
+            6 + BookConfig::default().step_up_hold_ms,
+        )
+        .expect_err("lapsed");
+    assert_eq!(err.code(), "invalid_state");
+    // Written with the next record's batch.
+    let a = deposit(&l2, "dep-2", "bob", 1_00).expect("deposit");
+    l2.wait(a.ticket).expect("durable");
+    let before = snapshot(&l2);
+    l2.close();
+    let (l3, rec) = Ledger::open(&path, BookConfig::default()).expect("reopen");
+    assert_eq!(rec.records, 7);
+    assert_eq!(snapshot(&l3), before);
+    let j2 = l3.read(|b| b.get_transfer("j2").cloned()).expect("j2");
+    assert_eq!(j2.void_reason, Some(VoidReason::Expired));
 }
 
 #[test]
