@@ -908,6 +908,12 @@ impl Shared {
         if let Some(f) = self.tracker.failure() {
             return Err(StreamError::Delivery(f));
         }
+        // The snapshot's offsets are where a restart resumes: the ledger's records for the
+        // messages before them must be on disk first, or a crash between would lose them.
+        if let Some(l) = &self.ledger {
+            l.wait(self.ledger_ticket.load(Ordering::SeqCst))
+                .map_err(|e| StreamError::Other(format!("ledger: {e}")))?;
+        }
         let positions = self.positions();
         if let Some(path) = self.snapshot_path() {
             let outputs = self.cfg.topics.outputs();
