@@ -1657,7 +1657,6 @@ impl Book {
         Ok(Outcome::Case(case.clone()))
     }
 
-    /// Pending transfers whose hold lapsed by `now_ms`.
     /// The hold `cmd` would end (a step-up confirmed or cancelled, a review decided) if its
     /// time ran out by `ts_ms` and nothing released it yet: the ticker that releases lapsed
     /// holds runs once a second, and in between a confirmation must not move the money, nor a
