@@ -370,11 +370,13 @@ pub fn serve_cmd(a: &ServeArgs) -> Result<std::process::ExitCode> {
         )?),
         None => None,
     };
-    let result = match s.external {
-        true => admin_create_topics(&cfg, s.partitions, Duration::from_secs(300), &stop),
-        false => Ok(()),
-    }
-    .map(|()| (!stop.load(Ordering::SeqCst)).then(|| pipeline.run()));
+    let waited = if s.external {
+        admin_create_topics(&cfg, s.partitions, Duration::from_secs(300), &stop)
+    } else {
+        Ok(())
+    };
+    // `None`: stopped before the brokers answered.
+    let result = waited.map(|()| (!stop.load(Ordering::SeqCst)).then(|| pipeline.run()));
     stop.store(true, Ordering::SeqCst);
     if let Some(api) = api {
         api.stop();

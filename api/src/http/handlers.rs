@@ -326,7 +326,8 @@ pub async fn create_snooze(
             "say why the rule is wrong for this account".into(),
         ));
     }
-    check_text("reason", &b.reason, true)?;
+    // Blank is refused above, with what to write.
+    check_text("reason", &b.reason, false)?;
     let active = s.0.engine.active();
     let rules = &active.pack.program.rules;
     if !rules.iter().any(|r| r.meta.id == b.rule) {
