@@ -277,6 +277,7 @@ fn replay_cmd(a: &ReplayArgs) -> Result<ExitCode> {
     }
     let config = EngineConfig {
         lateness_ms: a.lateness,
+        id_secret: Some(vigil_engine::state::REPLAY_SECRET),
         ..EngineConfig::default()
     };
     let order = if a.arrival_order {

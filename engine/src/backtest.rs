@@ -366,8 +366,13 @@ pub fn dry_run(
         .first()
         .zip(events.last())
         .map(|(a, b)| (a.ts_ms(), b.ts_ms()));
-    let old = Engine::new(running.clone(), *config);
-    let new = Engine::new(candidate, *config);
+    // One fixed secret for both sides, so they differ by their rules alone.
+    let config = crate::EngineConfig {
+        id_secret: Some(crate::state::REPLAY_SECRET),
+        ..*config
+    };
+    let old = Engine::new(running.clone(), config);
+    let new = Engine::new(candidate, config);
     let input = Input {
         events: events
             .into_iter()

@@ -20,8 +20,8 @@ use crate::event::{AccountEvent, Event, Transaction, TxKind};
 use crate::state::account::{COUNTRIES_MAX, NEVER, Profile, haversine_km};
 use crate::state::window::{Amounts, WindowPlan, Windows};
 use crate::state::{
-    AccountState, Guard, Locked, ShardMut, State, StateLimits, StateStats, entry_in, get_in,
-    get_mut_in, held_shard, key_hash, prefetch_entry, prefetch_entry_in, prefetch_slot,
+    AccountState, Guard, IdHasher, IdSecret, Locked, ShardMut, State, StateLimits, StateStats,
+    entry_in, get_in, get_mut_in, held_shard, prefetch_entry, prefetch_entry_in, prefetch_slot,
     prefetch_slot_in, remove_if_in, shard_mut,
 };
 
@@ -65,6 +65,11 @@ pub struct EngineConfig {
     /// Accounts to reserve room for up front (0: grow as needed). Growing a large table
     /// moves every entry, so a deployment that knows its size should say it.
     pub accounts_capacity: usize,
+    /// The secret ids are hashed into state keys under (see [`IdHasher`]). `None` (the
+    /// default): drawn from the operating system, so ids cannot be built to share a key.
+    /// Replays, backtests and dry runs fix [`crate::state::REPLAY_SECRET`], so their
+    /// decisions do not depend on a draw. A restored snapshot brings its own.
+    pub id_secret: Option<IdSecret>,
 }
 
 /// Longest allowed lateness: the hourly tier keeps one spare hour, no more.
@@ -79,6 +84,7 @@ impl Default for EngineConfig {
             limits: StateLimits::default(),
             maintain_every: 1 << 20,
             accounts_capacity: 0,
+            id_secret: None,
         }
     }
 }
@@ -119,17 +125,21 @@ struct Keys {
 }
 
 impl Keys {
-    fn of(tx: &Transaction, active: &ActivePack) -> Keys {
-        let payee = tx.counterparty_id.as_deref().map_or(0, |c| key_hash(0, c));
+    fn of(tx: &Transaction, active: &ActivePack, ids: &IdHasher) -> Keys {
+        // The counterparty hashed once: as a payee account (tag 0) and as a counterparty (3).
+        let [payee, counterparty] = tx
+            .counterparty_id
+            .as_deref()
+            .map_or([0, 0], |c| ids.keys(c, [0, 3]));
         Keys {
-            tx: key_hash(9, &tx.tx_id),
-            acct: key_hash(0, &tx.account_id),
+            tx: ids.key(9, &tx.tx_id),
+            acct: ids.key(0, &tx.account_id),
             payee,
             payee_read: if active.payee_age { payee } else { 0 },
             keyed: [
-                tx.device_id.as_deref().map_or(0, |d| key_hash(1, d)),
-                tx.ip.as_deref().map_or(0, |i| key_hash(2, i)),
-                tx.counterparty_id.as_deref().map_or(0, |c| key_hash(3, c)),
+                tx.device_id.as_deref().map_or(0, |d| ids.key(1, d)),
+                tx.ip.as_deref().map_or(0, |i| ids.key(2, i)),
+                counterparty,
             ],
         }
     }
@@ -264,7 +274,9 @@ impl Recent {
 }
 
 /// Rules muted per account hash: (rule id, muted for transactions before this time, ms).
-type Snoozed = FxHashMap<u64, Vec<(Box<str>, i64)>>;
+/// Snoozes by account id (not its state key: snoozes may be set before a snapshot's secret is
+/// restored).
+type Snoozed = FxHashMap<Box<str>, Vec<(Box<str>, i64)>>;
 
 /// Rounds kilometres to whole metres, so the last digits of a platform's `sin`/`asin` never
 /// change a decision's text.
@@ -299,7 +311,10 @@ impl Engine {
         config.lateness_ms = config.lateness_ms.clamp(0, LATENESS_MS_MAX);
         Engine {
             active: ArcSwap::from_pointee(ActivePack::new(pack, config.lateness_ms)),
-            state: State::with_capacity(config.accounts_capacity),
+            state: State::new(
+                config.accounts_capacity,
+                config.id_secret.unwrap_or_else(IdSecret::random),
+            ),
             config,
             events: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
@@ -346,7 +361,7 @@ impl Engine {
     pub fn set_snoozes<'a>(&self, snoozes: impl IntoIterator<Item = (&'a str, &'a str, i64)>) {
         let mut map = Snoozed::default();
         for (account, rule, until) in snoozes {
-            map.entry(key_hash(0, account))
+            map.entry(Box::<str>::from(account))
                 .or_default()
                 .push((rule.into(), until));
         }
@@ -467,7 +482,7 @@ impl Engine {
         if self.tick(ev.ts_ms) {
             return;
         }
-        let key = key_hash(0, &ev.account_id);
+        let key = self.state.ids.key(0, &ev.account_id);
         let mut acc = self
             .state
             .accounts
@@ -506,7 +521,11 @@ impl Engine {
     /// An analyst lifted the account's freeze (or a dispute closed as legit): the next freeze
     /// rule that fires on it asks for a freeze again instead of counting as already frozen.
     pub fn freeze_lifted(&self, account_id: &str) {
-        if let Some(mut acc) = self.state.accounts.get_mut(&key_hash(0, account_id)) {
+        if let Some(mut acc) = self
+            .state
+            .accounts
+            .get_mut(&self.state.ids.key(0, account_id))
+        {
             acc.profile.freeze_requested_ms = NEVER;
         }
     }
@@ -515,7 +534,7 @@ impl Engine {
     pub fn account_locale(&self, account_id: &str) -> Option<Box<str>> {
         self.state
             .accounts
-            .get(&key_hash(0, account_id))
+            .get(&self.state.ids.key(0, account_id))
             .and_then(|a| a.profile.locale.clone())
     }
 
@@ -566,7 +585,7 @@ impl Engine {
             // Loaded here, with the pack: a load fences (a sequentially consistent store), and
             // later it would wait for the lookups' misses.
             let snoozes = self.snoozes.load();
-            let keys = Keys::of(tx, &active);
+            let keys = Keys::of(tx, &active, &self.state.ids);
             self.decide_inner(tx, scratch, (&active, &snoozes), future, &keys, None)
         })
     }
@@ -640,7 +659,7 @@ impl Engine {
                     if j == keys.len()
                         && let Some(t) = batch.get(j)
                     {
-                        keys.push(Keys::of(t.borrow(), &active));
+                        keys.push(Keys::of(t.borrow(), &active, &self.state.ids));
                     }
                     if let Some(k) = keys.get(j) {
                         self.load_ahead(&active, locked, k, stage);
@@ -912,7 +931,9 @@ impl Engine {
         let muted_here: &[(Box<str>, i64)] = if snoozes.is_empty() {
             &[]
         } else {
-            snoozes.get(&acct_hash).map_or(&[], Vec::as_slice)
+            snoozes
+                .get(tx.account_id.as_str())
+                .map_or(&[], Vec::as_slice)
         };
         let snoozed = std::cell::RefCell::new(Vec::new());
         let muted = |idx: u16| {

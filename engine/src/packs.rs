@@ -295,7 +295,13 @@ pub fn run_tests(pack: &CompiledPack) -> Vec<CaseResult> {
             match case_events(case, no + 1) {
                 Err(e) => failures.push(e),
                 Ok(events) => {
-                    let engine = Engine::new(pack.clone(), EngineConfig::default());
+                    let engine = Engine::new(
+                        pack.clone(),
+                        EngineConfig {
+                            id_secret: Some(crate::state::REPLAY_SECRET),
+                            ..EngineConfig::default()
+                        },
+                    );
                     for e in &events {
                         if let Some(d) = engine.apply(e) {
                             decision = Some(d);

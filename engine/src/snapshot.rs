@@ -3,7 +3,11 @@
 //!
 //! Layout: `VIGILSNP` magic, format version (u32 LE), body length (u64 LE), CRC-32 of the body
 //! (u32 LE), then the body in postcard: a header (counters, watermark, pack hash, the caller's
-//! metadata such as the Kafka offsets the state covers) followed by every store.
+//! metadata such as the Kafka offsets the state covers, the secret the ids were hashed under)
+//! followed by every store.
+//!
+//! Format 1 (before the secret) is still read: its state keeps the unkeyed hash it was made
+//! with ([`IdSecret::Unkeyed`]), and a warning says so.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -15,10 +19,10 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::engine::Engine;
 use crate::state::window::Windows;
-use crate::state::{AccountState, FxBuild};
+use crate::state::{AccountState, FxBuild, IdSecret};
 
 const MAGIC: &[u8; 8] = b"VIGILSNP";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
 /// Why a snapshot could not be read.
@@ -52,6 +56,37 @@ struct Header {
     future: u64,
     duplicate: u64,
     meta: Vec<u8>,
+    /// Format 2 on.
+    ids: IdSecret,
+}
+
+/// Format 1's header: no secret.
+#[derive(Deserialize)]
+struct HeaderV1 {
+    created_by: String,
+    rules_version: String,
+    events: u64,
+    watermark: i64,
+    late: u64,
+    future: u64,
+    duplicate: u64,
+    meta: Vec<u8>,
+}
+
+impl From<HeaderV1> for Header {
+    fn from(h: HeaderV1) -> Header {
+        Header {
+            created_by: h.created_by,
+            rules_version: h.rules_version,
+            events: h.events,
+            watermark: h.watermark,
+            late: h.late,
+            future: h.future,
+            duplicate: h.duplicate,
+            meta: h.meta,
+            ids: IdSecret::Unkeyed,
+        }
+    }
 }
 
 /// Serializes a DashMap as a sequence of (key, value) without copying it.
@@ -79,8 +114,8 @@ struct BodyOut<'a> {
 }
 
 #[derive(Deserialize)]
-struct BodyIn {
-    header: Header,
+struct BodyIn<H> {
+    header: H,
     accounts: Vec<(u64, AccountState)>,
     keyed: [Vec<(u64, Windows)>; 3],
     seen_tx: Vec<(u64, i64)>,
@@ -137,6 +172,7 @@ impl Engine {
             future: self.future_events.load(Ordering::Relaxed),
             duplicate: self.duplicate_events.load(Ordering::Relaxed),
             meta: meta.to_vec(),
+            ids: self.state.ids.secret(),
         };
         let body = BodyOut {
             header: &header,
@@ -199,7 +235,7 @@ impl Engine {
                 .fold(0u64, |a, b| a << 8 | u64::from(*b))
         };
         let format = word(8..12);
-        if format != u64::from(FORMAT) {
+        if format != 1 && format != u64::from(FORMAT) {
             return Err(invalid(format!(
                 "snapshot format {format}; this build reads format {FORMAT}"
             )));
@@ -216,9 +252,28 @@ impl Engine {
         if u64::from(crc32fast::hash(body)) != crc {
             return Err(invalid("checksum mismatch: the file is damaged".into()));
         }
-        let b: BodyIn =
-            postcard::from_bytes(body).map_err(|e| invalid(format!("cannot decode: {e}")))?;
+        let decode_err = |e: postcard::Error| invalid(format!("cannot decode: {e}"));
+        let b: BodyIn<Header> = if format == 1 {
+            let b: BodyIn<HeaderV1> = postcard::from_bytes(body).map_err(decode_err)?;
+            BodyIn {
+                header: b.header.into(),
+                accounts: b.accounts,
+                keyed: b.keyed,
+                seen_tx: b.seen_tx,
+            }
+        } else {
+            postcard::from_bytes(body).map_err(decode_err)?
+        };
         let h = b.header;
+        if h.ids == IdSecret::Unkeyed {
+            tracing::warn!(
+                snapshot = %p,
+                "the snapshot's state keys are unkeyed hashes (snapshot format 1, written before \
+                 ids were hashed under a secret): crafted ids can share an account's or a \
+                 device's history; start from an empty state directory to key them"
+            );
+        }
+        self.state.ids.set(h.ids);
         let accounts = b.accounts.len();
         self.state.accounts.clear();
         for (k, v) in b.accounts {

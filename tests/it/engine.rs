@@ -41,6 +41,102 @@ fn a_redelivered_transaction_is_not_counted_twice() {
     assert_eq!(e.duplicate_events(), 4);
 }
 
+/// Two transaction ids and five account ids built (by a tester, in about 3,000 tries) so that the
+/// unkeyed FxHash state keys were once made with gives each group one key: the second
+/// transaction was taken for a redelivery of the first and never counted, and five accounts
+/// shared one history.
+const SAME_FX_TX: [&str; 2] = [
+    "t-3i9p6ebgu04b7b-first-000000001oDIFDwFj-aaaaaaa",
+    "t-3i9p6ebgu04b7b-second-00000002oDIFDwFj-bbbbbbb",
+];
+const SAME_FX_ACCOUNT: &str = "t-ytd98mvh68r9ff-acct-000000000NRXfMJdTm-000000N";
+
+#[test]
+fn ids_built_to_share_an_unkeyed_hash_stay_apart() {
+    use vigil_engine::state::IdSecret;
+    let accounts: Vec<String> = (0..5)
+        .map(|i| SAME_FX_ACCOUNT.replace('N', &i.to_string()))
+        .collect();
+    let run = |id_secret| {
+        let e = engine(
+            COUNT3,
+            EngineConfig {
+                id_secret,
+                ..EngineConfig::default()
+            },
+        );
+        let first = e.apply(&tx(SAME_FX_TX[0], "a-1", 0, "5.00")).unwrap();
+        assert!(!first.duplicate);
+        let second = e.apply(&tx(SAME_FX_TX[1], "a-2", 1, "5.00")).unwrap();
+        let actions: Vec<Action> = accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let d = e.apply(&tx(&format!("c-{i}"), a, 2, "1.00")).unwrap();
+                d.action
+            })
+            .collect();
+        (second.duplicate, actions)
+    };
+    // Under the old hash the ids do collide (so this test can tell)...
+    let (dup, actions) = run(Some(IdSecret::Unkeyed));
+    assert!(dup, "the crafted tx ids no longer collide under FxHash");
+    assert_eq!(actions[2], Action::Review, "{actions:?}");
+    // ...and under a secret, drawn or fixed, they are separate ids.
+    for secret in [None, Some(vigil_engine::state::REPLAY_SECRET)] {
+        let (dup, actions) = run(secret);
+        assert!(!dup, "{secret:?}: a different tx id taken for a redelivery");
+        assert_eq!(actions, [Action::Allow; 5], "{secret:?}: accounts merged");
+    }
+}
+
+#[test]
+fn a_restored_snapshot_brings_the_secret_its_keys_were_made_with() {
+    let dir = vigil_tests::TempDir::new("snapshot-secret");
+    let path = dir.join("state.snap");
+    let first = engine(COUNT3, EngineConfig::default());
+    first.apply(&tx("t-1", "a", 0, "10.00")).unwrap();
+    first.apply(&tx("t-2", "a", 1, "10.00")).unwrap();
+    first.save_snapshot(&path, b"m").expect("save");
+    // A new engine draws a secret of its own, then takes the snapshot's with its state: under
+    // its own, t-1 would be new and the account's two transactions lost.
+    let next = engine(COUNT3, EngineConfig::default());
+    next.load_snapshot(&path).expect("load");
+    assert!(next.apply(&tx("t-1", "a", 0, "10.00")).unwrap().duplicate);
+    let d = next.apply(&tx("t-3", "a", 2, "10.00")).unwrap();
+    assert_eq!(
+        d.action,
+        Action::Review,
+        "the account's history was lost: {d:?}"
+    );
+}
+
+/// `tests/fixtures/snapshot-format1.snap` was written by the build before keyed ids (f7f7ac1)
+/// from an engine running `COUNT3` that had decided `t-1` and `t-2` of account `a`.
+#[test]
+fn a_snapshot_from_before_the_secret_is_restored_with_the_hash_it_was_made_with() {
+    let dir = vigil_tests::TempDir::new("snapshot-format1");
+    let again = dir.join("again.snap");
+    let old = vigil_tests::root().join("tests/fixtures/snapshot-format1.snap");
+    let e = engine(COUNT3, EngineConfig::default());
+    assert_eq!(
+        e.load_snapshot(&old).expect("format 1 loads").meta,
+        b"format 1"
+    );
+    assert!(e.apply(&tx("t-1", "a", 0, "10.00")).unwrap().duplicate);
+    e.save_snapshot(&again, b"").expect("save");
+    // Saved again (format 2), it keeps the unkeyed hash.
+    let next = engine(COUNT3, EngineConfig::default());
+    next.load_snapshot(&again).expect("load");
+    assert!(next.apply(&tx("t-2", "a", 1, "10.00")).unwrap().duplicate);
+    let d = next.apply(&tx("t-3", "a", 2, "10.00")).unwrap();
+    assert_eq!(
+        d.action,
+        Action::Review,
+        "the account's history was lost: {d:?}"
+    );
+}
+
 #[test]
 fn a_redelivered_transaction_reads_shared_keys_as_of_their_latest_event() {
     let rule = "[[rule]]\nid = \"dev\"\naction = \"review\"\nwhen = \"sum(amount by device over 1h) > 1000\"\n";
@@ -470,6 +566,11 @@ fn same_decisions_and_state(
     pack: &dyn Fn() -> vigil_rules::CompiledPack,
     config: EngineConfig,
 ) {
+    // One secret, so that the two snapshots can be compared byte for byte.
+    let config = EngineConfig {
+        id_secret: Some(vigil_engine::state::REPLAY_SECRET),
+        ..config
+    };
     let one = Engine::new(pack(), config);
     let singly: Vec<String> = events
         .iter()

@@ -52,6 +52,7 @@ fn run(dir: &Path) -> (Vec<u8>, Vec<u8>) {
         pack,
         EngineConfig {
             lateness_ms: s.lateness_ms,
+            id_secret: Some(vigil_engine::state::REPLAY_SECRET),
             ..EngineConfig::default()
         },
     );

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Currency, TxKind};
@@ -752,8 +752,18 @@ impl std::fmt::Debug for Book {
     }
 }
 
+/// Fingerprints are hashed under a secret drawn once per process (they live in memory only,
+/// made again as the journal is read): with an unkeyed hash a request could be built to share
+/// a stored one's fingerprint, and a different request reusing its id would be answered as its
+/// retry, with money that never moved.
+fn fingerprint_hasher() -> impl Hasher {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    KEYS.get_or_init(std::hash::RandomState::new).build_hasher()
+}
+
 fn fingerprint(cmd: &Command) -> u64 {
-    let mut h = FxHasher::default();
+    let mut h = fingerprint_hasher();
     match cmd {
         Command::Open {
             currency, locale, ..
@@ -786,7 +796,7 @@ fn fingerprint(cmd: &Command) -> u64 {
 /// What makes two transfer requests the same request (not the risk decision: a retry may be
 /// decided differently as the state moved on).
 fn transfer_fingerprint(t: &TransferCmd) -> u64 {
-    let mut h = FxHasher::default();
+    let mut h = fingerprint_hasher();
     (t.kind, &t.from, &t.to, t.amount, &t.currency).hash(&mut h);
     h.finish()
 }

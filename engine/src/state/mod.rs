@@ -1,8 +1,8 @@
 //! Bounded in-memory state, keyed by entity.
 //!
 //! Four keyed stores — accounts (profile + windows), devices, IPs, counterparties (windows) —
-//! and the set of transaction ids already counted. Keys are 64-bit hashes of the ids, so state
-//! holds no strings. Every store has a named limit; [`State::maintain`] evicts idle keys and,
+//! and the set of transaction ids already counted. Keys are 64-bit keyed hashes of the ids
+//! ([`IdHasher`]), so state holds no strings. Every store has a named limit; [`State::maintain`] evicts idle keys and,
 //! past a limit, the least recently active ones.
 
 pub mod account;
@@ -12,10 +12,11 @@ pub mod window;
 use serde::{Deserialize, Serialize};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use rustc_hash::FxHasher;
+use siphasher::sip::SipHasher13;
 
 use account::Profile;
 use window::{Amounts, Windows};
@@ -23,12 +24,114 @@ use window::{Amounts, Windows};
 /// Hasher for keys that are already hashes.
 pub type FxBuild = BuildHasherDefault<FxHasher>;
 
-/// Hashes an id into a state key (never 0, which means "absent").
-pub fn key_hash(tag: u8, s: &str) -> u64 {
-    let mut h = FxHasher::default();
-    h.write_u8(tag);
-    h.write(s.as_bytes());
-    h.finish().max(1)
+/// Turns ids into state keys: SipHash-1-3 of the store's tag and the id under a 128-bit secret
+/// ([`IdSecret`]). Two ids with one key are one entity (one account's history, a transaction
+/// counted once, a device already known), and ids come from clients; under an unkeyed hash
+/// anyone can build as many ids with one key as they like. Under a secret key, finding two is
+/// a 2^64 search blind. The secret is kept in the engine's snapshots, since the keys in state
+/// were made with it.
+#[derive(Debug)]
+pub struct IdHasher {
+    k0: AtomicU64,
+    k1: AtomicU64,
+    /// The unkeyed FxHash of formats before the secret: state restored from such a snapshot
+    /// must keep finding its keys.
+    legacy: AtomicBool,
+}
+
+/// The secret an [`IdHasher`] hashes under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdSecret {
+    /// The unkeyed FxHash snapshots of format 1 were made with (no secret: ids can be built
+    /// to collide).
+    Unkeyed,
+    /// SipHash-1-3 under this key.
+    Sip([u64; 2]),
+}
+
+/// The fixed secret of replays, backtests and dry runs: their decisions must not depend on a
+/// draw (which keys go first when a store is over its limit and ties are broken by key).
+pub const REPLAY_SECRET: IdSecret = IdSecret::Sip([0x5649_4749_4c5f_5245, 0x504c_4159_5f4b_4559]);
+
+impl IdSecret {
+    /// A secret drawn from the operating system's random source.
+    ///
+    /// # Panics
+    /// If the operating system has no random source to give (`getrandom` fails), as the
+    /// standard library's `HashMap` does.
+    pub fn random() -> IdSecret {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).expect("the operating system's random source");
+        let (k0, k1) = b.split_at(8);
+        IdSecret::Sip([
+            u64::from_le_bytes(k0.try_into().expect("8 bytes")),
+            u64::from_le_bytes(k1.try_into().expect("8 bytes")),
+        ])
+    }
+}
+
+impl IdHasher {
+    /// Hashes under `secret`.
+    pub fn new(secret: IdSecret) -> IdHasher {
+        let h = IdHasher {
+            k0: AtomicU64::new(0),
+            k1: AtomicU64::new(0),
+            legacy: AtomicBool::new(false),
+        };
+        h.set(secret);
+        h
+    }
+
+    /// Hashes under `secret` from now on (a snapshot's, as its state is restored).
+    pub fn set(&self, secret: IdSecret) {
+        let (legacy, [k0, k1]) = match secret {
+            IdSecret::Unkeyed => (true, [0, 0]),
+            IdSecret::Sip(k) => (false, k),
+        };
+        self.k0.store(k0, Ordering::Relaxed);
+        self.k1.store(k1, Ordering::Relaxed);
+        self.legacy.store(legacy, Ordering::Relaxed);
+    }
+
+    /// The secret hashed under.
+    pub fn secret(&self) -> IdSecret {
+        if self.legacy.load(Ordering::Relaxed) {
+            IdSecret::Unkeyed
+        } else {
+            IdSecret::Sip([
+                self.k0.load(Ordering::Relaxed),
+                self.k1.load(Ordering::Relaxed),
+            ])
+        }
+    }
+
+    /// The state key of id `s` in the store tagged `tag` (never 0, which means "absent").
+    #[inline]
+    pub fn key(&self, tag: u8, s: &str) -> u64 {
+        let [k] = self.keys(s, [tag]);
+        k
+    }
+
+    /// The state keys of id `s` in the stores tagged `tags`, hashing `s` once. The tag goes
+    /// into the high byte of the id's hash: stores are apart, and within one, ids that share
+    /// a key are ids whose keyed hashes collide.
+    #[inline]
+    pub fn keys<const N: usize>(&self, s: &str, tags: [u8; N]) -> [u64; N] {
+        if self.legacy.load(Ordering::Relaxed) {
+            return tags.map(|tag| {
+                let mut h = FxHasher::default();
+                h.write_u8(tag);
+                h.write(s.as_bytes());
+                h.finish().max(1)
+            });
+        }
+        let h = SipHasher13::new_with_keys(
+            self.k0.load(Ordering::Relaxed),
+            self.k1.load(Ordering::Relaxed),
+        )
+        .hash(s.as_bytes());
+        tags.map(|tag| (h ^ (u64::from(tag) << 56)).max(1))
+    }
 }
 
 /// Limits on the state, each with its unit.
@@ -81,7 +184,7 @@ impl AccountState {
 }
 
 /// All state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct State {
     /// Accounts by id hash.
     pub accounts: DashMap<u64, AccountState, FxBuild>,
@@ -94,6 +197,8 @@ pub struct State {
     /// Event time each store was last swept (accounts, devices, IPs, counterparties, tx ids;
     /// `i64::MIN`: never).
     swept_ms: [AtomicI64; 5],
+    /// Turns ids into the keys above.
+    pub ids: IdHasher,
 }
 
 /// A store is swept again once event time has moved on by this fraction of its idle limit
@@ -367,7 +472,7 @@ impl State {
         }
     }
 
-    /// Records transaction id `tx` (a [`key_hash`]) at event time `ts` in `shard`, its shard
+    /// Records transaction id `tx` (an [`IdHasher::key`]) at event time `ts` in `shard`, its shard
     /// of the transaction-id set, and says whether it was already there.
     pub(crate) fn see_in(&self, shard: &mut Shard<i64>, tx: u64, ts: i64) -> bool {
         let (at, made) = entry_in(&self.seen_tx, shard, tx, || ts);
@@ -378,8 +483,8 @@ impl State {
 
 impl State {
     /// State with room for `accounts` accounts (and as many devices, IPs, counterparties and
-    /// four transaction ids per account) before any table grows.
-    pub fn with_capacity(accounts: usize) -> State {
+    /// four transaction ids per account) before any table grows, keyed under `secret`.
+    pub fn new(accounts: usize, secret: IdSecret) -> State {
         let map = || DashMap::with_capacity_and_hasher(accounts, FxBuild::default());
         State {
             accounts: DashMap::with_capacity_and_hasher(accounts, FxBuild::default()),
@@ -392,10 +497,11 @@ impl State {
                 FxBuild::default(),
             ),
             swept_ms: std::array::from_fn(|_| AtomicI64::new(i64::MIN)),
+            ids: IdHasher::new(secret),
         }
     }
 
-    /// The shard of the transaction-id set that holds `tx` (a [`key_hash`]): the batch's (whose
+    /// The shard of the transaction-id set that holds `tx` (an [`IdHasher::key`]): the batch's (whose
     /// decisions load it ahead), or locked now, with its control bytes starting to load; [`State::see_in`] then records
     /// `tx` in it.
     ///
@@ -519,9 +625,9 @@ mod tests {
     /// by insert) finds what it put: both place a key in the same shard and slot.
     #[test]
     fn see_in_and_the_map_see_the_same_ids() {
-        let s = State::with_capacity(16);
+        let s = State::new(16, IdSecret::random());
         let ids: Vec<u64> = (0..20_000)
-            .map(|i| key_hash(9, &format!("t-{i}")))
+            .map(|i| s.ids.key(9, &format!("t-{i}")))
             .collect();
         for (i, &id) in ids.iter().enumerate() {
             if i % 2 == 0 {
@@ -556,8 +662,9 @@ mod tests {
     #[test]
     fn lookups_started_ahead_find_the_entries_and_change_nothing() {
         let map: DashMap<u64, [u64; 20], FxBuild> = DashMap::default();
+        let ids = IdHasher::new(IdSecret::random());
         let keys: Vec<u64> = (0..20_000u64)
-            .map(|i| key_hash(1, &format!("d-{i}")))
+            .map(|i| ids.key(1, &format!("d-{i}")))
             .collect();
         for &k in &keys {
             prefetch_slot(&map, k);

@@ -23,7 +23,6 @@ use crate::decision::Decision;
 use crate::engine::{BATCH, Engine, Scratch};
 use crate::event::{Event, Transaction, decode};
 use crate::ledger::{Ledger, LedgerError, Outcome, Status as LedgerStatus};
-use crate::state::key_hash;
 
 /// The header naming the effect a record is, e.g. `decision:t-1`; read back after a crash so
 /// no effect is produced twice.
@@ -271,8 +270,14 @@ fn missing_topics<'a>(cfg: &StreamConfig, topics: &[&'a str]) -> Result<Vec<&'a 
         .collect())
 }
 
+/// The read-back's set of effects already produced holds hashes, under a secret drawn once per
+/// process (an effect names a client's tx id: an unkeyed hash would let one be built to
+/// suppress another's output).
 fn effect_hash(effect: &str) -> u64 {
-    key_hash(20, effect)
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    KEYS.get_or_init(std::hash::RandomState::new)
+        .hash_one(effect)
 }
 
 /// How long the read-back goes on without a record once past the reported ends.
