@@ -686,17 +686,14 @@ impl Default for BookConfig {
 struct Done {
     fingerprint: u64,
     outcome: Box<Outcome>,
-    seq: u64,
 }
 
-/// A transfer with what makes it idempotent: the request's fingerprint and the journal
-/// sequence that made it. Kept in one boxed record so that the transfer map, the largest
+/// A transfer with what makes it idempotent: the request's fingerprint. Kept in one boxed record so that the transfer map, the largest
 /// structure in the ledger, moves 8-byte pointers when it grows and holds each transfer once.
 #[derive(Debug)]
 struct Kept {
     t: Transfer,
     fingerprint: u64,
-    seq: u64,
 }
 
 impl std::ops::Deref for Kept {
@@ -824,16 +821,17 @@ impl Book {
     }
 
     /// The result for a repeated command, if it is one; a conflict if the key was used for a
-    /// different request. Returns the outcome and the sequence that made it: for a transfer or
-    /// an open, the transfer or account as it stands now (a retried transfer learns that it
-    /// was refunded since); for other commands, the result stored when they ran.
+    /// different request. Returns the outcome and the last sequence applied (a retry waits for
+    /// every record so far: its answer may rest on later ones): for a transfer or an open, the
+    /// transfer or account as it stands now (a retried transfer learns that it was refunded
+    /// since); for other commands, the result stored when they ran.
     ///
     /// A confirmation, cancellation, verdict, freeze or unfreeze has no key of its own: it is a
     /// repeat when what it would do is done, in the same way (a transfer posted by
     /// confirmation, voided for the same reason, a case resolved with the same verdict by the
     /// same analyst with the same note, an account already frozen or not). Its answer is the
-    /// transfer, case or account as it stands, with the last sequence applied (a retry waits
-    /// for at least as much). A repeated dispute also answers its case as it stands.
+    /// transfer, case or account as it stands. A repeated dispute also answers its case as it
+    /// stands.
     pub fn replayed(&self, cmd: &Command) -> Result<Option<(Outcome, u64)>, LedgerError> {
         let now = match cmd {
             Command::Post { tx_id, by } => self
@@ -879,11 +877,11 @@ impl Book {
         let Some((kind, key)) = idem_key(cmd) else {
             return Ok(None);
         };
-        let (fp, outcome, seq) = if kind == TRANSFER_KIND {
+        let (fp, outcome) = if kind == TRANSFER_KIND {
             let Some(k) = self.transfers.get(key) else {
                 return Ok(None);
             };
-            (k.fingerprint, Outcome::Transfer(k.t.clone()), k.seq)
+            (k.fingerprint, Outcome::Transfer(k.t.clone()))
         } else {
             let Some(done) = self.done[usize::from(kind)].get(key) else {
                 return Ok(None);
@@ -899,12 +897,14 @@ impl Book {
                     .map_or_else(|| (*done.outcome).clone(), |c| Outcome::Case(c.clone())),
                 (o, _) => o.clone(),
             };
-            (done.fingerprint, outcome, done.seq)
+            (done.fingerprint, outcome)
         };
         if fp != fingerprint(cmd) {
             return Err(LedgerError::Conflict(key.to_string()));
         }
-        Ok(Some((outcome, seq)))
+        // The answer is the record as it stands now, which later records may have changed (a
+        // confirmation, a refund): a retry waits for every record so far, not its own alone.
+        Ok(Some((outcome, self.last_seq)))
     }
 
     /// Refuses a new command that rules added since a journal may have recorded ones like it,
@@ -1006,7 +1006,6 @@ impl Book {
                     Done {
                         fingerprint: fingerprint(cmd),
                         outcome: Box::new(outcome.clone()),
-                        seq,
                     },
                 );
             }
@@ -1306,7 +1305,6 @@ impl Book {
         let kept = Kept {
             t: tr.clone(),
             fingerprint,
-            seq,
         };
         self.transfers.insert(t.tx_id.clone(), Box::new(kept));
         Ok(Outcome::Transfer(tr))

@@ -145,6 +145,28 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
+/// The freeze `d` asks of the ledger for `tx`'s payer: the first time, and only for an
+/// account the ledger holds and has not frozen.
+fn freeze_cmd(book: &Book, tx: &Transaction, d: &Decision) -> Option<Command> {
+    if !d.freeze || d.already_frozen || d.duplicate {
+        return None;
+    }
+    if book.get_account(&tx.account_id).map(|a| a.frozen) != Some(false) {
+        return None;
+    }
+    let rule = d
+        .acting()
+        .find(|r| r.freeze)
+        .or_else(|| d.acting().next())
+        .map_or("", |r| r.rule.as_str());
+    Some(Command::Freeze {
+        account: tx.account_id.to_string(),
+        reason: format!("rule {rule} fired on {}", tx.tx_id),
+        by: format!("rule:{rule}"),
+        tx_id: Some(tx.tx_id.to_string()),
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -358,15 +380,42 @@ impl Ledger {
     /// Applies `cmd` as of `ts_ms`.
     pub fn execute_at(&self, cmd: Command, ts_ms: i64) -> Result<Applied, LedgerError> {
         let mut inner = lock(&self.shared.inner);
-        if let Some(f) = &inner.failed {
-            return Err(LedgerError::Journal(f.clone()));
+        let (result, appended) = self.execute_in(&mut inner, cmd, ts_ms);
+        self.unlock(inner, appended);
+        result
+    }
+
+    /// Unlocks, waking the flusher if a record was appended while it slept.
+    fn unlock(&self, mut inner: MutexGuard<'_, Inner>, appended: bool) {
+        let wake = appended && std::mem::take(&mut inner.flusher_idle);
+        drop(inner);
+        if wake {
+            self.shared.wake.notify_one();
         }
-        if let Some((outcome, ticket)) = inner.book.replayed(&cmd)? {
-            return Ok(Applied {
-                outcome,
-                ticket,
-                replayed: true,
-            });
+    }
+
+    /// [`Ledger::execute_at`] under the lock; also says whether a record was appended (the
+    /// caller unlocks with [`Ledger::unlock`]).
+    fn execute_in(
+        &self,
+        inner: &mut Inner,
+        cmd: Command,
+        ts_ms: i64,
+    ) -> (Result<Applied, LedgerError>, bool) {
+        if let Some(f) = &inner.failed {
+            return (Err(LedgerError::Journal(f.clone())), false);
+        }
+        match inner.book.replayed(&cmd) {
+            Err(e) => return (Err(e), false),
+            Ok(Some((outcome, ticket))) => {
+                let replay = Applied {
+                    outcome,
+                    ticket,
+                    replayed: true,
+                };
+                return (Ok(replay), false);
+            }
+            Ok(None) => {}
         }
         // A hold whose time ran out is released first, as the ticker would have: confirmed or
         // approved now, it would have moved the money after all.
@@ -377,24 +426,19 @@ impl Ledger {
                 tx_id,
                 why: VoidReason::Expired,
             };
-            result = self.append(&mut inner, void, ts_ms).map(|_| ());
+            result = self.append(inner, void, ts_ms).map(|_| ());
             appended = result.is_ok();
         }
         let result = result
             .and_then(|()| inner.book.admit(&cmd))
-            .and_then(|()| self.append(&mut inner, cmd, ts_ms));
+            .and_then(|()| self.append(inner, cmd, ts_ms));
         appended |= result.is_ok();
-        let wake = appended && std::mem::take(&mut inner.flusher_idle);
-        drop(inner);
-        if wake {
-            self.shared.wake.notify_one();
-        }
-        let (outcome, seq) = result?;
-        Ok(Applied {
+        let applied = result.map(|(outcome, seq)| Applied {
             outcome,
             ticket: seq,
             replayed: false,
-        })
+        });
+        (applied, appended)
     }
 
     /// Applies a new command as the next record and, unless the ledger is in memory, queues
@@ -569,17 +613,38 @@ impl Ledger {
 
     /// Settles, holds or declines a decided transaction; freezes the payer when an acting rule
     /// asked to (once). Returns the transfer's result and the last ticket to wait on.
+    ///
+    /// The transfer and the freeze are appended under one lock, so the flusher writes both
+    /// records or neither: apart, a crash between them would leave the payer unfrozen, and the
+    /// request's retry (answered from the stored transfer) would never freeze it.
     pub fn settle_decided(
         &self,
         tx: &Transaction,
         d: &Decision,
     ) -> Result<(Applied, u64), LedgerError> {
-        let applied = self.execute(Command::Transfer(self.transfer_cmd(tx, Some(d))))?;
-        let mut ticket = applied.ticket;
-        if let Some(t) = self.freeze_decided(tx, d)? {
-            ticket = ticket.max(t);
-        }
-        Ok((applied, ticket))
+        let cmd = Command::Transfer(self.transfer_cmd(tx, Some(d)));
+        let now = now_ms();
+        let mut inner = lock(&self.shared.inner);
+        let (result, mut appended) = self.execute_in(&mut inner, cmd, now);
+        let result = match result {
+            Ok(applied) => match freeze_cmd(&inner.book, tx, d) {
+                Some(freeze) => {
+                    let (frozen, more) = self.execute_in(&mut inner, freeze, now);
+                    appended |= more;
+                    frozen.map(|f| {
+                        let ticket = applied.ticket.max(f.ticket);
+                        (applied, ticket)
+                    })
+                }
+                None => {
+                    let ticket = applied.ticket;
+                    Ok((applied, ticket))
+                }
+            },
+            Err(e) => Err(e),
+        };
+        self.unlock(inner, appended);
+        result
     }
 
     /// Freezes the payer in the ledger when `d` asks for a freeze the first time and the
@@ -589,25 +654,13 @@ impl Ledger {
         tx: &Transaction,
         d: &Decision,
     ) -> Result<Option<u64>, LedgerError> {
-        if !d.freeze || d.already_frozen || d.duplicate {
+        let mut inner = lock(&self.shared.inner);
+        let Some(freeze) = freeze_cmd(&inner.book, tx, d) else {
             return Ok(None);
-        }
-        let known = self.read(|b| b.get_account(&tx.account_id).map(|a| a.frozen));
-        if known != Some(false) {
-            return Ok(None);
-        }
-        let rule = d
-            .acting()
-            .find(|r| r.freeze)
-            .or_else(|| d.acting().next())
-            .map_or("", |r| r.rule.as_str());
-        let a = self.execute(Command::Freeze {
-            account: tx.account_id.to_string(),
-            reason: format!("rule {rule} fired on {}", tx.tx_id),
-            by: format!("rule:{rule}"),
-            tx_id: Some(tx.tx_id.to_string()),
-        })?;
-        Ok(Some(a.ticket))
+        };
+        let (result, appended) = self.execute_in(&mut inner, freeze, now_ms());
+        self.unlock(inner, appended);
+        Ok(Some(result?.ticket))
     }
 
     /// Whether the journal takes writes.
