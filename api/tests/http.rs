@@ -394,13 +394,6 @@ async fn bad_requests_get_json_errors_with_stable_codes() {
             "{v}"
         );
     }
-    // The ids the ledger's movements show the engine are kept for them.
-    for id in ["top_up:d1", "withdrawal:w1"] {
-        let mut t = tx(id, "a", "b", "5.00", "d-1");
-        t["kind"] = json!("transfer");
-        let a = post(&app, "/v1/authorize", PAY, t).await;
-        assert_field_error(&a, StatusCode::BAD_REQUEST, "invalid_field", "tx_id");
-    }
     let a = get(&app, "/v1/transfers/t-typo", PAY).await;
     assert_error(&a, StatusCode::NOT_FOUND, "unknown_transfer");
     let mut t = tx("t-alt", "a", "b", "5.00", "d-1");
@@ -447,6 +440,31 @@ async fn balance(app: &axum::Router, id: &str) -> (String, String, bool) {
         v["held"].as_str().unwrap_or_default().to_string(),
         v["frozen"].as_bool().unwrap_or_default(),
     )
+}
+
+#[tokio::test]
+async fn a_tx_id_shaped_like_a_movements_engine_id_is_a_transaction_of_its_own() {
+    let (app, _) = app();
+    open(&app, "mv").await;
+    for (route, op) in [("deposits", "d1"), ("withdrawals", "w1")] {
+        let a = post(
+            &app,
+            &format!("/v1/accounts/mv/{route}"),
+            PAY,
+            json!({"op_id": op, "amount": "10.00"}),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    }
+    // The engine saw the movements under ids of its own: a client's transaction named as they
+    // once were is new, decided and counted, not a repeat.
+    for id in ["top_up:d1", "withdrawal:w1"] {
+        let mut t = tx(id, "mv", "shop-1", "1.00", "d-1");
+        t["kind"] = json!("payment");
+        let a = post(&app, "/v1/authorize", PAY, t).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert_eq!(a.json()["decision"]["duplicate"], json!(null), "{}", a.text);
+    }
 }
 
 #[tokio::test]

@@ -243,6 +243,11 @@ pub struct Label {
 /// heap allocation of its own — decoding a transaction made six of them.
 pub type Id = compact_str::CompactString;
 
+/// What the ids of the events Vigil makes itself start with (the transaction a ledger deposit
+/// or withdrawal shows the engine): ids from outside cannot hold a control character, so these
+/// can never be taken for a client's, nor a client's for them.
+pub const INTERNAL_ID_PREFIX: char = '\u{1}';
+
 /// A validated transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transaction {

@@ -543,11 +543,6 @@ fn event(bytes: &[u8], default_kind: Option<&str>) -> Result<Event, ApiError> {
     }
 }
 
-/// The tx_ids the ledger's deposits and withdrawals show the engine (`top_up:OP_ID`,
-/// `withdrawal:OP_ID`): a transaction sent with one would pass for a repeat of the movement,
-/// or the movement for a repeat of it, and go uncounted.
-const MOVEMENT_PREFIXES: [&str; 2] = ["top_up:", "withdrawal:"];
-
 /// Decodes a transaction event (see [`event`]).
 fn transaction(bytes: &[u8], default_kind: Option<&str>) -> Result<Transaction, ApiError> {
     match event(bytes, default_kind)? {
@@ -667,16 +662,6 @@ async fn decide(s: &Arc<Shared>, tx: &Transaction, settle: bool) -> Result<Decid
             replayed: true,
             notification: None,
         });
-    }
-    // Checked after the retry above, so a transfer settled before this rule still replays.
-    if let Some(p) = MOVEMENT_PREFIXES.iter().find(|p| tx.tx_id.starts_with(**p)) {
-        return Err(ApiError::bad(
-            "invalid_field",
-            format!(
-                "tx_ids starting with '{p}' are kept for the ledger's deposits and withdrawals"
-            ),
-        )
-        .field("tx_id"));
     }
     let d = s.engine.decide(tx);
     let risk = Risk::from_action(d.action);
@@ -916,7 +901,7 @@ fn check_text(field: &str, v: &str, required: bool) -> Result<(), ApiError> {
 
 /// The prefix of the engine's id for a deposit's or a withdrawal's event (`withdrawal:OP_ID`),
 /// the longer of the two: an `op_id` leaves room for it within the engine's id limit.
-const MOVEMENT_PREFIX_MAX: &str = MOVEMENT_PREFIXES[1];
+const MOVEMENT_PREFIX_MAX: &str = "withdrawal:";
 
 pub async fn open_account(
     State(s): State<AppState>,
@@ -981,7 +966,10 @@ fn minor(s: &Shared, account: &str, amount: &str) -> Result<i64, ApiError> {
 }
 
 /// The engine follows balances and usual amounts from the money that moves: a deposit or a
-/// withdrawal is shown to it as the transaction it is (its decision is not used).
+/// withdrawal is shown to it as the transaction it is (its decision is not used), with an id
+/// no client's can be (`INTERNAL_ID_PREFIX`, then `top_up:OP_ID` or `withdrawal:OP_ID`): a
+/// client's transaction with the same id would otherwise pass for a repeat of the movement, or
+/// the movement for a repeat of it, and go uncounted.
 fn movement_event(s: &Shared, b: &Movement, account: &str, kind: &str) -> Result<Event, ApiError> {
     let currency = s
         .ledger
@@ -990,11 +978,15 @@ fn movement_event(s: &Shared, b: &Movement, account: &str, kind: &str) -> Result
                 .map(|a| a.currency.code().to_string())
         })
         .unwrap_or_default();
-    engine_event(
+    let mut ev = engine_event(
         &json!({"schema": 1, "tx_id": format!("{kind}:{}", b.op_id), "kind": kind, "account_id": account,
             "amount": b.amount, "currency": currency, "channel": "ledger",
             "ts": format_ts(vigil_engine::ledger::now_ms())}),
-    )
+    )?;
+    if let Event::Tx(t) = &mut ev {
+        t.tx_id = format!("{}{}", vigil_engine::event::INTERNAL_ID_PREFIX, t.tx_id).into();
+    }
+    Ok(ev)
 }
 
 /// A deposit (`inward`) or a withdrawal: booked, then shown to the engine.
