@@ -443,6 +443,64 @@ async fn balance(app: &axum::Router, id: &str) -> (String, String, bool) {
 }
 
 #[tokio::test]
+async fn a_transaction_authorized_then_settled_settles_as_it_was_authorized() {
+    let (app, _) = app();
+    open(&app, "ct").await;
+    let a = post(
+        &app,
+        "/v1/accounts/ct/deposits",
+        PAY,
+        json!({"op_id": "dep-ct", "amount": "100.00"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let pay = |i: usize| {
+        let from = if i == 1 { "ct" } else { "other" };
+        let mut t = tx(
+            &format!("ct-{i}"),
+            from,
+            &format!("shop-{i}"),
+            "1.00",
+            "d-1",
+        );
+        t["kind"] = json!("payment");
+        t
+    };
+    let first = post(&app, "/v1/authorize", PAY, pay(1)).await;
+    assert_eq!(
+        first.json()["decision"]["action"],
+        "allow",
+        "{}",
+        first.text
+    );
+    // Four more tiny payments from the device to other merchants: `card.testing_device`
+    // blocks the fifth, and would block the first too, decided again now.
+    for i in 2..=5 {
+        post(&app, "/v1/authorize", PAY, pay(i)).await;
+    }
+    let again = post(&app, "/v1/authorize", PAY, pay(1)).await;
+    let v = again.json();
+    assert_eq!(v["decision"]["duplicate"], true, "{v}");
+    assert_eq!(v["decision"]["action"], "block", "{v}");
+    assert_eq!(v["decision"]["first_action"], "allow", "{v}");
+    assert_eq!(
+        v["decline_code"],
+        json!(null),
+        "answered as authorized: {v}"
+    );
+    // The payment service settles what it was told it may: the first decision goes.
+    let settled = post(&app, "/v1/transfers", PAY, pay(1)).await;
+    assert_eq!(settled.status, StatusCode::CREATED, "{}", settled.text);
+    let v = settled.json();
+    assert_eq!(v["transfer"]["status"], "settled", "{v}");
+    assert_eq!(v["transfer"]["risk"], "allow", "{v}");
+    assert_eq!(
+        balance(&app, "ct").await,
+        ("99.00".into(), "0.00".into(), false)
+    );
+}
+
+#[tokio::test]
 async fn a_tx_id_shaped_like_a_movements_engine_id_is_a_transaction_of_its_own() {
     let (app, _) = app();
     open(&app, "mv").await;

@@ -59,6 +59,10 @@ pub struct Decision {
     pub rules_version: Arc<str>,
     /// The tx_id was seen before: decided on current state, not counted again.
     pub duplicate: bool,
+    /// For a duplicate, what the first decision of its tx_id answered (if the engine kept it):
+    /// what the payment service acted on, and what settling it goes by
+    /// ([`Decision::acted_action`]).
+    pub first_action: Option<Action>,
     /// Older than the allowed lateness: decided on current state, not counted.
     pub late: bool,
     /// Too far ahead of the stream's watermark: decided on current state, not counted.
@@ -121,6 +125,9 @@ impl Serialize for Decision {
         }
         if self.duplicate {
             st.serialize_field("duplicate", &true)?;
+        }
+        if let Some(a) = self.first_action {
+            st.serialize_field("first_action", a.name())?;
         }
         if self.late {
             st.serialize_field("late", &true)?;
@@ -233,9 +240,16 @@ impl Decision {
             out.extend_from_slice(b",\"notify\":");
             json_str(out, n);
         }
+        if d.duplicate {
+            out.extend_from_slice(b",\"duplicate\":true");
+        }
+        if let Some(a) = d.first_action {
+            out.extend_from_slice(b",\"first_action\":\"");
+            out.extend_from_slice(a.name().as_bytes());
+            out.push(b'"');
+        }
         for (flag, key) in [
-            (d.duplicate, &b",\"duplicate\":true"[..]),
-            (d.late, b",\"late\":true"),
+            (d.late, &b",\"late\":true"[..]),
             (d.future, b",\"future\":true"),
         ] {
             if flag {
@@ -252,6 +266,12 @@ impl Decision {
     /// The fired rules that act (not shadow).
     pub fn acting(&self) -> impl Iterator<Item = &Reason> {
         self.reasons.iter().filter(|r| !r.shadow)
+    }
+
+    /// The action to act on: for a duplicate, the first decision's (the one the payment
+    /// service was answered), when the engine kept it; otherwise this one's.
+    pub fn acted_action(&self) -> Action {
+        self.first_action.unwrap_or(self.action)
     }
 }
 
@@ -312,12 +332,15 @@ mod tests {
                 [any::<bool>(); 3],
                 prop::collection::vec(text(), 0..2),
                 text(),
+                prop::option::of(0usize..4),
             ),
         )
             .prop_map(|(a, b, c)| {
                 let (tx_id, ts_ms, account_id, kind, amount_minor, cur) = a;
                 let (action, score, reasons) = b;
-                let (errors, freeze, notify, [duplicate, late, future], snoozed, version) = c;
+                let (errors, freeze, notify, [duplicate, late, future], snoozed, version, first) =
+                    c;
+                let actions = [Action::Allow, Action::Review, Action::StepUp, Action::Block];
                 let kinds = [
                     TxKind::Transfer,
                     TxKind::Payment,
@@ -332,7 +355,7 @@ mod tests {
                     kind: kinds[kind],
                     amount_minor,
                     currency: Currency::from_code(CURRENCIES[cur].0).expect("listed"),
-                    action: [Action::Allow, Action::Review, Action::StepUp, Action::Block][action],
+                    action: actions[action],
                     score,
                     reasons,
                     errors,
@@ -341,6 +364,7 @@ mod tests {
                     already_frozen: false,
                     rules_version: version.into(),
                     duplicate,
+                    first_action: first.map(|i| actions[i]),
                     late,
                     future,
                     snoozed,

@@ -834,7 +834,8 @@ impl Engine {
         for h in held.iter().flatten() {
             h.read_at(ts).0.prefetch_heap();
         }
-        let duplicate = self.state.see_in(&mut seen, keys.tx, ts);
+        let (seen_at, first) = self.state.see_in(&mut seen, keys.tx, ts);
+        let (duplicate, first_action) = (first.is_some(), first.flatten());
         let counting = if duplicate {
             Counting::Duplicate
         } else if future {
@@ -1045,6 +1046,9 @@ impl Engine {
         }
         // Release the payer before touching the payee: both may live in one shard.
         drop(payer);
+        if !duplicate {
+            crate::state::seen::decided(seen_at, action);
+        }
         drop(seen);
         if counted && tx.kind == TxKind::Transfer && action != Action::Block && payee_hash != 0 {
             let mut shard = shard_mut(accounts, l_accounts, payee_hash);
@@ -1073,6 +1077,7 @@ impl Engine {
             already_frozen,
             rules_version: active.version.clone(),
             duplicate,
+            first_action,
             late: counting == Counting::Late,
             future: counting == Counting::Future,
             snoozed: snoozed.into_inner(),

@@ -102,7 +102,10 @@ fn a_restored_snapshot_brings_the_secret_its_keys_were_made_with() {
     // its own, t-1 would be new and the account's two transactions lost.
     let next = engine(COUNT3, EngineConfig::default());
     next.load_snapshot(&path).expect("load");
-    assert!(next.apply(&tx("t-1", "a", 0, "10.00")).unwrap().duplicate);
+    let again = next.apply(&tx("t-1", "a", 0, "10.00")).unwrap();
+    assert!(again.duplicate);
+    // With the first decision's action, kept beside the id.
+    assert_eq!(again.first_action, Some(Action::Allow));
     let d = next.apply(&tx("t-3", "a", 2, "10.00")).unwrap();
     assert_eq!(
         d.action,
@@ -123,7 +126,9 @@ fn a_snapshot_from_before_the_secret_is_restored_with_the_hash_it_was_made_with(
         e.load_snapshot(&old).expect("format 1 loads").meta,
         b"format 1"
     );
-    assert!(e.apply(&tx("t-1", "a", 0, "10.00")).unwrap().duplicate);
+    let repeat = e.apply(&tx("t-1", "a", 0, "10.00")).unwrap();
+    assert!(repeat.duplicate);
+    assert_eq!(repeat.first_action, None, "format 1 kept no action");
     e.save_snapshot(&again, b"").expect("save");
     // Saved again (format 2), it keeps the unkeyed hash.
     let next = engine(COUNT3, EngineConfig::default());
@@ -135,6 +140,30 @@ fn a_snapshot_from_before_the_secret_is_restored_with_the_hash_it_was_made_with(
         Action::Review,
         "the account's history was lost: {d:?}"
     );
+}
+
+#[test]
+fn a_duplicate_carries_the_first_decisions_action() {
+    let e = engine(COUNT3, EngineConfig::default());
+    for (id, minute) in [("t-1", 0), ("t-2", 1)] {
+        let d = e.apply(&tx(id, "a", minute, "10.00")).unwrap();
+        assert_eq!((d.action, d.first_action), (Action::Allow, None));
+    }
+    assert_eq!(
+        e.apply(&tx("t-3", "a", 2, "10.00")).unwrap().action,
+        Action::Review
+    );
+    // t-1 again: on today's state it would be reviewed; it was allowed, and stays what it was
+    // through later repeats (a repeat's decision is not kept over the first).
+    for _ in 0..2 {
+        let d = e.apply(&tx("t-1", "a", 0, "10.00")).unwrap();
+        assert!(d.duplicate);
+        assert_eq!(d.action, Action::Review, "{d:?}");
+        assert_eq!(d.first_action, Some(Action::Allow));
+        assert_eq!(d.acted_action(), Action::Allow);
+    }
+    let d = e.apply(&tx("t-3", "a", 2, "10.00")).unwrap();
+    assert_eq!(d.first_action, Some(Action::Review));
 }
 
 #[test]

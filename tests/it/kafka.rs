@@ -511,6 +511,64 @@ fn decided_transactions_settle_in_the_ledger_with_one_settlements_record_each() 
 }
 
 #[test]
+fn a_transaction_authorized_over_http_before_the_stream_brings_it_settles_once_as_authorized() {
+    use vigil_engine::event::decode;
+    use vigil_engine::ledger::{BookConfig, Command, Ledger, Status};
+    use vigil_rules::Action;
+
+    let b = broker(1);
+    let ledger = Ledger::in_memory(BookConfig::default());
+    ledger
+        .execute(Command::Open {
+            account: "qa".into(),
+            currency: "EUR".into(),
+            locale: None,
+        })
+        .unwrap();
+    ledger
+        .execute(Command::Deposit {
+            op_id: "fund-qa".into(),
+            account: "qa".into(),
+            amount: 10_000,
+        })
+        .unwrap();
+    // Tiny payments from one device: the fifth to a fifth merchant is blocked
+    // (`card.testing_device`), and so would q1 be, decided again after them.
+    let pay = |i: usize| {
+        let from = if i == 1 { "qa" } else { "qz" };
+        format!(
+            r#"{{"schema":1,"tx_id":"q{i}","ts":"2026-11-02T10:00:00Z","kind":"payment","account_id":"{from}","counterparty_id":"shop-{i}","amount":"1.00","currency":"EUR","device_id":"d-q"}}"#
+        )
+    };
+    let engine = engine();
+    // The payment service asked first (`POST /v1/authorize`: a decision, no money moved).
+    let asked = engine.apply(&decode(pay(1).as_bytes()).unwrap());
+    assert!(asked.is_some_and(|d| d.action == Action::Allow));
+    let input: String = [2, 3, 4, 5, 1].map(|i| pay(i) + "\n").concat();
+    let n = feed(&b.cfg, input.as_bytes());
+    let mut cfg = b.cfg.clone();
+    cfg.max_messages = Some(n);
+    cfg.idle_exit = Some(Duration::from_secs(30));
+    let p = Pipeline::new(engine.clone(), cfg).with_ledger(ledger.clone());
+    let stats = p.stats();
+    assert_eq!(p.run().unwrap().consumed, n);
+    let again = engine.apply(&decode(pay(1).as_bytes()).unwrap()).unwrap();
+    assert_eq!(again.action, Action::Block, "decided again now: {again:?}");
+    let q1 = ledger
+        .read(|bk| bk.get_transfer("q1").cloned())
+        .expect("q1 settled from the stream");
+    assert_eq!(q1.status, Status::Settled, "{q1:?}");
+    let balance = ledger.read(|bk| bk.get_account("qa").map(|a| a.available));
+    assert_eq!(balance, Some(9_900), "q1, once");
+    let settlements = read_all(&b.cfg, &b.cfg.topics.settlements);
+    let mut keys: Vec<&str> = settlements.iter().map(|r| r.key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["q1", "q2", "q3", "q4", "q5"]);
+    assert_eq!(Stats::get(&stats.duplicates), 1);
+    assert!(ledger.read(|bk| bk.check()).is_empty());
+}
+
+#[test]
 fn account_opened_events_with_a_currency_open_the_ledger_accounts() {
     use vigil_engine::ledger::{BookConfig, Ledger};
 

@@ -664,7 +664,8 @@ async fn decide(s: &Arc<Shared>, tx: &Transaction, settle: bool) -> Result<Decid
         });
     }
     let d = s.engine.decide(tx);
-    let risk = Risk::from_action(d.action);
+    // A duplicate (authorized before) is answered and settled as it was first decided.
+    let risk = Risk::from_action(d.acted_action());
     let notification = notification(s, tx, &d);
     s.metrics.http_decision(&d);
     s.metrics.http_effects(

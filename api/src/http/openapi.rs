@@ -65,7 +65,7 @@ fn schemas() -> Value {
             "event_id": s("read on account events; ignored here"), "locale": s("read on account_opened; ignored here")}},
         "Geo": {"type": ["object", "null"], "required": ["lat", "lon"], "additionalProperties": false, "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}, "country": s("ISO 3166 alpha-2")}},
         "Authorization": {"type": "object", "properties": {
-            "decision": {"type": "object", "description": "action, score, reasons (rule, values), rules_version; on a retry (replayed: true) what the ledger kept of the first decision: tx_id, action, score, reasons (rule only) and stored: true"},
+            "decision": {"type": "object", "description": "action, score, reasons (rule, values), rules_version; for a tx_id decided before, duplicate: true and first_action (what was first answered, and what settling goes by); on a retry (replayed: true) what the ledger kept of the first decision: tx_id, action, score, reasons (rule only) and stored: true"},
             "decline_code": {"type": ["string", "null"], "enum": ["risk_blocked", "step_up_required", "insufficient_funds", "account_frozen", "currency_mismatch", "limit_exceeded", "unknown_account", null]},
             "transfer": {"$ref": "#/components/schemas/Transfer"},
             "notification": {"type": "object", "properties": {"kind": s(""), "locale": s(""), "text": s("")}},

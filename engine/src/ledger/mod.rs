@@ -585,6 +585,7 @@ impl Ledger {
                 },
             )
         });
+        let agrees = d.filter(|d| d.first_action.is_none_or(|f| f == d.action));
         TransferCmd {
             tx_id: tx.tx_id.to_string(),
             kind: tx.kind,
@@ -592,9 +593,11 @@ impl Ledger {
             to,
             amount: tx.amount_minor,
             currency: tx.currency.code().to_string(),
-            risk: d.map_or(Risk::Allow, |d| Risk::from_action(d.action)),
-            rules: d.map_or_else(Vec::new, |d| d.acting().map(|r| r.rule.clone()).collect()),
-            score: d.map_or(0, |d| d.score),
+            // A duplicate settles as its first decision answered (what the payment service
+            // acted on); this evaluation's rules and score go with it only if it agrees.
+            risk: d.map_or(Risk::Allow, |d| Risk::from_action(d.acted_action())),
+            rules: agrees.map_or_else(Vec::new, |d| d.acting().map(|r| r.rule.clone()).collect()),
+            score: agrees.map_or(0, |d| d.score),
         }
     }
 

@@ -19,6 +19,7 @@ use rustc_hash::FxHasher;
 use siphasher::sip::SipHasher13;
 
 use account::Profile;
+use vigil_rules::Action;
 use window::{Amounts, Windows};
 
 /// Hasher for keys that are already hashes.
@@ -473,11 +474,57 @@ impl State {
     }
 
     /// Records transaction id `tx` (an [`IdHasher::key`]) at event time `ts` in `shard`, its shard
-    /// of the transaction-id set, and says whether it was already there.
-    pub(crate) fn see_in(&self, shard: &mut Shard<i64>, tx: u64, ts: i64) -> bool {
-        let (at, made) = entry_in(&self.seen_tx, shard, tx, || ts);
-        *at = ts;
-        !made
+    /// of the transaction-id set. Returns its entry (for [`seen::decided`] once the decision is
+    /// made) and, if it was there already, the first decision's action as kept (`None` inside:
+    /// not kept, from a snapshot of before).
+    pub(crate) fn see_in<'s>(
+        &self,
+        shard: &'s mut Shard<i64>,
+        tx: u64,
+        ts: i64,
+    ) -> (&'s mut i64, Option<Option<Action>>) {
+        let (at, made) = entry_in(&self.seen_tx, shard, tx, || seen::pack(ts, None));
+        if made {
+            return (at, None);
+        }
+        let first = seen::first(*at);
+        *at = seen::pack(ts, first);
+        (at, Some(first))
+    }
+}
+
+/// An entry of the transaction-id set: the id's latest event time in the low 56 bits (event
+/// times are years 2000 to 2100: 42 bits), and above them its first decision's action, so that
+/// a transaction settled after it was authorized settles as authorized (0: not kept).
+pub mod seen {
+    use vigil_rules::Action;
+
+    const TS_BITS: u32 = 56;
+    const TS_MASK: i64 = (1 << TS_BITS) - 1;
+    const ACTIONS: [Action; 4] = [Action::Allow, Action::Review, Action::StepUp, Action::Block];
+
+    /// The entry for event time `ts` and first action `first`.
+    pub fn pack(ts: i64, first: Option<Action>) -> i64 {
+        let code = first.map_or(0, |a| {
+            1 + ACTIONS.iter().position(|&x| x == a).unwrap_or(0) as i64
+        });
+        ts.clamp(0, TS_MASK) | code << TS_BITS
+    }
+
+    /// The event time of entry `v`.
+    pub fn ts(v: i64) -> i64 {
+        v & TS_MASK
+    }
+
+    /// The first action of entry `v`, if kept.
+    pub fn first(v: i64) -> Option<Action> {
+        let code = (v >> TS_BITS) as usize;
+        code.checked_sub(1).and_then(|i| ACTIONS.get(i).copied())
+    }
+
+    /// Keeps `action` in entry `v` as its first decision's.
+    pub fn decided(v: &mut i64, action: Action) {
+        *v = pack(ts(*v), Some(action));
     }
 }
 
@@ -554,7 +601,7 @@ impl State {
             limits.seen_tx_max,
             limits.seen_tx_ms,
             now,
-            |t| *t,
+            |v| seen::ts(*v),
         );
     }
 
@@ -636,17 +683,21 @@ mod tests {
         }
         for (i, &id) in ids.iter().enumerate() {
             let mut shard = s.seen_shard(None, id);
-            assert_eq!(s.see_in(&mut shard, id, 2), i % 2 == 0, "id {i}");
+            assert_eq!(
+                s.see_in(&mut shard, id, 2).1.is_some(),
+                i % 2 == 0,
+                "id {i}"
+            );
         }
         assert_eq!(s.seen_tx.len(), ids.len());
         assert!(
             ids.iter()
-                .all(|id| s.seen_tx.get(id).is_some_and(|t| *t == 2))
+                .all(|id| s.seen_tx.get(id).is_some_and(|t| seen::ts(*t) == 2))
         );
         s.seen_tx.retain(|k, _| k % 3 != 0);
         for &id in &ids {
             let mut shard = s.seen_shard(None, id);
-            assert_eq!(s.see_in(&mut shard, id, 3), id % 3 != 0);
+            assert_eq!(s.see_in(&mut shard, id, 3).1.is_some(), id % 3 != 0);
         }
     }
 

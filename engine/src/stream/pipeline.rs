@@ -1917,6 +1917,17 @@ impl Pipeline {
             // (on state that has moved on since) could contradict the first.
             Stats::bump(&self.stats.duplicates);
             tracing::debug!("{}: decided already; nothing sent again", tx.tx_id);
+            // Decided is not settled: `POST /v1/authorize` decides and moves nothing, and the
+            // stream may bring the same transaction to settle. The ledger knows what it
+            // settled, by tx_id; what is left settles as first decided (`first_action`: what
+            // the payment service was answered), not as decided again now. A duplicate whose
+            // first action the engine did not keep (state from before it did) is left alone.
+            if let Some(ledger) = &s.ledger
+                && d.first_action.is_some()
+                && ledger.read(|b| b.get_transfer(&tx.tx_id).is_none())
+            {
+                self.settle(s, ledger, effects, tx, d, slot, offset)?;
+            }
             return Ok(());
         }
         Stats::bump(&self.stats.decided);
