@@ -515,6 +515,8 @@ impl Engine {
                     }
                 }
             }
+            // `since(account_opened)` is the account's age too, not the latest re-send's.
+            *slot = p.opened_ms.unwrap_or(ev.ts_ms);
         }
     }
 

@@ -348,7 +348,8 @@ fn account_events_feed_since_and_account_age() {
 
 #[test]
 fn a_redelivered_account_opened_keeps_the_balance_and_the_first_opening() {
-    let rules = "[[rule]]\nid = \"drain\"\naction = \"review\"\nwhen = \"kind == 'transfer' and amount >= 0.5 * balance\"\n";
+    let rules = "[[rule]]\nid = \"drain\"\naction = \"review\"\nwhen = \"kind == 'transfer' and amount >= 0.5 * balance\"\n\
+                 [[rule]]\nid = \"fresh\"\naction = \"review\"\nwhen = \"since(account_opened) < 1h or account_age < 1h\"\n";
     let e = engine(rules, EngineConfig::default());
     let ev = |json: &str| decode(json.as_bytes()).unwrap();
     let opened = r#"{"schema":1,"event_id":"e-1","ts":"2026-11-01T00:00:00Z","kind":"account_opened","account_id":"a","locale":"zh"}"#;
@@ -377,6 +378,8 @@ fn a_redelivered_account_opened_keeps_the_balance_and_the_first_opening() {
         ]
     );
     assert_eq!(e.account_locale("a").as_deref(), Some("zh"));
+    // Nor did the account become an hour old again.
+    assert!(!d.reasons.iter().any(|r| r.rule == "fresh"), "{d:?}");
 }
 
 #[test]
