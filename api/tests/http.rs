@@ -454,25 +454,19 @@ async fn a_transaction_authorized_then_settled_settles_as_it_was_authorized() {
     )
     .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
-    let pay = |i: usize| {
-        let from = if i == 1 { "ct" } else { "other" };
-        let mut t = tx(
-            &format!("ct-{i}"),
-            from,
-            &format!("shop-{i}"),
-            "1.00",
-            "d-1",
-        );
+    let pay_of = |i: usize, amount: &str| {
+        let from = if i <= 1 { "ct" } else { "other" };
+        let shop = format!("shop-{i}");
+        let mut t = tx(&format!("ct-{i}"), from, &shop, amount, "d-1");
         t["kind"] = json!("payment");
         t
     };
-    let first = post(&app, "/v1/authorize", PAY, pay(1)).await;
-    assert_eq!(
-        first.json()["decision"]["action"],
-        "allow",
-        "{}",
-        first.text
-    );
+    let pay = |i: usize| pay_of(i, "1.00");
+    for i in [0, 1] {
+        let first = post(&app, "/v1/authorize", PAY, pay(i)).await;
+        let action = &first.json()["decision"]["action"];
+        assert_eq!(action, "allow", "{}", first.text);
+    }
     // Four more tiny payments from the device to other merchants: `card.testing_device`
     // blocks the fifth, and would block the first too, decided again now.
     for i in 2..=5 {
@@ -498,6 +492,14 @@ async fn a_transaction_authorized_then_settled_settles_as_it_was_authorized() {
         balance(&app, "ct").await,
         ("99.00".into(), "0.00".into(), false)
     );
+    // Another body under an authorized id is not what was authorized: decided as it is now.
+    let other = post(&app, "/v1/transfers", PAY, pay_of(0, "2.00")).await;
+    let v = other.json();
+    assert_eq!(v["decision"]["duplicate"], true, "{v}");
+    assert_eq!(v["decision"]["first_action"], json!(null), "{v}");
+    assert_eq!(v["transfer"]["status"], "declined", "{v}");
+    assert_eq!(v["decline_code"], "risk_blocked", "{v}");
+    assert_eq!(balance(&app, "ct").await.0, "99.00");
 }
 
 #[tokio::test]

@@ -104,7 +104,7 @@ impl Serialize for Reason {
 
 impl Serialize for Decision {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Decision", 16)?;
+        let mut st = s.serialize_struct("Decision", 17)?;
         st.serialize_field("tx_id", &self.tx_id)?;
         st.serialize_field("ts", &format_ts(self.ts_ms))?;
         st.serialize_field("account_id", &self.account_id)?;

@@ -122,6 +122,8 @@ struct Keys {
     payee_read: u64,
     /// Device, IP and counterparty (0: absent).
     keyed: [u64; 3],
+    /// The body's tag (see [`IdHasher::body_tag`]).
+    body: u32,
 }
 
 impl Keys {
@@ -131,9 +133,19 @@ impl Keys {
             .counterparty_id
             .as_deref()
             .map_or([0, 0], |c| ids.keys(c, [0, 3]));
+        let acct = ids.key(0, &tx.account_id);
+        let code = tx.currency.code().as_bytes();
+        let body = ids.body_tag([
+            acct,
+            payee,
+            tx.amount_minor as u64,
+            code.iter()
+                .fold(u64::from(tx.kind as u8), |w, &b| w << 8 | u64::from(b)),
+        ]);
         Keys {
             tx: ids.key(9, &tx.tx_id),
-            acct: ids.key(0, &tx.account_id),
+            acct,
+            body,
             payee,
             payee_read: if active.payee_age { payee } else { 0 },
             keyed: [
@@ -273,9 +285,9 @@ impl Recent {
     }
 }
 
-/// Rules muted per account hash: (rule id, muted for transactions before this time, ms).
-/// Snoozes by account id (not its state key: snoozes may be set before a snapshot's secret is
-/// restored).
+/// Rules muted per account: (rule id, muted for transactions before this time, ms). Keyed by
+/// the account id, not its state key: snoozes may be set before a snapshot's secret is
+/// restored.
 type Snoozed = FxHashMap<Box<str>, Vec<(Box<str>, i64)>>;
 
 /// Rounds kilometres to whole metres, so the last digits of a platform's `sin`/`asin` never
@@ -836,7 +848,7 @@ impl Engine {
         for h in held.iter().flatten() {
             h.read_at(ts).0.prefetch_heap();
         }
-        let (seen_at, first) = self.state.see_in(&mut seen, keys.tx, ts);
+        let (seen_at, first) = self.state.see_in(&mut seen, keys.tx, keys.body, ts);
         let (duplicate, first_action) = (first.is_some(), first.flatten());
         let counting = if duplicate {
             Counting::Duplicate

@@ -161,7 +161,14 @@ impl Engine {
             fs::create_dir_all(d)?;
         }
         let tmp = path.with_extension("tmp");
-        let mut file = File::create(&tmp)?;
+        // Readable by the owner alone: the snapshot holds the secret ids are hashed under. (A
+        // temporary file left by a crash is made again, with this mode.)
+        let _ = fs::remove_file(&tmp);
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut file = opts.open(&tmp)?;
         file.write_all(&[0; HEADER_LEN])?;
         let header = Header {
             created_by: concat!("vigil ", env!("CARGO_PKG_VERSION")).to_string(),

@@ -901,7 +901,9 @@ fn check_text(field: &str, v: &str, required: bool) -> Result<(), ApiError> {
 }
 
 /// The prefix of the engine's id for a deposit's or a withdrawal's event (`withdrawal:OP_ID`),
-/// the longer of the two: an `op_id` leaves room for it within the engine's id limit.
+/// the longer of the two: an `op_id` leaves room for it within the engine's id limit (the
+/// control character in front, `INTERNAL_ID_PREFIX`, makes it one byte over: the id is the
+/// engine's own and is never checked against the limit).
 const MOVEMENT_PREFIX_MAX: &str = "withdrawal:";
 
 pub async fn open_account(

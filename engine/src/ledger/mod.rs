@@ -617,9 +617,10 @@ impl Ledger {
     /// Settles, holds or declines a decided transaction; freezes the payer when an acting rule
     /// asked to (once). Returns the transfer's result and the last ticket to wait on.
     ///
-    /// The transfer and the freeze are appended under one lock, so the flusher writes both
-    /// records or neither: apart, a crash between them would leave the payer unfrozen, and the
-    /// request's retry (answered from the stored transfer) would never freeze it.
+    /// The transfer and the freeze are appended under one lock, so the flusher takes both
+    /// records in one write: apart, a crash of the process between them would leave the payer
+    /// unfrozen, and the request's retry (answered from the stored transfer) would never freeze
+    /// it. (A power loss can still tear that write after the transfer's record.)
     pub fn settle_decided(
         &self,
         tx: &Transaction,

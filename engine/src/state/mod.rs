@@ -31,7 +31,6 @@ pub type FxBuild = BuildHasherDefault<FxHasher>;
 /// anyone can build as many ids with one key as they like. Under a secret key, finding two is
 /// a 2^64 search blind. The secret is kept in the engine's snapshots, since the keys in state
 /// were made with it.
-#[derive(Debug)]
 pub struct IdHasher {
     k0: AtomicU64,
     k1: AtomicU64,
@@ -40,8 +39,8 @@ pub struct IdHasher {
     legacy: AtomicBool,
 }
 
-/// The secret an [`IdHasher`] hashes under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The secret an [`IdHasher`] hashes under. Its `Debug` does not show the key.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IdSecret {
     /// The unkeyed FxHash snapshots of format 1 were made with (no secret: ids can be built
     /// to collide).
@@ -53,6 +52,16 @@ pub enum IdSecret {
 /// The fixed secret of replays, backtests and dry runs: their decisions must not depend on a
 /// draw (which keys go first when a store is over its limit and ties are broken by key).
 pub const REPLAY_SECRET: IdSecret = IdSecret::Sip([0x5649_4749_4c5f_5245, 0x504c_4159_5f4b_4559]);
+
+impl std::fmt::Debug for IdSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdSecret::Unkeyed => f.write_str("Unkeyed"),
+            IdSecret::Sip(_) if *self == REPLAY_SECRET => f.write_str("Sip(replay)"),
+            IdSecret::Sip(_) => f.write_str("Sip(..)"),
+        }
+    }
+}
 
 impl IdSecret {
     /// A secret drawn from the operating system's random source.
@@ -68,6 +77,12 @@ impl IdSecret {
             u64::from_le_bytes(k0.try_into().expect("8 bytes")),
             u64::from_le_bytes(k1.try_into().expect("8 bytes")),
         ])
+    }
+}
+
+impl std::fmt::Debug for IdHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("IdHasher").field(&self.secret()).finish()
     }
 }
 
@@ -104,6 +119,20 @@ impl IdHasher {
                 self.k1.load(Ordering::Relaxed),
             ])
         }
+    }
+
+    /// A tag of a transaction's body — its payer's and counterparty's keys, kind, amount and
+    /// currency — under the same secret: a request that reuses a tx_id for another body is
+    /// told apart from a repeat (see [`seen`]).
+    pub fn body_tag(&self, words: [u64; 4]) -> u32 {
+        let mut h = SipHasher13::new_with_keys(
+            self.k0.load(Ordering::Relaxed),
+            self.k1.load(Ordering::Relaxed),
+        );
+        for w in words {
+            h.write_u64(w);
+        }
+        h.finish() as u32
     }
 
     /// The state key of id `s` in the store tagged `tag` (never 0, which means "absent").
@@ -473,58 +502,72 @@ impl State {
         }
     }
 
-    /// Records transaction id `tx` (an [`IdHasher::key`]) at event time `ts` in `shard`, its shard
-    /// of the transaction-id set. Returns its entry (for [`seen::decided`] once the decision is
-    /// made) and, if it was there already, the first decision's action as kept (`None` inside:
-    /// not kept, from a snapshot of before).
+    /// Records transaction id `tx` (an [`IdHasher::key`]) with body tag `tag` at event time
+    /// `ts` in `shard`, its shard of the transaction-id set. Returns its entry (for
+    /// [`seen::decided`] once the decision is made) and, if it was there already, the first
+    /// decision's action if it was kept and this is the same body (`None` inside otherwise).
     pub(crate) fn see_in<'s>(
         &self,
         shard: &'s mut Shard<i64>,
         tx: u64,
+        tag: u32,
         ts: i64,
     ) -> (&'s mut i64, Option<Option<Action>>) {
-        let (at, made) = entry_in(&self.seen_tx, shard, tx, || seen::pack(ts, None));
+        let (at, made) = entry_in(&self.seen_tx, shard, tx, || seen::pack(ts, None, tag));
         if made {
             return (at, None);
         }
-        let first = seen::first(*at);
-        *at = seen::pack(ts, first);
-        (at, Some(first))
+        let (first, first_tag) = (seen::first(*at), seen::tag(*at));
+        *at = seen::pack(ts, first, first_tag);
+        let same = first_tag == tag & ((1 << seen::TAG_BITS) - 1);
+        (at, Some(first.filter(|_| same)))
     }
 }
 
-/// An entry of the transaction-id set: the id's latest event time in the low 56 bits (event
-/// times are years 2000 to 2100: 42 bits), and above them its first decision's action, so that
-/// a transaction settled after it was authorized settles as authorized (0: not kept).
+/// An entry of the transaction-id set, in 64 bits: the id's latest event time (42 bits: event
+/// times are years 2000 to 2100), its first decision's action (3 bits, 0: not kept), and a
+/// 19-bit keyed tag of that transaction's body ([`IdHasher::body_tag`]). A transaction settled
+/// after it was authorized settles as authorized — if it is the transaction that was: another
+/// body under the same id gets no first action. An entry from before (a plain time) has none.
 pub mod seen {
     use vigil_rules::Action;
 
-    const TS_BITS: u32 = 56;
-    const TS_MASK: i64 = (1 << TS_BITS) - 1;
+    const TS_BITS: u32 = 42;
+    const TS_MASK: u64 = (1 << TS_BITS) - 1;
+    const ACTION_BITS: u32 = 3;
+    /// Bits of the body tag.
+    pub const TAG_BITS: u32 = 64 - TS_BITS - ACTION_BITS;
     const ACTIONS: [Action; 4] = [Action::Allow, Action::Review, Action::StepUp, Action::Block];
 
-    /// The entry for event time `ts` and first action `first`.
-    pub fn pack(ts: i64, first: Option<Action>) -> i64 {
+    /// The entry for event time `ts`, first action `first` and body tag `tag`.
+    pub fn pack(ts: i64, first: Option<Action>, tag: u32) -> i64 {
         let code = first.map_or(0, |a| {
-            1 + ACTIONS.iter().position(|&x| x == a).unwrap_or(0) as i64
+            1 + ACTIONS.iter().position(|&x| x == a).unwrap_or(0) as u64
         });
-        ts.clamp(0, TS_MASK) | code << TS_BITS
+        let ts = ts.clamp(0, TS_MASK as i64) as u64;
+        let tag = u64::from(tag) & ((1 << TAG_BITS) - 1);
+        (ts | code << TS_BITS | tag << (TS_BITS + ACTION_BITS)) as i64
     }
 
     /// The event time of entry `v`.
     pub fn ts(v: i64) -> i64 {
-        v & TS_MASK
+        (v as u64 & TS_MASK) as i64
     }
 
     /// The first action of entry `v`, if kept.
     pub fn first(v: i64) -> Option<Action> {
-        let code = (v >> TS_BITS) as usize;
+        let code = ((v as u64 >> TS_BITS) & ((1 << ACTION_BITS) - 1)) as usize;
         code.checked_sub(1).and_then(|i| ACTIONS.get(i).copied())
+    }
+
+    /// The body tag of entry `v`.
+    pub fn tag(v: i64) -> u32 {
+        (v as u64 >> (TS_BITS + ACTION_BITS)) as u32
     }
 
     /// Keeps `action` in entry `v` as its first decision's.
     pub fn decided(v: &mut i64, action: Action) {
-        *v = pack(ts(*v), Some(action));
+        *v = pack(ts(*v), Some(action), tag(*v));
     }
 }
 
@@ -684,7 +727,7 @@ mod tests {
         for (i, &id) in ids.iter().enumerate() {
             let mut shard = s.seen_shard(None, id);
             assert_eq!(
-                s.see_in(&mut shard, id, 2).1.is_some(),
+                s.see_in(&mut shard, id, 0, 2).1.is_some(),
                 i % 2 == 0,
                 "id {i}"
             );
@@ -697,7 +740,7 @@ mod tests {
         s.seen_tx.retain(|k, _| k % 3 != 0);
         for &id in &ids {
             let mut shard = s.seen_shard(None, id);
-            assert_eq!(s.see_in(&mut shard, id, 3).1.is_some(), id % 3 != 0);
+            assert_eq!(s.see_in(&mut shard, id, 0, 3).1.is_some(), id % 3 != 0);
         }
     }
 

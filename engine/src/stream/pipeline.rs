@@ -1843,7 +1843,8 @@ impl Pipeline {
     }
 
     /// Settles (or holds, or declines) a decided transaction in the ledger and produces its
-    /// settlements record.
+    /// settlements record — for a duplicate, only if this settled it: one the ledger took
+    /// meanwhile (over HTTP) had its record then.
     #[allow(clippy::too_many_arguments)]
     fn settle(
         &self,
@@ -1861,6 +1862,9 @@ impl Pipeline {
                 let Outcome::Transfer(t) = &applied.outcome else {
                     return Ok(());
                 };
+                if d.duplicate && applied.replayed {
+                    return Ok(());
+                }
                 let i = match t.status {
                     LedgerStatus::Settled => 0,
                     LedgerStatus::Pending => 1,
