@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// e.g. "30s".
     pub snapshot_every: Option<String>,
+    /// How long a transfer's settlement waits for its payee's ledger account, e.g. "10s".
+    pub payee_wait: Option<String>,
     /// Partitions of topics Vigil creates.
     pub partitions: Option<i32>,
     /// Latest events kept for `POST /v1/rules/dry-run` (0: none).
@@ -201,6 +203,7 @@ pub fn resolve(
             "RULES" => file.rules = Some(v.into()),
             "STATE_DIR" => file.state_dir = Some(v.into()),
             "SNAPSHOT_EVERY" => file.snapshot_every = Some(v),
+            "PAYEE_WAIT" => file.payee_wait = Some(v),
             "CLOCK_AHEAD" => file.clock_ahead = Some(v),
             "WINDOW_MAX" => file.window_max = Some(v),
             "RECENT_EVENTS" => {
@@ -311,6 +314,9 @@ pub fn resolve(
     };
     if let Some(s) = file.snapshot_every {
         stream.snapshot_every = duration(&s, "snapshot_every (VIGIL_SNAPSHOT_EVERY)")?;
+    }
+    if let Some(s) = file.payee_wait {
+        stream.payee_wait = duration(&s, "payee_wait (VIGIL_PAYEE_WAIT)")?;
     }
     match file.pause_at {
         Some(0) => stream.pause_at = usize::MAX,

@@ -111,6 +111,7 @@ pub struct Metrics {
     events: IntCounterVec,
     dead_letters: IntCounter,
     checkpoints_postponed: IntCounter,
+    settlements_waited: IntCounter,
     freezes: [IntCounter; 2],
     notifications: [IntCounter; 2],
     settlements: [[IntCounter; 4]; 2],
@@ -291,6 +292,11 @@ impl Metrics {
                 &r,
                 "vigil_kafka_checkpoints_postponed_total",
                 "Periodic checkpoints (snapshot and commit) put off because outputs were not all acknowledged in time: a broker slow or away.",
+            ),
+            settlements_waited: counter(
+                &r,
+                "vigil_kafka_settlements_waited_total",
+                "Transfer settlements that waited for the payee's account to be opened (read from another partition, or dated after the transfer).",
             ),
             freezes: [Entry::Kafka, Entry::Http].map(|e| freezes_v.with_label_values(&[e.name()])),
             notifications: [Entry::Kafka, Entry::Http]
@@ -525,6 +531,7 @@ impl Metrics {
                 &self.checkpoints_postponed,
                 Stats::get(&s.checkpoints_postponed),
             );
+            sync(&self.settlements_waited, Stats::get(&s.settlements_waited));
             sync(
                 &self.events.with_label_values(&["transaction"]),
                 Stats::get(&s.decided),

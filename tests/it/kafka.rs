@@ -569,6 +569,68 @@ fn a_transaction_authorized_over_http_before_the_stream_brings_it_settles_once_a
 }
 
 #[test]
+fn a_transfer_to_a_payee_not_opened_yet_waits_for_the_account_then_settles() {
+    use vigil_engine::ledger::{BookConfig, Command, Decline, Ledger, Status};
+
+    let b = broker(1);
+    let ledger = Ledger::in_memory(BookConfig::default());
+    ledger
+        .execute(Command::Open {
+            account: "qa".into(),
+            currency: "EUR".into(),
+            locale: None,
+        })
+        .unwrap();
+    ledger
+        .execute(Command::Deposit {
+            op_id: "fund-qa".into(),
+            account: "qa".into(),
+            amount: 10_000,
+        })
+        .unwrap();
+    let transfer = |id: &str, to: &str, second: u32| {
+        format!(
+            r#"{{"schema":1,"tx_id":"{id}","ts":"2026-11-02T10:00:{second:02}Z","kind":"transfer","account_id":"qa","counterparty_id":"{to}","amount":"20.00","currency":"EUR"}}"#
+        )
+    };
+    // qb's opening is dated a second after the transfer to it (another service's clock, or
+    // another partition read later); qc never opens.
+    let input = [
+        transfer("q1", "qb", 0),
+        r#"{"schema":1,"event_id":"e-qb","ts":"2026-11-02T10:00:01Z","kind":"account_opened","account_id":"qb","currency":"EUR"}"#.to_string(),
+        transfer("q2", "qc", 2),
+    ]
+    .map(|l| l + "\n")
+    .concat();
+    let n = feed(&b.cfg, input.as_bytes());
+    let mut cfg = b.cfg.clone();
+    cfg.max_messages = Some(n);
+    cfg.idle_exit = Some(Duration::from_secs(30));
+    cfg.payee_wait = Duration::from_millis(300);
+    let p = Pipeline::new(engine(), cfg).with_ledger(ledger.clone());
+    let stats = p.stats();
+    assert_eq!(p.run().unwrap().consumed, n);
+    let transfer = |id: &str| ledger.read(|bk| bk.get_transfer(id).cloned()).unwrap();
+    assert_eq!(
+        transfer("q1").status,
+        Status::Settled,
+        "{:?}",
+        transfer("q1")
+    );
+    let balance = |a: &str| ledger.read(|bk| bk.get_account(a).map(|a| a.available));
+    assert_eq!(balance("qb"), Some(2_000));
+    // One that never opens is declined as it would have been at once, after the wait.
+    assert_eq!(transfer("q2").decline, Some(Decline::UnknownAccount));
+    assert_eq!(balance("qa"), Some(8_000));
+    assert_eq!(Stats::get(&stats.settlements_waited), 2);
+    let settlements = read_all(&b.cfg, &b.cfg.topics.settlements);
+    let mut keys: Vec<&str> = settlements.iter().map(|r| r.key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["q1", "q2"]);
+    assert!(ledger.read(|bk| bk.check()).is_empty());
+}
+
+#[test]
 fn account_opened_events_with_a_currency_open_the_ledger_accounts() {
     use vigil_engine::ledger::{BookConfig, Ledger};
 

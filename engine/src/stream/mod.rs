@@ -143,6 +143,11 @@ pub struct StreamConfig {
     /// name messages of a log that is gone, so only its state is restored and every partition
     /// is read from its start.
     pub fresh_broker: bool,
+    /// How long a transfer's settlement may wait for its payee's account: a payee opened by
+    /// an `account_opened` on another partition, not read yet (or dated just after the
+    /// transfer), would otherwise make it a permanent `unknown_account` decline. The decision
+    /// goes out at once; the message is not committed until the settlement is made.
+    pub payee_wait: Duration,
 }
 
 impl Default for StreamConfig {
@@ -164,6 +169,7 @@ impl Default for StreamConfig {
             idle_exit: None,
             instance_id: None,
             fresh_broker: false,
+            payee_wait: Duration::from_secs(10),
         }
     }
 }
@@ -210,6 +216,9 @@ pub struct Stats {
     /// Periodic checkpoints put off because the outputs were not all acknowledged in time (a
     /// broker slow or away).
     pub checkpoints_postponed: AtomicU64,
+    /// Settlements of transfers that waited for their payee's account to be opened (see
+    /// `StreamConfig::payee_wait`).
+    pub settlements_waited: AtomicU64,
     /// Transactions decided before their account events could be confirmed applied (waited
     /// too long, or too many waiting).
     pub unaligned: AtomicU64,

@@ -21,7 +21,7 @@ use super::track::{Delivery, SLOTS_MAX, Tracker, opaque};
 use super::{Out, Stats, StreamConfig, StreamError, notify};
 use crate::decision::Decision;
 use crate::engine::{BATCH, Engine, Scratch};
-use crate::event::{Event, Transaction, decode};
+use crate::event::{Event, Transaction, TxKind, decode};
 use crate::ledger::{Ledger, LedgerError, Outcome, Status as LedgerStatus};
 
 /// The header naming the effect a record is, e.g. `decision:t-1`; read back after a crash so
@@ -280,6 +280,9 @@ fn effect_hash(effect: &str) -> u64 {
         .hash_one(effect)
 }
 
+/// How often the settlements waiting for a payee are looked at.
+const AWAITING_CHECK_EVERY: Duration = Duration::from_millis(50);
+
 /// How long the read-back goes on without a record once past the reported ends.
 const READ_BACK_QUIET: Duration = Duration::from_millis(500);
 
@@ -414,6 +417,19 @@ impl std::borrow::Borrow<Transaction> for Ready {
     }
 }
 
+/// A decided transfer whose settlement waits for its payee's ledger account (see
+/// `StreamConfig::payee_wait`); its message is held open in the tracker meanwhile.
+#[derive(Debug)]
+struct AwaitingPayee {
+    tx: Transaction,
+    d: Decision,
+    slot: u16,
+    offset: i64,
+    /// [`Tracker::resets`] when it began to wait.
+    resets: u64,
+    since: Instant,
+}
+
 /// What the loop carries from one message to the next: the transactions waiting to be decided
 /// at the end of its turn, and buffers it reuses.
 #[derive(Debug, Default)]
@@ -454,6 +470,8 @@ struct Shared {
     ledger: Option<Ledger>,
     /// The highest ledger ticket handed out: durable before any commit.
     ledger_ticket: AtomicU64,
+    /// Settlements waiting for their payee's account, in the order they were decided.
+    awaiting_payee: Mutex<Vec<AwaitingPayee>>,
     /// Once the pipeline is ending: when its graceful end must be done, which a checkpoint
     /// for a revoke (while the shutdown commit serves a rebalance, or as the consumer closes)
     /// does not extend.
@@ -1275,6 +1293,7 @@ impl Pipeline {
             highs: Mutex::new(HashMap::new()),
             ledger: self.ledger.clone(),
             ledger_ticket: AtomicU64::new(0),
+            awaiting_payee: Mutex::new(Vec::new()),
             ending_by: Mutex::new(None),
         });
         let session_ms = cfg.session_timeout.as_millis().max(1000);
@@ -1314,6 +1333,7 @@ impl Pipeline {
         let mut last_snapshot = Instant::now();
         let mut last_message = Instant::now();
         let mut last_align = Instant::now();
+        let mut last_awaiting = Instant::now();
         let mut handled = 0u64;
         let mut handled_at_snapshot = 0u64;
         let mut backoff = Duration::from_millis(100);
@@ -1413,6 +1433,12 @@ impl Pipeline {
             if let Err(e) = self.decide_ready(&shared, &effects, &mut work) {
                 break Err(e);
             }
+            if now.duration_since(last_awaiting) >= AWAITING_CHECK_EVERY {
+                last_awaiting = now;
+                if let Err(e) = self.settle_awaiting(&shared, &effects, false) {
+                    break Err(e);
+                }
+            }
             if (idle || now.duration_since(last_align) >= Duration::from_millis(100))
                 && lock(&shared.align).total() > 0
             {
@@ -1477,6 +1503,9 @@ impl Pipeline {
                 self.release_all(&shared, &effects, &mut work)
             }
         });
+        // Settlements still waiting for a payee are made now (declined if it is still not
+        // there), so that the stop commits where it stopped and a restart repeats nothing.
+        let result = result.and_then(|()| self.settle_awaiting(&shared, &effects, true));
         match result {
             Ok(()) => {
                 final_checkpoint(&shared, &consumer, deadline)?;
@@ -1847,6 +1876,90 @@ impl Pipeline {
     /// meanwhile (over HTTP) had its record then.
     #[allow(clippy::too_many_arguments)]
     fn settle(
+        &self,
+        s: &Shared,
+        ledger: &Ledger,
+        effects: &HashSet<u64>,
+        tx: &Transaction,
+        d: &crate::Decision,
+        slot: u16,
+        offset: i64,
+    ) -> Result<(), StreamError> {
+        // A transfer to a payee the ledger does not hold (yet): its `account_opened` may be on
+        // a partition not read this far, or dated a moment after the transfer. Declined now,
+        // it would stay declined; it waits instead (a block moves nothing: no need).
+        if tx.kind == TxKind::Transfer
+            && d.acted_action() != vigil_rules::Action::Block
+            && let Some(payee) = tx.counterparty_id.as_deref()
+            && ledger.read(|b| b.has_account(&tx.account_id) && !b.has_account(payee))
+            && ledger.read(|b| b.get_transfer(&tx.tx_id).is_none())
+        {
+            s.tracker.hold(slot, offset);
+            lock(&s.awaiting_payee).push(AwaitingPayee {
+                tx: tx.clone(),
+                d: d.clone(),
+                slot,
+                offset,
+                resets: s.tracker.resets(),
+                since: Instant::now(),
+            });
+            return Ok(());
+        }
+        self.settle_now(s, ledger, effects, tx, d, slot, offset)
+    }
+
+    /// Settles the transfers waiting for their payee whose payee's account is open now, or
+    /// that waited `payee_wait` (then declined `unknown_account`, as they would have been at
+    /// once), or all of them (`all`: the pipeline is ending), each releasing its message.
+    /// Those of partitions given up meanwhile are dropped: the next owner reads them again.
+    /// Run every [`AWAITING_CHECK_EVERY`]: one look at the ledger for all of them.
+    fn settle_awaiting(
+        &self,
+        s: &Shared,
+        effects: &HashSet<u64>,
+        all: bool,
+    ) -> Result<(), StreamError> {
+        let Some(ledger) = &s.ledger else {
+            return Ok(());
+        };
+        let due: Vec<AwaitingPayee> = {
+            let mut q = lock(&s.awaiting_payee);
+            if q.is_empty() {
+                return Ok(());
+            }
+            let opened: Vec<bool> = ledger.read(|b| {
+                q.iter()
+                    .map(|w| {
+                        w.tx.counterparty_id
+                            .as_deref()
+                            .is_none_or(|p| b.has_account(p))
+                    })
+                    .collect()
+            });
+            let mut opened = opened.into_iter();
+            let (due, keep) = std::mem::take(&mut *q).into_iter().partition(|w| {
+                let opened = opened.next().unwrap_or(true);
+                all || opened
+                    || w.since.elapsed() >= s.cfg.payee_wait
+                    || s.tracker.reset_since(w.slot, w.resets)
+            });
+            *q = keep;
+            due
+        };
+        for w in due {
+            if s.tracker.reset_since(w.slot, w.resets) {
+                continue;
+            }
+            Stats::bump(&self.stats.settlements_waited);
+            self.settle_now(s, ledger, effects, &w.tx, &w.d, w.slot, w.offset)?;
+            s.tracker.ack(w.slot, w.offset);
+        }
+        Ok(())
+    }
+
+    /// Settles a decided transaction in the ledger now and produces its settlements record.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_now(
         &self,
         s: &Shared,
         ledger: &Ledger,

@@ -111,6 +111,19 @@ impl Tracker {
         }
     }
 
+    /// Holds the message at `offset` (begun, not yet finished) open for work still to do —
+    /// its settlement, waiting for its payee's account — without a delivery report to wait
+    /// for: nothing at or past it is committed until an [`ack`](Self::ack) for the hold.
+    pub fn hold(&self, slot: u16, offset: i64) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = parts
+            .get_mut(usize::from(slot))
+            .and_then(|p| p.awaited(offset))
+        {
+            *n += 1;
+        }
+    }
+
     /// An output [`add`](Self::add)ed that the producer refused: no delivery report will
     /// come for it, so [`settle`](Self::settle) does not wait for one. Its message stays
     /// awaited: nothing at or past it is committed.
