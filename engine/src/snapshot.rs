@@ -7,7 +7,9 @@
 //! followed by every store.
 //!
 //! Format 1 (before the secret) is still read: its state keeps the unkeyed hash it was made
-//! with ([`IdSecret::Unkeyed`]), and a warning says so.
+//! with ([`IdSecret::Unkeyed`]), and a warning says so. Format 2 (the secret, but not yet the
+//! transaction-id entries of [`crate::state::seen`]) is read too. The entries of both are
+//! taken as their event time alone: no first action kept.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -22,7 +24,7 @@ use crate::state::window::Windows;
 use crate::state::{AccountState, FxBuild, IdSecret};
 
 const MAGIC: &[u8; 8] = b"VIGILSNP";
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
 /// Why a snapshot could not be read.
@@ -242,7 +244,7 @@ impl Engine {
                 .fold(0u64, |a, b| a << 8 | u64::from(*b))
         };
         let format = word(8..12);
-        if format != 1 && format != u64::from(FORMAT) {
+        if !(1..=u64::from(FORMAT)).contains(&format) {
             return Err(invalid(format!(
                 "snapshot format {format}; this build reads format {FORMAT}"
             )));
@@ -294,6 +296,13 @@ impl Engine {
         }
         self.state.seen_tx.clear();
         for (k, v) in b.seen_tx {
+            // Before format 3 an entry's low 56 bits were its time, and what lay above them
+            // is not what `seen` keeps there now.
+            let v = if format < 3 {
+                crate::state::seen::pack(v & ((1 << 56) - 1), None, 0)
+            } else {
+                v
+            };
             self.state.seen_tx.insert(k, v);
         }
         self.events.store(h.events, Ordering::Relaxed);

@@ -129,7 +129,8 @@ impl IdHasher {
     /// anyone who can ask 2^19 times.
     #[inline]
     pub fn body_tag(&self, [payer, counterparty, amount, kind]: [u64; 4]) -> u32 {
-        let m = u128::from(self.k0.load(Ordering::Relaxed) | 1);
+        // Odd, and not 1 for the unkeyed hash of old snapshots (whose k0 is 0).
+        let m = u128::from((self.k0.load(Ordering::Relaxed) ^ 0x9e37_79b9_7f4a_7c15) | 1);
         let fold = |x: u64| {
             let p = u128::from(x) * m;
             (p as u64) ^ (p >> 64) as u64

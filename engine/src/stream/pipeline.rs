@@ -283,6 +283,10 @@ fn effect_hash(effect: &str) -> u64 {
 /// How often the settlements waiting for a payee are looked at.
 const AWAITING_CHECK_EVERY: Duration = Duration::from_millis(50);
 
+/// Most settlements waiting for a payee at once; past it, a transfer to a payee not there is
+/// declined at once (a flood of transfers to payees that never open holds no more memory).
+const AWAITING_MAX: usize = 100_000;
+
 /// How long the read-back goes on without a record once past the reported ends.
 const READ_BACK_QUIET: Duration = Duration::from_millis(500);
 
@@ -760,6 +764,13 @@ impl ConsumerContext for Rebalancer {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!("revoked {}; finishing what is in flight", names.join(", "));
+                // Settlements waiting for a payee are made now (a payee still not there is
+                // declined), so the checkpoint commits past them: left held, the next owner
+                // would read and decide again everything after the oldest.
+                if let Err(e) = s.settle_awaiting(&HashSet::new(), true) {
+                    tracing::error!("settling the transfers waiting for their payee failed: {e}");
+                    s.tracker.fail(format!("settling before a revoke: {e}"));
+                }
                 if let Err(e) = s.checkpoint(consumer, CommitMode::Sync, "rebalance", s.deadline())
                 {
                     tracing::error!("checkpoint before giving up partitions failed: {e}");
@@ -794,6 +805,113 @@ impl ConsumerContext for Rebalancer {
 }
 
 impl Shared {
+    /// Settles the transfers waiting for their payee whose payee's account is open now, or
+    /// that waited `payee_wait` (then declined `unknown_account`, as they would have been at
+    /// once), or all of them (`all`: the pipeline is ending, or giving its partitions up: a
+    /// payee still not there is declined, so that the commit goes past them and nobody reads
+    /// them again), each releasing its message. Those of partitions given up meanwhile are
+    /// dropped: the next owner reads them again. Run every [`AWAITING_CHECK_EVERY`]: one look
+    /// at the ledger for all of them. Returns how many were settled.
+    fn settle_awaiting(&self, effects: &HashSet<u64>, all: bool) -> Result<usize, StreamError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(0);
+        };
+        let due: Vec<AwaitingPayee> = {
+            let mut q = lock(&self.awaiting_payee);
+            if q.is_empty() {
+                return Ok(0);
+            }
+            let opened: Vec<bool> = ledger.read(|b| {
+                q.iter()
+                    .map(|w| {
+                        w.tx.counterparty_id
+                            .as_deref()
+                            .is_none_or(|p| b.has_account(p))
+                    })
+                    .collect()
+            });
+            let mut opened = opened.into_iter();
+            let (due, keep) = std::mem::take(&mut *q).into_iter().partition(|w| {
+                let opened = opened.next().unwrap_or(true);
+                all || opened
+                    || w.since.elapsed() >= self.cfg.payee_wait
+                    || self.tracker.reset_since(w.slot, w.resets)
+            });
+            *q = keep;
+            due
+        };
+        let mut settled = 0;
+        for w in due {
+            if self.tracker.reset_since(w.slot, w.resets) {
+                continue;
+            }
+            Stats::bump(&self.stats.settlements_waited);
+            self.settle_now(ledger, effects, &w.tx, &w.d, w.slot, w.offset, true)?;
+            self.tracker.ack(w.slot, w.offset);
+            settled += 1;
+        }
+        Ok(settled)
+    }
+
+    /// Settles a decided transaction in the ledger now and produces its settlements record —
+    /// unless it is a duplicate, or waited for its payee (`waited`), and the ledger already had
+    /// it: settled over HTTP meanwhile, which published its record.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_now(
+        &self,
+        ledger: &Ledger,
+        effects: &HashSet<u64>,
+        tx: &Transaction,
+        d: &crate::Decision,
+        slot: u16,
+        offset: i64,
+        waited: bool,
+    ) -> Result<(), StreamError> {
+        let bytes = match ledger.settle_decided(tx, d) {
+            Ok((applied, ticket)) => {
+                self.ledger_ticket.fetch_max(ticket, Ordering::SeqCst);
+                let Outcome::Transfer(t) = &applied.outcome else {
+                    return Ok(());
+                };
+                if (d.duplicate || waited) && applied.replayed {
+                    return Ok(());
+                }
+                let i = match t.status {
+                    LedgerStatus::Settled => 0,
+                    LedgerStatus::Pending => 1,
+                    _ => 2,
+                };
+                Stats::bump(&self.stats.settlements[i]);
+                notify::settlement(tx, t)
+            }
+            Err(LedgerError::Journal(e)) => {
+                return Err(StreamError::Other(format!("ledger: {e}")));
+            }
+            Err(e) => {
+                Stats::bump(&self.stats.settlements[3]);
+                let body = serde_json::json!({
+                    "tx_id": tx.tx_id,
+                    "account_id": tx.account_id,
+                    "status": "refused",
+                    "error": e.code(),
+                    "message": e.to_string(),
+                });
+                serde_json::to_vec(&body).map_err(|e| StreamError::Other(e.to_string()))?
+            }
+        };
+        self.send(
+            effects,
+            Out::Settlements,
+            tx.tx_id.as_bytes(),
+            &bytes,
+            &Effect::Settlement.id(&tx.tx_id),
+            &[],
+            slot,
+            offset,
+        )?;
+        Ok(())
+    }
+
     fn slot(&self, topic: u8, partition: i32) -> Option<u16> {
         let mut s = lock(&self.slots);
         if let Some(&slot) = s.by_key.get(&(topic, partition)) {
@@ -1334,6 +1452,7 @@ impl Pipeline {
         let mut last_message = Instant::now();
         let mut last_align = Instant::now();
         let mut last_awaiting = Instant::now();
+        let mut handled_settled = 0u64;
         let mut handled = 0u64;
         let mut handled_at_snapshot = 0u64;
         let mut backoff = Duration::from_millis(100);
@@ -1435,8 +1554,11 @@ impl Pipeline {
             }
             if now.duration_since(last_awaiting) >= AWAITING_CHECK_EVERY {
                 last_awaiting = now;
-                if let Err(e) = self.settle_awaiting(&shared, &effects, false) {
-                    break Err(e);
+                match shared.settle_awaiting(&effects, false) {
+                    // A settlement made while no message comes is committed by the next
+                    // checkpoint all the same.
+                    Ok(n) => handled_settled += n as u64,
+                    Err(e) => break Err(e),
                 }
             }
             if (idle || now.duration_since(last_align) >= Duration::from_millis(100))
@@ -1454,12 +1576,12 @@ impl Pipeline {
             if cfg.state_dir.is_some() {
                 // Nothing new, nothing to snapshot.
                 if now.duration_since(last_snapshot) >= cfg.snapshot_every
-                    && handled != handled_at_snapshot
+                    && handled + handled_settled != handled_at_snapshot
                 {
                     last_snapshot = now;
                     let deadline = now + cfg.shutdown_timeout;
                     match shared.checkpoint(&consumer, CommitMode::Async, "periodic", deadline) {
-                        Ok(()) => handled_at_snapshot = handled,
+                        Ok(()) => handled_at_snapshot = handled + handled_settled,
                         // A broker slow or away: the outputs stay queued (they never time
                         // out) and go when it takes them; the checkpoint is tried again.
                         Err(StreamError::Unacknowledged(e)) => {
@@ -1505,7 +1627,7 @@ impl Pipeline {
         });
         // Settlements still waiting for a payee are made now (declined if it is still not
         // there), so that the stop commits where it stopped and a restart repeats nothing.
-        let result = result.and_then(|()| self.settle_awaiting(&shared, &effects, true));
+        let result = result.and_then(|()| shared.settle_awaiting(&effects, true).map(|_| ()));
         match result {
             Ok(()) => {
                 final_checkpoint(&shared, &consumer, deadline)?;
@@ -1887,131 +2009,34 @@ impl Pipeline {
     ) -> Result<(), StreamError> {
         // A transfer to a payee the ledger does not hold (yet): its `account_opened` may be on
         // a partition not read this far, or dated a moment after the transfer. Declined now,
-        // it would stay declined; it waits instead (a block moves nothing: no need).
+        // it would stay declined; it waits instead. Not a block (it moves nothing), nor one
+        // that asks for a freeze (the freeze goes with the settlement and must not wait), nor
+        // past `AWAITING_MAX` waiting.
         if tx.kind == TxKind::Transfer
             && d.acted_action() != vigil_rules::Action::Block
+            && !(d.freeze && !d.already_frozen && !d.duplicate)
             && let Some(payee) = tx.counterparty_id.as_deref()
-            && ledger.read(|b| b.has_account(&tx.account_id) && !b.has_account(payee))
-            && ledger.read(|b| b.get_transfer(&tx.tx_id).is_none())
+            && ledger.read(|b| {
+                b.has_account(&tx.account_id)
+                    && !b.has_account(payee)
+                    && b.get_transfer(&tx.tx_id).is_none()
+            })
         {
-            s.tracker.hold(slot, offset);
-            lock(&s.awaiting_payee).push(AwaitingPayee {
-                tx: tx.clone(),
-                d: d.clone(),
-                slot,
-                offset,
-                resets: s.tracker.resets(),
-                since: Instant::now(),
-            });
-            return Ok(());
-        }
-        self.settle_now(s, ledger, effects, tx, d, slot, offset)
-    }
-
-    /// Settles the transfers waiting for their payee whose payee's account is open now, or
-    /// that waited `payee_wait` (then declined `unknown_account`, as they would have been at
-    /// once), or all of them (`all`: the pipeline is ending), each releasing its message.
-    /// Those of partitions given up meanwhile are dropped: the next owner reads them again.
-    /// Run every [`AWAITING_CHECK_EVERY`]: one look at the ledger for all of them.
-    fn settle_awaiting(
-        &self,
-        s: &Shared,
-        effects: &HashSet<u64>,
-        all: bool,
-    ) -> Result<(), StreamError> {
-        let Some(ledger) = &s.ledger else {
-            return Ok(());
-        };
-        let due: Vec<AwaitingPayee> = {
             let mut q = lock(&s.awaiting_payee);
-            if q.is_empty() {
+            if q.len() < AWAITING_MAX {
+                s.tracker.hold(slot, offset);
+                q.push(AwaitingPayee {
+                    tx: tx.clone(),
+                    d: d.clone(),
+                    slot,
+                    offset,
+                    resets: s.tracker.resets(),
+                    since: Instant::now(),
+                });
                 return Ok(());
             }
-            let opened: Vec<bool> = ledger.read(|b| {
-                q.iter()
-                    .map(|w| {
-                        w.tx.counterparty_id
-                            .as_deref()
-                            .is_none_or(|p| b.has_account(p))
-                    })
-                    .collect()
-            });
-            let mut opened = opened.into_iter();
-            let (due, keep) = std::mem::take(&mut *q).into_iter().partition(|w| {
-                let opened = opened.next().unwrap_or(true);
-                all || opened
-                    || w.since.elapsed() >= s.cfg.payee_wait
-                    || s.tracker.reset_since(w.slot, w.resets)
-            });
-            *q = keep;
-            due
-        };
-        for w in due {
-            if s.tracker.reset_since(w.slot, w.resets) {
-                continue;
-            }
-            Stats::bump(&self.stats.settlements_waited);
-            self.settle_now(s, ledger, effects, &w.tx, &w.d, w.slot, w.offset)?;
-            s.tracker.ack(w.slot, w.offset);
         }
-        Ok(())
-    }
-
-    /// Settles a decided transaction in the ledger now and produces its settlements record.
-    #[allow(clippy::too_many_arguments)]
-    fn settle_now(
-        &self,
-        s: &Shared,
-        ledger: &Ledger,
-        effects: &HashSet<u64>,
-        tx: &Transaction,
-        d: &crate::Decision,
-        slot: u16,
-        offset: i64,
-    ) -> Result<(), StreamError> {
-        let bytes = match ledger.settle_decided(tx, d) {
-            Ok((applied, ticket)) => {
-                s.ledger_ticket.fetch_max(ticket, Ordering::SeqCst);
-                let Outcome::Transfer(t) = &applied.outcome else {
-                    return Ok(());
-                };
-                if d.duplicate && applied.replayed {
-                    return Ok(());
-                }
-                let i = match t.status {
-                    LedgerStatus::Settled => 0,
-                    LedgerStatus::Pending => 1,
-                    _ => 2,
-                };
-                Stats::bump(&self.stats.settlements[i]);
-                notify::settlement(tx, t)
-            }
-            Err(LedgerError::Journal(e)) => {
-                return Err(StreamError::Other(format!("ledger: {e}")));
-            }
-            Err(e) => {
-                Stats::bump(&self.stats.settlements[3]);
-                let body = serde_json::json!({
-                    "tx_id": tx.tx_id,
-                    "account_id": tx.account_id,
-                    "status": "refused",
-                    "error": e.code(),
-                    "message": e.to_string(),
-                });
-                serde_json::to_vec(&body).map_err(|e| StreamError::Other(e.to_string()))?
-            }
-        };
-        s.send(
-            effects,
-            Out::Settlements,
-            tx.tx_id.as_bytes(),
-            &bytes,
-            &Effect::Settlement.id(&tx.tx_id),
-            &[],
-            slot,
-            offset,
-        )?;
-        Ok(())
+        s.settle_now(ledger, effects, tx, d, slot, offset, false)
     }
 
     /// Produces the outputs of decision `d` of `r`'s transaction (`json` and `effect`: buffers).
