@@ -510,13 +510,9 @@ fn decided_transactions_settle_in_the_ledger_with_one_settlements_record_each() 
     }
 }
 
-#[test]
-fn a_transaction_authorized_over_http_before_the_stream_brings_it_settles_once_as_authorized() {
-    use vigil_engine::event::decode;
-    use vigil_engine::ledger::{BookConfig, Command, Ledger, Status};
-    use vigil_rules::Action;
-
-    let b = broker(1);
+/// An in-memory ledger holding account `qa` with 100.00 EUR.
+fn ledger_with_qa() -> vigil_engine::ledger::Ledger {
+    use vigil_engine::ledger::{BookConfig, Command, Ledger};
     let ledger = Ledger::in_memory(BookConfig::default());
     ledger
         .execute(Command::Open {
@@ -532,6 +528,17 @@ fn a_transaction_authorized_over_http_before_the_stream_brings_it_settles_once_a
             amount: 10_000,
         })
         .unwrap();
+    ledger
+}
+
+#[test]
+fn a_transaction_authorized_over_http_before_the_stream_brings_it_settles_once_as_authorized() {
+    use vigil_engine::event::decode;
+    use vigil_engine::ledger::Status;
+    use vigil_rules::Action;
+
+    let b = broker(1);
+    let ledger = ledger_with_qa();
     // Tiny payments from one device: the fifth to a fifth merchant is blocked
     // (`card.testing_device`), and so would q1 be, decided again after them.
     let pay = |i: usize| {
@@ -570,24 +577,10 @@ fn a_transaction_authorized_over_http_before_the_stream_brings_it_settles_once_a
 
 #[test]
 fn a_transfer_to_a_payee_not_opened_yet_waits_for_the_account_then_settles() {
-    use vigil_engine::ledger::{BookConfig, Command, Decline, Ledger, Status};
+    use vigil_engine::ledger::{Decline, Status};
 
     let b = broker(1);
-    let ledger = Ledger::in_memory(BookConfig::default());
-    ledger
-        .execute(Command::Open {
-            account: "qa".into(),
-            currency: "EUR".into(),
-            locale: None,
-        })
-        .unwrap();
-    ledger
-        .execute(Command::Deposit {
-            op_id: "fund-qa".into(),
-            account: "qa".into(),
-            amount: 10_000,
-        })
-        .unwrap();
+    let ledger = ledger_with_qa();
     let transfer = |id: &str, to: &str, second: u32| {
         format!(
             r#"{{"schema":1,"tx_id":"{id}","ts":"2026-11-02T10:00:{second:02}Z","kind":"transfer","account_id":"qa","counterparty_id":"{to}","amount":"20.00","currency":"EUR"}}"#
