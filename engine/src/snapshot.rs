@@ -48,22 +48,8 @@ pub enum SnapshotError {
     },
 }
 
+/// The header of format 1: counters, watermark, pack hash, the caller's metadata.
 #[derive(Serialize, Deserialize)]
-struct Header {
-    created_by: String,
-    rules_version: String,
-    events: u64,
-    watermark: i64,
-    late: u64,
-    future: u64,
-    duplicate: u64,
-    meta: Vec<u8>,
-    /// Format 2 on.
-    ids: IdSecret,
-}
-
-/// Format 1's header: no secret.
-#[derive(Deserialize)]
 struct HeaderV1 {
     created_by: String,
     rules_version: String,
@@ -75,20 +61,12 @@ struct HeaderV1 {
     meta: Vec<u8>,
 }
 
-impl From<HeaderV1> for Header {
-    fn from(h: HeaderV1) -> Header {
-        Header {
-            created_by: h.created_by,
-            rules_version: h.rules_version,
-            events: h.events,
-            watermark: h.watermark,
-            late: h.late,
-            future: h.future,
-            duplicate: h.duplicate,
-            meta: h.meta,
-            ids: IdSecret::Unkeyed,
-        }
-    }
+/// The header from format 2 on: format 1's, then the secret ids are hashed under (postcard
+/// writes a nested struct's fields in place, so the first part reads as format 1's did).
+#[derive(Serialize, Deserialize)]
+struct Header {
+    base: HeaderV1,
+    ids: IdSecret,
 }
 
 /// Serializes a DashMap as a sequence of (key, value) without copying it.
@@ -173,14 +151,16 @@ impl Engine {
         let mut file = opts.open(&tmp)?;
         file.write_all(&[0; HEADER_LEN])?;
         let header = Header {
-            created_by: concat!("vigil ", env!("CARGO_PKG_VERSION")).to_string(),
-            rules_version: self.active().version.to_string(),
-            events: self.events.load(Ordering::Relaxed),
-            watermark: self.watermark.load(Ordering::Relaxed),
-            late: self.late_events.load(Ordering::Relaxed),
-            future: self.future_events.load(Ordering::Relaxed),
-            duplicate: self.duplicate_events.load(Ordering::Relaxed),
-            meta: meta.to_vec(),
+            base: HeaderV1 {
+                created_by: concat!("vigil ", env!("CARGO_PKG_VERSION")).to_string(),
+                rules_version: self.active().version.to_string(),
+                events: self.events.load(Ordering::Relaxed),
+                watermark: self.watermark.load(Ordering::Relaxed),
+                late: self.late_events.load(Ordering::Relaxed),
+                future: self.future_events.load(Ordering::Relaxed),
+                duplicate: self.duplicate_events.load(Ordering::Relaxed),
+                meta: meta.to_vec(),
+            },
             ids: self.state.ids.secret(),
         };
         let body = BodyOut {
@@ -265,7 +245,10 @@ impl Engine {
         let b: BodyIn<Header> = if format == 1 {
             let b: BodyIn<HeaderV1> = postcard::from_bytes(body).map_err(decode_err)?;
             BodyIn {
-                header: b.header.into(),
+                header: Header {
+                    base: b.header,
+                    ids: IdSecret::Unkeyed,
+                },
                 accounts: b.accounts,
                 keyed: b.keyed,
                 seen_tx: b.seen_tx,
@@ -273,8 +256,8 @@ impl Engine {
         } else {
             postcard::from_bytes(body).map_err(decode_err)?
         };
-        let h = b.header;
-        if h.ids == IdSecret::Unkeyed {
+        let Header { base: h, ids } = b.header;
+        if ids == IdSecret::Unkeyed {
             tracing::warn!(
                 snapshot = %p,
                 "the snapshot's state keys are unkeyed hashes (snapshot format 1, written before \
@@ -282,7 +265,7 @@ impl Engine {
                  device's history; start from an empty state directory to key them"
             );
         }
-        self.state.ids.set(h.ids);
+        self.state.ids.set(ids);
         let accounts = b.accounts.len();
         self.state.accounts.clear();
         for (k, v) in b.accounts {

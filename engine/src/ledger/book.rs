@@ -755,8 +755,7 @@ impl std::fmt::Debug for Book {
 /// retry, with money that never moved.
 fn fingerprint_hasher() -> impl Hasher {
     use std::hash::BuildHasher;
-    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
-    KEYS.get_or_init(std::hash::RandomState::new).build_hasher()
+    crate::state::process_keyed().build_hasher()
 }
 
 fn fingerprint(cmd: &Command) -> u64 {

@@ -39,6 +39,14 @@ pub struct IdHasher {
     legacy: AtomicBool,
 }
 
+/// A hasher under a secret drawn once per process, for hashes of client strings that live in
+/// memory only (made again after a restart): the ledger's idempotency fingerprints, the Kafka
+/// read-back's set of effects. Unkeyed, a string could be built to pass for another.
+pub fn process_keyed() -> &'static std::hash::RandomState {
+    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    KEYS.get_or_init(std::hash::RandomState::new)
+}
+
 /// The secret an [`IdHasher`] hashes under. Its `Debug` does not show the key.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IdSecret {
@@ -521,10 +529,9 @@ impl State {
         if made {
             return (at, None);
         }
-        let (first, first_tag) = (seen::first(*at), seen::tag(*at));
-        *at = seen::pack(ts, first, first_tag);
-        let same = first_tag == tag & ((1 << seen::TAG_BITS) - 1);
-        (at, Some(first.filter(|_| same)))
+        let first = seen::first(*at).filter(|_| seen::same_body(*at, tag));
+        seen::moved_to(at, ts);
+        (at, Some(first))
     }
 }
 
@@ -539,8 +546,7 @@ pub mod seen {
     const TS_BITS: u32 = 42;
     const TS_MASK: u64 = (1 << TS_BITS) - 1;
     const ACTION_BITS: u32 = 3;
-    /// Bits of the body tag.
-    pub const TAG_BITS: u32 = 64 - TS_BITS - ACTION_BITS;
+    const TAG_BITS: u32 = 64 - TS_BITS - ACTION_BITS;
     const ACTIONS: [Action; 4] = [Action::Allow, Action::Review, Action::StepUp, Action::Block];
 
     /// The entry for event time `ts`, first action `first` and body tag `tag`.
@@ -567,6 +573,16 @@ pub mod seen {
     /// The body tag of entry `v`.
     pub fn tag(v: i64) -> u32 {
         (v as u64 >> (TS_BITS + ACTION_BITS)) as u32
+    }
+
+    /// Whether entry `v` was made for a body tagged `tag`.
+    pub fn same_body(v: i64, tag: u32) -> bool {
+        u64::from(self::tag(v)) == u64::from(tag) & ((1 << TAG_BITS) - 1)
+    }
+
+    /// Moves entry `v` to event time `ts`, keeping its first decision.
+    pub fn moved_to(v: &mut i64, ts: i64) {
+        *v = pack(ts, first(*v), tag(*v));
     }
 
     /// Keeps `action` in entry `v` as its first decision's.

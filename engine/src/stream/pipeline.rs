@@ -270,14 +270,11 @@ fn missing_topics<'a>(cfg: &StreamConfig, topics: &[&'a str]) -> Result<Vec<&'a 
         .collect())
 }
 
-/// The read-back's set of effects already produced holds hashes, under a secret drawn once per
-/// process (an effect names a client's tx id: an unkeyed hash would let one be built to
-/// suppress another's output).
+/// The read-back's set of effects already produced holds hashes, keyed (an effect names a
+/// client's tx id: an unkeyed hash would let one be built to suppress another's output).
 fn effect_hash(effect: &str) -> u64 {
     use std::hash::BuildHasher;
-    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
-    KEYS.get_or_init(std::hash::RandomState::new)
-        .hash_one(effect)
+    crate::state::process_keyed().hash_one(effect)
 }
 
 /// How often the settlements waiting for a payee are looked at.
